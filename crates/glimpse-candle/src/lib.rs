@@ -1,0 +1,1 @@
+//! CLIP and ViT forward passes on candle, loaded from Hugging Face model folders.

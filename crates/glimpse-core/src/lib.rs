@@ -1,0 +1,15 @@
+//! Glimpse's domain: labels, predictions, the ImageNet → category table, image decoding with limits,
+//! preprocessing that reproduces the Hugging Face image processors, and the `Backend` traits that the
+//! model crates implement. Nothing here knows about HTTP, SQL or candle.
+
+pub mod backend;
+pub mod categories;
+pub mod error;
+pub mod image;
+pub mod labels;
+pub mod preprocess;
+pub mod response;
+pub mod scoring;
+
+pub use backend::{ImageClassifier, ZeroShotModel};
+pub use error::{CoreError, Result};

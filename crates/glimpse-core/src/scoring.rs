@@ -1,0 +1,128 @@
+//! Turning model outputs into scores: CLIP similarity softmax with prompt ensembling, ViT category sums.
+
+use crate::categories::{category_of, Category};
+use crate::response::{ImagenetPrediction, Prediction};
+
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|e| (e / sum) as f32).collect()
+}
+
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x = (*x as f64 / norm) as f32;
+        }
+    }
+}
+
+/// Average the normalised embeddings of one label's prompts and normalise again (CLIP paper's
+/// prompt ensembling). With one template this is the prompt's own embedding.
+pub fn ensemble(prompt_embeddings: &[Vec<f32>]) -> Vec<f32> {
+    let dim = prompt_embeddings.first().map(|v| v.len()).unwrap_or(0);
+    let mut acc = vec![0f32; dim];
+    for e in prompt_embeddings {
+        for (a, x) in acc.iter_mut().zip(e) {
+            *a += x;
+        }
+    }
+    l2_normalize(&mut acc);
+    acc
+}
+
+/// Softmax over `logit_scale * cosine(image, label)` for every label.
+pub fn clip_probabilities(image: &[f32], labels: &[Vec<f32>], logit_scale: f32) -> Vec<f32> {
+    let logits: Vec<f32> = labels
+        .iter()
+        .map(|t| logit_scale * image.iter().zip(t).map(|(a, b)| a * b).sum::<f32>())
+        .collect();
+    softmax(&logits)
+}
+
+pub fn clip_predictions(labels: &[String], probs: &[f32]) -> Vec<Prediction> {
+    labels
+        .iter()
+        .zip(probs)
+        .map(|(l, &p)| Prediction {
+            label: l.clone(),
+            score: p,
+        })
+        .collect()
+}
+
+/// Sum ImageNet probabilities into the contract's categories (all six always present).
+pub fn vit_category_predictions(probs: &[f32]) -> Vec<Prediction> {
+    let mut sums = [0f64; Category::ALL.len()];
+    for (idx, &p) in probs.iter().enumerate() {
+        sums[category_of(idx) as usize] += p as f64;
+    }
+    Category::ALL
+        .iter()
+        .map(|c| Prediction {
+            label: c.as_str().to_string(),
+            score: sums[*c as usize] as f32,
+        })
+        .collect()
+}
+
+/// The `k` most likely raw classes with their category.
+pub fn top_k_imagenet(probs: &[f32], id2label: &[String], k: usize) -> Vec<ImagenetPrediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    idx.into_iter()
+        .take(k)
+        .map(|i| ImagenetPrediction {
+            label: id2label
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("LABEL_{i}")),
+            score: probs[i],
+            category: category_of(i).as_str().to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_is_stable() {
+        let p = softmax(&[1000.0, 1001.0, 999.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[1] > p[0] && p[0] > p[2]);
+    }
+
+    #[test]
+    fn clip_probabilities_prefer_the_closest_label() {
+        let img = vec![1.0, 0.0];
+        let labels = vec![vec![0.0, 1.0], vec![1.0, 0.0]];
+        let p = clip_probabilities(&img, &labels, 100.0);
+        assert!(p[1] > 0.999, "{p:?}");
+    }
+
+    #[test]
+    fn ensemble_of_one_is_identity_and_normalised() {
+        let e = ensemble(&[vec![0.6, 0.8]]);
+        assert!((e[0] - 0.6).abs() < 1e-6 && (e[1] - 0.8).abs() < 1e-6);
+        let e = ensemble(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert!((e[0] - e[1]).abs() < 1e-6);
+        assert!(((e[0] * e[0] + e[1] * e[1]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn vit_categories_sum_all_probability() {
+        let probs = vec![1.0 / 1000.0; 1000];
+        let preds = vit_category_predictions(&probs);
+        assert_eq!(preds.len(), 6);
+        let total: f32 = preds.iter().map(|p| p.score).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+    }
+}
