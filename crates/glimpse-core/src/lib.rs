@@ -7,6 +7,7 @@ pub mod categories;
 pub mod error;
 pub mod image;
 pub mod labels;
+pub mod pipeline;
 pub mod preprocess;
 pub mod response;
 pub mod scoring;
