@@ -1,1 +1,4 @@
 //! The Glimpse HTTP API.
+
+pub mod fetch;
+pub mod hub;

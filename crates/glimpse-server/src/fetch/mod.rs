@@ -1,0 +1,1 @@
+//! The SSRF-safe URL fetcher. STUB: being written.
