@@ -1,0 +1,391 @@
+//! A port of Pillow's `Image.resize` for RGB8 images (libImaging/Resample.c, the 8-bit path, and
+//! Geometry.c's `ImagingScaleAffine` for NEAREST), so that our resized pixels are byte-identical
+//! to what the Hugging Face (PIL-backed) image processors feed their models.
+//!
+//! Convolution filters: separable, horizontal pass first over only the rows the vertical pass
+//! needs; the filter support grows with the downscale factor (antialiasing); coefficients are
+//! normalised in f64, then turned into fixed point with `PRECISION_BITS` fractional bits, and each
+//! output is rounded and clipped to u8 after each pass, exactly as Pillow does. Every constant and
+//! every float → int conversion below mirrors the C code; change none of them without re-running
+//! `tools/make_resize_fixtures.py` and the `resize_matches_pillow` test.
+
+use std::f64::consts::PI;
+use std::ops::Range;
+
+/// Pillow's resampling filter numbers (`PIL.Image.Resampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Nearest = 0,
+    Lanczos = 1,
+    Bilinear = 2,
+    Bicubic = 3,
+    Box = 4,
+    Hamming = 5,
+}
+
+impl Filter {
+    pub fn from_pil(n: u32) -> Option<Filter> {
+        Some(match n {
+            0 => Filter::Nearest,
+            1 => Filter::Lanczos,
+            2 => Filter::Bilinear,
+            3 => Filter::Bicubic,
+            4 => Filter::Box,
+            5 => Filter::Hamming,
+            _ => return None,
+        })
+    }
+
+    /// Half-width of the kernel at scale 1.
+    fn support(self) -> f64 {
+        match self {
+            Filter::Box => 0.5,
+            Filter::Bilinear | Filter::Hamming => 1.0,
+            Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
+            Filter::Nearest => 0.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Box => {
+                if x > -0.5 && x <= 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Hamming => {
+                let x = x.abs();
+                if x == 0.0 {
+                    1.0
+                } else if x >= 1.0 {
+                    0.0
+                } else {
+                    let x = x * PI;
+                    // The C source writes `0.54f + 0.46f * cos(x)`: float literals widened to double.
+                    x.sin() / x * (0.54f32 as f64 + 0.46f32 as f64 * x.cos())
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Filter::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+            Filter::Nearest => 0.0,
+        }
+    }
+}
+
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        1.0
+    } else {
+        let x = x * PI;
+        x.sin() / x
+    }
+}
+
+/// Fractional bits of the fixed-point coefficients: 8 bits for the result, 2 for overshoot.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output pixel: first input index, number of taps, and `ksize` fixed-point weights.
+struct Coeffs {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i32>,
+}
+
+/// `precompute_coeffs` + `normalize_coeffs_8bpc` for the full-image box `[0, in_size)`, for the
+/// output indices `outs` only (each output pixel's taps depend on nothing else).
+fn precompute(in_size: usize, out_size: usize, outs: Range<usize>, filter: Filter) -> Coeffs {
+    // Pillow keeps the box in C `float`; for sizes < 2^24 that is exact, as it is here.
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(outs.len());
+    let mut weights = vec![0i32; outs.len() * ksize];
+    let mut k = vec![0f64; ksize];
+    for (i, xx) in outs.enumerate() {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // `(int)` truncates toward zero, as `as i64` does.
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+        let (xmin, xmax) = (xmin as usize, xmax.clamp(0, ksize as i64) as usize);
+        let mut ww = 0.0;
+        for (x, kx) in k.iter_mut().enumerate().take(xmax) {
+            let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
+            *kx = w;
+            ww += w;
+        }
+        let row = &mut weights[i * ksize..i * ksize + ksize];
+        for (x, out) in row.iter_mut().enumerate().take(xmax) {
+            let w = if ww != 0.0 { k[x] / ww } else { k[x] };
+            let f = w * (1u32 << PRECISION_BITS) as f64;
+            *out = if w < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
+        }
+        bounds.push((xmin, xmax));
+    }
+    Coeffs {
+        ksize,
+        bounds,
+        weights,
+    }
+}
+
+impl Coeffs {
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        let (min, n) = self.bounds[i];
+        (min, &self.weights[i * self.ksize..i * self.ksize + n])
+    }
+}
+
+/// Pillow's `clip8`: drop the fractional bits (arithmetic shift) and clamp to 0..=255.
+#[inline]
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+/// A rectangle of the output image: `resize_window_rgb8` computes only these pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Resize an interleaved RGB8 buffer of `w × h` to `out_w × out_h` exactly as Pillow's
+/// `Image.resize((out_w, out_h), filter)` does for an `RGB` image.
+///
+/// # Panics
+/// If `src` is not `w * h * 3` bytes or a size is zero (callers check; decoded images never are).
+pub fn resize_rgb8(
+    src: &[u8],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    filter: Filter,
+) -> Vec<u8> {
+    let all = Window {
+        x: 0,
+        y: 0,
+        width: out_w,
+        height: out_h,
+    };
+    resize_window_rgb8(src, (w, h), (out_w, out_h), all, filter)
+}
+
+/// The pixels of `win` (interleaved RGB8, `win.width × win.height`) out of the `out_w × out_h`
+/// resize of `src`: the same bytes as resizing the whole image with Pillow and cropping.
+///
+/// # Panics
+/// If `src` is not `w * h * 3` bytes, a size is zero, or `win` is not inside the output.
+pub fn resize_window_rgb8(
+    src: &[u8],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    win: Window,
+    filter: Filter,
+) -> Vec<u8> {
+    assert_eq!(src.len(), w * h * 3, "buffer does not match its size");
+    assert!(w > 0 && h > 0 && out_w > 0 && out_h > 0, "empty image");
+    assert!(win.x + win.width <= out_w && win.y + win.height <= out_h);
+    if win.width == 0 || win.height == 0 {
+        return Vec::new();
+    }
+    if filter == Filter::Nearest {
+        return nearest(src, (w, h), (out_w, out_h), win);
+    }
+    let cols = win.x..win.x + win.width;
+    let rows = win.y..win.y + win.height;
+    // Pillow skips a pass whose size does not change.
+    let need_h = out_w != w;
+    let need_v = out_h != h;
+    let vert = precompute(h, out_h, rows.clone(), filter);
+
+    // Source rows the horizontal pass must produce: those the vertical pass reads, or the
+    // window's own rows when there is no vertical pass.
+    let (first_row, last_row) = if need_v {
+        let (a, _) = vert.bounds[0];
+        let (b, n) = vert.bounds[win.height - 1];
+        (a, b + n)
+    } else {
+        (rows.start, rows.end)
+    };
+
+    let tmp_w = win.width;
+    let mut tmp = Vec::with_capacity(tmp_w * (last_row - first_row) * 3);
+    if need_h {
+        let horiz = precompute(w, out_w, cols, filter);
+        for y in first_row..last_row {
+            let in_row = &src[y * w * 3..(y + 1) * w * 3];
+            for xx in 0..win.width {
+                let (xmin, k) = horiz.taps(xx);
+                let px = &in_row[xmin * 3..(xmin + k.len()) * 3];
+                let (mut s0, mut s1, mut s2) = (HALF, HALF, HALF);
+                for (p, &kx) in px.chunks_exact(3).zip(k) {
+                    s0 = s0.wrapping_add(p[0] as i32 * kx);
+                    s1 = s1.wrapping_add(p[1] as i32 * kx);
+                    s2 = s2.wrapping_add(p[2] as i32 * kx);
+                }
+                tmp.extend_from_slice(&[clip8(s0), clip8(s1), clip8(s2)]);
+            }
+        }
+    } else {
+        for y in first_row..last_row {
+            tmp.extend_from_slice(&src[(y * w + cols.start) * 3..(y * w + cols.end) * 3]);
+        }
+    }
+    if !need_v {
+        return tmp;
+    }
+
+    let mut out = Vec::with_capacity(win.width * win.height * 3);
+    for yy in 0..win.height {
+        let (ymin, k) = vert.taps(yy);
+        let ymin = ymin - first_row;
+        for xx in 0..tmp_w {
+            let (mut s0, mut s1, mut s2) = (HALF, HALF, HALF);
+            for (y, &ky) in k.iter().enumerate() {
+                let i = ((ymin + y) * tmp_w + xx) * 3;
+                s0 = s0.wrapping_add(tmp[i] as i32 * ky);
+                s1 = s1.wrapping_add(tmp[i + 1] as i32 * ky);
+                s2 = s2.wrapping_add(tmp[i + 2] as i32 * ky);
+            }
+            out.extend_from_slice(&[clip8(s0), clip8(s1), clip8(s2)]);
+        }
+    }
+    out
+}
+
+/// NEAREST goes through Pillow's affine transform with a pure scale (`ImagingScaleAffine`):
+/// sample at the pixel centre, stepping by accumulated floating-point increments (so the
+/// positions are walked from 0 even for a window, to accumulate the same rounding).
+fn nearest(
+    src: &[u8],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    win: Window,
+) -> Vec<u8> {
+    // `COORD(v)`: negative → -1 (outside), otherwise truncate; outside pixels stay 0.
+    let positions = |step: f64, size: usize, range: Range<usize>| -> Vec<Option<usize>> {
+        let mut v = step * 0.5;
+        let mut out = Vec::with_capacity(range.len());
+        for i in 0..range.end {
+            if i >= range.start {
+                out.push((v >= 0.0 && (v as usize) < size).then_some(v as usize));
+            }
+            v += step;
+        }
+        out
+    };
+    let xs = positions(w as f64 / out_w as f64, w, win.x..win.x + win.width);
+    let ys = positions(h as f64 / out_h as f64, h, win.y..win.y + win.height);
+    let mut out = vec![0u8; win.width * win.height * 3];
+    for (out_row, y) in out.chunks_exact_mut(win.width * 3).zip(ys) {
+        let Some(y) = y else { continue };
+        for (o, x) in out_row.chunks_exact_mut(3).zip(&xs) {
+            if let Some(x) = x {
+                let i = (y * w + x) * 3;
+                o.copy_from_slice(&src[i..i + 3]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_size_is_a_copy() {
+        let src: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 7 % 256) as u8).collect();
+        for f in 0..6 {
+            let out = resize_rgb8(&src, (5, 4), (5, 4), Filter::from_pil(f).unwrap());
+            assert_eq!(out, src);
+        }
+    }
+
+    #[test]
+    fn flat_image_stays_flat() {
+        let src = [10u8, 200, 255].repeat(13 * 7);
+        for f in 0..6 {
+            let out = resize_rgb8(&src, (13, 7), (4, 19), Filter::from_pil(f).unwrap());
+            assert_eq!(out, [10u8, 200, 255].repeat(4 * 19), "filter {f}");
+        }
+    }
+
+    #[test]
+    fn coefficients_sum_to_one_in_fixed_point() {
+        let c = precompute(100, 7, 0..7, Filter::Bicubic);
+        for (i, &(_, n)) in c.bounds.iter().enumerate() {
+            let s: i32 = c.weights[i * c.ksize..i * c.ksize + n].iter().sum();
+            assert!(
+                (s - (1 << PRECISION_BITS)).abs() <= n as i32,
+                "row {i}: {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn window_equals_crop_of_full_resize() {
+        let (w, h) = (23, 17);
+        let src: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        for f in 0..6 {
+            let filter = Filter::from_pil(f).unwrap();
+            for (ow, oh) in [(9, 40), (23, 5), (50, 17), (7, 7)] {
+                let full = resize_rgb8(&src, (w, h), (ow, oh), filter);
+                let win = Window {
+                    x: ow / 3,
+                    y: oh / 4,
+                    width: ow - ow / 3 - 1,
+                    height: oh / 2,
+                };
+                let part = resize_window_rgb8(&src, (w, h), (ow, oh), win, filter);
+                let mut expected = Vec::new();
+                for y in win.y..win.y + win.height {
+                    let s = (y * ow + win.x) * 3;
+                    expected.extend_from_slice(&full[s..s + win.width * 3]);
+                }
+                assert_eq!(part, expected, "filter {f} size {ow}x{oh}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_filter_number_is_refused() {
+        assert_eq!(Filter::from_pil(6), None);
+        assert_eq!(Filter::from_pil(3), Some(Filter::Bicubic));
+    }
+}
