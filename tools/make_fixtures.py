@@ -516,6 +516,8 @@ def run_clip(name: str, folder: Path, tok, rgbs: dict, all_pixels: bool, pixel_n
         },  # fmt: skip
         "labels": LABELS, "template": TEMPLATE, "prompts": prompts, "input_ids": input_ids,
         "text_embeds": r9(text), "logit_scale": r9(model.logit_scale.item()), "logit_scale_exp": r9(scale),
+        "logits_note": "logits = logit_scale_exp * (image_embeds . text_embeds) = CLIPModel logits_per_image; "
+                       "probs = softmax(logits) (taken from logits_per_image.softmax(-1))",
         "images": images,
         "batch": {"images": BATCH, "probs": r9(batch_probs)},
         "ensemble": {"templates": ENSEMBLE_TEMPLATES, "text_embeds": r9(ens_text), "probs": ens},
@@ -530,7 +532,11 @@ def run_vit(name: str, folder: Path, rgbs: dict, all_pixels: bool, pixel_name: s
     images = {}
     for img, px in arrays.items():
         logits = model(pixel_values=torch.from_numpy(px[None])).logits[0]
-        images[img] = {"pixel_values": paths[img], "logits": r9(logits), "probs": r9(logits.softmax(-1))}
+        probs = logits.softmax(-1)
+        top = probs.topk(5)
+        images[img] = {"pixel_values": paths[img], "logits": r9(logits), "probs": r9(probs),
+                       "top5": [{"index": int(i), "label": model.config.id2label[int(i)], "prob": r9(v)}
+                                for v, i in zip(top.values, top.indices)]}  # fmt: skip
     batch_logits = model(pixel_values=torch.from_numpy(np.stack([arrays[b] for b in BATCH]))).logits
     return {
         **common_meta(name, "vit", proc, folder),
@@ -572,7 +578,9 @@ def sensitivity(kind: str, folder: Path, tok, rgbs: dict) -> dict:
             return model(pixel_values=torch.from_numpy(px[None])).logits.softmax(-1)[0]
 
     other = 2 if int(proc.resample) == 3 else 3
-    worst = {"other_resample": 0.0, "crop_shift_1px": 0.0, "one_level_brighter": 0.0, "top_prob_range": [1.0, 0.0]}
+    worst = {"other_resample": 0.0, "one_level_brighter": 0.0, "top_prob_range": [1.0, 0.0]}
+    if getattr(proc, "do_center_crop", False):
+        worst["crop_shift_1px"] = 0.0
     for img in ["astronaut.jpg", "chelsea.jpg", "rgba.png", "wide.jpg"]:
         base = reference_pixels(proc, rgbs[img])
         p0 = probs(base)
