@@ -1,0 +1,69 @@
+//! `glimpse bench`: the real model path (preprocessed tensor → scores) on random weights at real
+//! dimensions. Speed does not depend on weight values. Human-readable lines go to stderr; the last
+//! line on stdout is the JSON the contract names.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use glimpse_candle::{random_clip, random_vit, ClipPreset, VitPreset};
+use glimpse_core::backend::PixelBatch;
+use glimpse_core::{ImageClassifier, ZeroShotModel};
+
+use crate::cli::BenchArgs;
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.batch == 0 || args.iters == 0 {
+        anyhow::bail!("--batch and --iters must be at least 1");
+    }
+    if args.precision != "fp32" {
+        anyhow::bail!("--precision {} is not implemented yet; use fp32", args.precision);
+    }
+    type Runner = Box<dyn Fn(&PixelBatch) -> anyhow::Result<()>>;
+    let (runner, (h, w)): (Runner, (usize, usize)) = match args.arch.as_str() {
+        "vit-b16" => {
+            let mut m = random_vit(VitPreset::B16);
+            m.set_threads(args.threads)?;
+            let size = m.preprocess_config().output_size();
+            (Box::new(move |px| m.classify(px).map(|_| ()).map_err(Into::into)), size)
+        }
+        arch => {
+            let preset: ClipPreset = arch.parse()?;
+            let mut m = random_clip(preset);
+            m.set_threads(args.threads)?;
+            let size = m.preprocess_config().output_size();
+            (Box::new(move |px| m.embed_images(px).map(|_| ()).map_err(Into::into)), size)
+        }
+    };
+    let data: Vec<f32> = (0..args.batch * 3 * h * w).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let px = PixelBatch { data, batch: args.batch, height: h, width: w };
+    for _ in 0..args.warmup {
+        runner(&px)?;
+    }
+    let mut ms: Vec<f64> = Vec::with_capacity(args.iters);
+    for i in 0..args.iters {
+        let t = Instant::now();
+        runner(&px)?;
+        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("run {}/{}: {elapsed:.1} ms", i + 1, args.iters);
+        ms.push(elapsed);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let p50 = pick(0.5);
+    let out = serde_json::json!({
+        "arch": args.arch,
+        "batch": args.batch,
+        "threads": args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        "precision": args.precision,
+        "ms_p50": round2(p50),
+        "ms_p10": round2(pick(0.1)),
+        "ms_p90": round2(pick(0.9)),
+        "img_per_s": round2(args.batch as f64 * 1000.0 / p50),
+    });
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

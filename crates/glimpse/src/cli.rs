@@ -1,0 +1,151 @@
+//! The command line (contract, section Operating). Commands and variables here are a public
+//! interface: add, don't rename.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "glimpse", version, about = "Self-hosted image classification: CLIP zero-shot and ViT ImageNet")]
+pub struct Cli {
+    /// TOML file with settings (keys are the GLIMPSE_* variable names without the prefix, snake case).
+    /// Flags beat variables beat the file.
+    #[arg(long, global = true, env = "GLIMPSE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API server.
+    Serve(Box<glimpse_server::ServerConfig>),
+    /// Classify local images without a server.
+    Classify(ClassifyArgs),
+    /// Pull models from the Hugging Face Hub, or list the cached ones.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Manage API keys and credits.
+    Keys(KeysArgs),
+    /// Benchmark the model path on random weights at real dimensions.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Clip,
+    Vit,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// `clip` (zero-shot against --labels) or `vit` (ImageNet mapped to categories).
+    pub kind: Kind,
+    /// Image files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Comma-separated labels for CLIP (default car,document,motorcycle,truck,person,other).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Model: a Hub id or a local folder (default: GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL or the
+    /// built-in default).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Print one API-shaped JSON response per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Prompt templates for CLIP, `|`-separated; `{label}` is replaced.
+    #[arg(long, env = "GLIMPSE_PROMPT_TEMPLATES", default_value = glimpse_core::labels::DEFAULT_TEMPLATE)]
+    pub templates: String,
+    /// Where pulled models live.
+    #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
+    pub model_cache: Option<PathBuf>,
+    #[arg(long, env = "GLIMPSE_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32", hide = true)]
+    pub default_clip: String,
+    #[arg(long, env = "GLIMPSE_VIT_MODEL", default_value = "google/vit-base-patch16-224", hide = true)]
+    pub default_vit: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download models (default: the configured CLIP and ViT models) into the cache.
+    Pull {
+        ids: Vec<String>,
+        #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
+        model_cache: Option<PathBuf>,
+        #[arg(long, env = "GLIMPSE_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32", hide = true)]
+        default_clip: String,
+        #[arg(long, env = "GLIMPSE_VIT_MODEL", default_value = "google/vit-base-patch16-224", hide = true)]
+        default_vit: String,
+    },
+    /// List the models in the cache.
+    List {
+        #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
+        model_cache: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// `sqlite://PATH` or `postgres://…`.
+    #[arg(long, env = "GLIMPSE_DATABASE_URL", default_value = "sqlite://glimpse.db", global = true)]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key; prints it once.
+    Create {
+        #[arg(long)]
+        credits: i64,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Print `{"id","key","name","credits"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never the secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add credits to a key.
+    Topup { key_id: String, credits: i64 },
+    /// Revoke a key; it fails on its next request on every replica (within the 5 s key cache).
+    Revoke { key_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_parser = ["clip-b32", "clip-b16", "vit-b16"], default_value = "clip-b32")]
+    pub arch: String,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Threads for the forward pass (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_parser = ["fp32", "bf16", "int8"], default_value = "fp32")]
+    pub precision: String,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 11)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+}
+
+pub fn run_serve(config: glimpse_server::ServerConfig) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        glimpse_server::init_tracing(&config);
+        let listener = tokio::net::TcpListener::bind(&config.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (GLIMPSE_BIND): {e}", config.bind))?;
+        glimpse_server::serve(config, listener, glimpse_server::shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,171 @@
+//! `glimpse classify` end to end against the `transformers` reference: the binary decodes,
+//! preprocesses and runs the fixture models, and its `--json` answers must match the reference
+//! probabilities within 1e-4 (contract, section Models).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+fn expected(model: &str) -> Value {
+    let p = fixtures().join(format!("expected/{model}.json"));
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+fn glimpse() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+    // Never reach for the Hub from a test.
+    c.env("HF_HUB_OFFLINE", "1").env_remove("GLIMPSE_CONFIG");
+    c
+}
+
+/// Run classify on every reference image in one process; answers in input order.
+fn classify_all(kind: &str, model: &str, images: &[String]) -> Vec<Value> {
+    let out = glimpse()
+        .args(["classify", kind, "--json", "--model"])
+        .arg(fixtures().join("models").join(model))
+        .args(images.iter().map(|n| fixtures().join("images").join(n)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "classify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), images.len());
+    lines
+}
+
+fn check_clip(model: &str) {
+    let exp = expected(model);
+    let labels: Vec<String> = serde_json::from_value(exp["labels"].clone()).unwrap();
+    let images: Vec<String> = exp["images"].as_object().unwrap().keys().cloned().collect();
+    let answers = classify_all("clip", model, &images);
+    let mut worst = 0f64;
+    for (name, answer) in images.iter().zip(&answers) {
+        assert_eq!(answer["model"], "clip");
+        assert_eq!(answer["modelId"], model);
+        let preds = answer["predictions"].as_array().unwrap();
+        assert_eq!(preds.len(), labels.len(), "{name}");
+        assert_eq!(answer["result"], preds[0]["label"]);
+        let ref_probs = exp["images"][name]["probs"].as_array().unwrap();
+        for (label, want) in labels.iter().zip(ref_probs) {
+            let got = preds.iter().find(|p| p["label"] == label.as_str()).unwrap()["score"]
+                .as_f64()
+                .unwrap();
+            let diff = (got - want.as_f64().unwrap()).abs();
+            worst = worst.max(diff);
+            assert!(diff < 1e-4, "{model} {name} {label}: got {got}, reference {want}");
+        }
+    }
+    eprintln!("{model}: {} images, max |Δp| = {worst:.2e}", images.len());
+}
+
+#[test]
+fn clip_tiny_matches_transformers_on_every_image() {
+    check_clip("clip-tiny");
+}
+
+#[test]
+fn clip_tiny_bin_weights_match_too() {
+    check_clip("clip-tiny-bin");
+}
+
+#[test]
+fn clip_new_style_preprocessor_config_matches() {
+    check_clip("clip-tiny-b16");
+}
+
+#[test]
+fn vit_tiny_top5_matches_transformers_on_every_image() {
+    for model in ["vit-tiny", "vit-tiny-bin"] {
+        let exp = expected(model);
+        let images: Vec<String> = exp["images"].as_object().unwrap().keys().cloned().collect();
+        let answers = classify_all("vit", model, &images);
+        for (name, answer) in images.iter().zip(&answers) {
+            assert_eq!(answer["model"], "vit");
+            let cats = answer["predictions"].as_array().unwrap();
+            assert_eq!(cats.len(), 6, "{name}");
+            let total: f64 = cats.iter().map(|c| c["score"].as_f64().unwrap()).sum();
+            assert!((total - 1.0).abs() < 1e-4, "{name}: categories sum to {total}");
+            let top = answer["imagenet"].as_array().unwrap();
+            let want = exp["images"][name]["top5"].as_array().unwrap();
+            assert_eq!(top.len(), 5);
+            for (g, w) in top.iter().zip(want) {
+                assert_eq!(g["label"], w["label"], "{model} {name}");
+                let d = (g["score"].as_f64().unwrap() - w["prob"].as_f64().unwrap()).abs();
+                assert!(d < 1e-4, "{model} {name} {}: Δ {d}", w["label"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn unreadable_file_gives_one_line_error_and_non_zero_exit() {
+    let out = glimpse()
+        .args(["classify", "vit", "--model"])
+        .arg(fixtures().join("models/vit-tiny"))
+        .arg(fixtures().join("images/tiny.png"))
+        .arg("/nonexistent/photo.jpg")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("/nonexistent/photo.jpg"), "{stderr}");
+    // The readable image was still classified.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn not_an_image_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "hello").unwrap();
+    let out = glimpse()
+        .args(["classify", "vit", "--model"])
+        .arg(fixtures().join("models/vit-tiny"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("notes.txt"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_labels_and_missing_model_folder_are_refused() {
+    let out = glimpse()
+        .args(["classify", "clip", "--labels", " , ", "--model"])
+        .arg(fixtures().join("models/clip-tiny"))
+        .arg(fixtures().join("images/tiny.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+
+    let out = glimpse()
+        .args(["classify", "clip", "--model", "acme/not-cached-anywhere"])
+        .arg(fixtures().join("images/tiny.png"))
+        .env("GLIMPSE_MODEL_CACHE", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("acme/not-cached-anywhere"), "{stderr}");
+}

@@ -1,0 +1,76 @@
+//! `glimpse keys …` against a temp SQLite store; the `--json` shapes are read by outside scripts.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn keys(db: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .arg("keys")
+        .args(args)
+        .env("GLIMPSE_DATABASE_URL", db)
+        .env_remove("GLIMPSE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn create_list_topup_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+
+    let out = keys(&db, &["create", "--credits", "5", "--name", "ci", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = made["id"].as_str().unwrap().to_string();
+    assert!(made["key"].as_str().unwrap().starts_with("gk_"));
+    assert_eq!(made["name"], "ci");
+    assert_eq!(made["credits"], 5);
+
+    let out = keys(&db, &["topup", &id, "7"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("12"));
+
+    let out = keys(&db, &["revoke", &id]);
+    assert!(out.status.success());
+
+    let out = keys(&db, &["list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = list.as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap();
+    assert_eq!(row["credits"], 12);
+    assert_eq!(row["revoked"], true);
+    // The secret is never listed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(made["key"].as_str().unwrap()));
+
+    let out = keys(&db, &["topup", "key_doesnotexist", "1"]);
+    assert!(!out.status.success());
+    let out = keys(&db, &["create", "--credits", "-3"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn config_file_fills_unset_variables_and_loses_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_file = format!("sqlite://{}", dir.path().join("from-file.db").display());
+    let cfg = dir.path().join("glimpse.toml");
+    std::fs::write(&cfg, format!("database_url = \"{db_file}\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["keys", "create", "--credits", "1", "--json", "--config"])
+        .arg(&cfg)
+        .env_remove("GLIMPSE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("from-file.db").exists());
+
+    // A variable beats the file.
+    let db_env = format!("sqlite://{}", dir.path().join("from-env.db").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["keys", "create", "--credits", "1", "--json", "--config"])
+        .arg(&cfg)
+        .env("GLIMPSE_DATABASE_URL", &db_env)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(dir.path().join("from-env.db").exists());
+}
