@@ -1,8 +1,25 @@
 //! API keys, credits and the usage ledger (contract, section Keys and credits).
 //!
 //! `Store` is the one interface the server uses; `sqlite` and `postgres` implement it, each with
-//! its own migrations. `connect(url)` picks the implementation from the URL scheme.
+//! its own migrations. `connect(url)` picks the implementation from the URL scheme and wraps it in
+//! a short-lived `authenticate` cache (`CachedStore`).
+//!
+//! Money rules, on both backends:
+//! - a debit is one conditional `UPDATE … SET balance = balance - cost WHERE … AND balance >= cost
+//!   RETURNING balance` plus its ledger row and an `open` reservation, in one transaction, so no
+//!   interleaving can take a balance below zero (a `CHECK (balance >= 0)` is the backstop);
+//! - a reservation is closed exactly once (`settle`, `refund` or `reap_stale`) by one conditional
+//!   `UPDATE reservations SET state = … WHERE id = … AND state = 'open'`: whoever closes it first
+//!   wins, the others change nothing, so a refund is never paid twice (a unique index on
+//!   `ledger(reservation_id) WHERE kind = 'refund'` is the backstop);
+//! - every change of a balance has a ledger row (initial credits are a `topup` row), so for every
+//!   key `balance == sum(ledger.credits)`.
+//!
+//! Idempotency claims: a claim still `in_progress` after `StoreOptions::idempotency_takeover_after`
+//! (default 5 minutes) is assumed to belong to a crashed request and may be taken over by a new
+//! claim with the same request hash (the claim answers `New` again).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -101,6 +118,102 @@ pub enum IdempotencyClaim {
     Mismatch,
 }
 
+/// Sums of a key's ledger, as positive numbers: `balance == topups - debits + refunds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerTotals {
+    pub debits: i64,
+    pub refunds: i64,
+    pub topups: i64,
+}
+
+/// A reservation made by `debit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub id: String,
+    pub key_id: String,
+    pub credits: i64,
+    /// `open`, `settled` or `refunded`.
+    pub state: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Tuning for `connect_with`.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long an `authenticate` answer is reused; at most 5 s so a revocation reaches every
+    /// replica within that. `Duration::ZERO` turns the cache off.
+    pub auth_cache_ttl: Duration,
+    pub max_connections: u32,
+    /// An idempotency claim left `in_progress` this long may be taken over (see crate docs).
+    pub idempotency_takeover_after: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            auth_cache_ttl: Duration::from_secs(5),
+            max_connections: 8,
+            idempotency_takeover_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Longest cache TTL accepted: the contract wants a revocation to bite quickly everywhere.
+pub const MAX_AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Largest amount one `create_key`/`topup`/`debit` may move, and the largest balance (SQLite
+/// would silently turn an overflowing integer into a float).
+pub const MAX_CREDITS: i64 = 1_000_000_000_000_000;
+
+mod cache;
+mod keys;
+mod postgres;
+mod sqlite;
+mod sqlutil;
+
+pub use cache::CachedStore;
+pub use keys::{generate_key, hash_key, parse_key, ParsedKey, KEY_LEN, KEY_PREFIX};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// `connect_with(url, StoreOptions::default())`.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    connect_with(url, StoreOptions::default()).await
+}
+
+/// Opens `sqlite://PATH` (created if missing; `sqlite::memory:` works for one-connection tests)
+/// or `postgres://…` / `postgresql://…`, runs that backend's migrations, and wraps the store in
+/// the `authenticate` cache unless the TTL is zero.
+pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
+    if options.auth_cache_ttl > MAX_AUTH_CACHE_TTL {
+        return Err(StoreError::Invalid(format!(
+            "auth cache TTL {:?} is over the {:?} limit",
+            options.auth_cache_ttl, MAX_AUTH_CACHE_TTL
+        )));
+    }
+    if options.max_connections == 0 {
+        return Err(StoreError::Invalid(
+            "max_connections must be at least 1".into(),
+        ));
+    }
+    let inner: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::open(url, &options).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PostgresStore::open(url, &options).await?)
+    } else {
+        return Err(StoreError::Invalid(
+            "database URL must start with sqlite://, sqlite::memory:, postgres:// or postgresql://"
+                .into(),
+        ));
+    };
+    if options.auth_cache_ttl.is_zero() {
+        Ok(inner)
+    } else {
+        Ok(Arc::new(CachedStore::new(inner, options.auth_cache_ttl)))
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn create_key(&self, name: &str, credits: i64) -> Result<NewKey>;
@@ -109,12 +222,16 @@ pub trait Store: Send + Sync + 'static {
     async fn topup(&self, key_id: &str, credits: i64) -> Result<i64>;
     async fn revoke(&self, key_id: &str) -> Result<()>;
     /// `Err(MalformedKey)` before any query for a key of the wrong shape; `Ok(None)` for an unknown
-    /// or revoked key.
+    /// or revoked key. Behind `CachedStore` the answer (its `credits` included) may be up to the
+    /// cache TTL old: use `balance`/`debit` for money, never `KeyInfo::credits`.
     async fn authenticate(&self, raw_key: &str) -> Result<Option<KeyInfo>>;
     async fn balance(&self, key_id: &str) -> Result<i64>;
     /// One conditional debit plus its ledger row and an open reservation, in one transaction.
+    /// `InsufficientCredits` when the balance is short; `NotFound` for an unknown or revoked key;
+    /// `Invalid` for a negative cost.
     async fn debit(&self, req: &DebitRequest) -> Result<Debit>;
-    /// Close a reservation as served.
+    /// Close a reservation as served. Settling a reservation that is already closed (e.g. reaped)
+    /// changes nothing and is not an error; an unknown id is `NotFound`.
     async fn settle(&self, debit_id: &str, status: u16, latency_ms: f64) -> Result<()>;
     /// Give a reservation's credits back as a new ledger row; returns the new balance. Refunding a
     /// reservation that is already closed changes nothing.
@@ -139,4 +256,10 @@ pub trait Store: Send + Sync + 'static {
     async fn idempotency_abort(&self, key_id: &str, idempotency_key: &str) -> Result<()>;
     /// Reachability check for `/readyz`.
     async fn ping(&self) -> Result<()>;
+    /// Ledger sums for one key (for invariant checks: `balance == topups - debits + refunds`).
+    async fn ledger_totals(&self, key_id: &str) -> Result<LedgerTotals>;
+    /// One reservation, whatever its state.
+    async fn reservation(&self, debit_id: &str) -> Result<Reservation>;
+    /// Closes the connection pool (graceful shutdown); later calls that need the database fail.
+    async fn close(&self);
 }

@@ -1,0 +1,356 @@
+//! One story of keys, credits, reservations and idempotency, told to SQLite and to PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glimpse_store::*;
+
+const TTL: Duration = Duration::from_millis(700);
+const TAKEOVER: Duration = Duration::from_millis(800);
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        auth_cache_ttl: TTL,
+        max_connections: 4,
+        idempotency_takeover_after: TAKEOVER,
+    }
+}
+
+fn debit_req(key_id: &str, cost: i64) -> DebitRequest {
+    DebitRequest {
+        key_id: key_id.to_string(),
+        cost,
+        endpoint: "clip".into(),
+        model: "openai/clip-vit-base-patch32".into(),
+    }
+}
+
+fn assert_rfc3339_utc(at: &str) {
+    let b = at.as_bytes();
+    assert!(
+        at.len() == 24 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && at.ends_with('Z'),
+        "not RFC 3339 UTC with milliseconds: {at:?}"
+    );
+}
+
+/// The shared story. `a` and `b` are two replicas (own pools, own caches) on one database.
+async fn story(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    // Malformed keys are refused by shape/checksum (that no query runs is shown at the end).
+    for bad in ["", "nope", "gk_short", "Bearer gk_x"] {
+        assert!(
+            matches!(a.authenticate(bad).await, Err(StoreError::MalformedKey)),
+            "{bad:?}"
+        );
+    }
+
+    // create / authenticate / list
+    let alice = a.create_key("alice", 10).await.unwrap();
+    assert!(alice.key.starts_with("gk_") && alice.key.len() == KEY_LEN);
+    assert!(alice.id.starts_with("key_") && !alice.key.contains(&alice.id));
+    assert_eq!((alice.name.as_str(), alice.credits), ("alice", 10));
+    let mut typo = alice.key.clone().into_bytes();
+    typo[10] = if typo[10] == b'x' { b'y' } else { b'x' };
+    let typo = String::from_utf8(typo).unwrap();
+    assert!(matches!(
+        a.authenticate(&typo).await,
+        Err(StoreError::MalformedKey)
+    ));
+    assert!(matches!(
+        a.create_key("neg", -1).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let zero = a.create_key("zero", 0).await.unwrap();
+    assert_eq!(a.balance(&zero.id).await.unwrap(), 0);
+
+    for replica in [&a, &b] {
+        let info = replica
+            .authenticate(&alice.key)
+            .await
+            .unwrap()
+            .expect("known key");
+        assert_eq!(
+            (info.id.as_str(), info.name.as_str()),
+            (alice.id.as_str(), "alice")
+        );
+        assert_eq!((info.credits, info.revoked), (10, false));
+        assert_rfc3339_utc(&info.created_at);
+    }
+    assert_eq!(a.authenticate(&generate_key()).await.unwrap(), None);
+    let listed = a.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .any(|k| k.id == alice.id && k.credits == 10 && !k.revoked));
+
+    // topup
+    assert_eq!(a.topup(&alice.id, 5).await.unwrap(), 15);
+    assert_eq!(b.balance(&alice.id).await.unwrap(), 15);
+    for bad in [0, -3] {
+        assert!(matches!(
+            a.topup(&alice.id, bad).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        a.topup("key_nope", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        a.topup(&alice.id, MAX_CREDITS).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // revoke: at once on the replica that revoked, within the cache TTL on the other one.
+    let mallory = a.create_key("mallory", 5).await.unwrap();
+    assert!(b.authenticate(&mallory.key).await.unwrap().is_some());
+    let revoked_at = Instant::now();
+    a.revoke(&mallory.id).await.unwrap();
+    assert_eq!(a.authenticate(&mallory.key).await.unwrap(), None);
+    let on_b = b.authenticate(&mallory.key).await.unwrap();
+    if revoked_at.elapsed() < TTL {
+        assert!(
+            on_b.is_some(),
+            "replica b should still answer from its cache"
+        );
+    }
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    assert_eq!(b.authenticate(&mallory.key).await.unwrap(), None);
+    a.revoke(&mallory.id).await.unwrap(); // twice is fine
+    assert!(matches!(
+        a.revoke("key_nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(a
+        .list_keys()
+        .await
+        .unwrap()
+        .iter()
+        .any(|k| k.id == mallory.id && k.revoked));
+    assert!(matches!(
+        a.debit(&debit_req(&mallory.id, 1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // debit until zero
+    let bob = a.create_key("bob", 3).await.unwrap();
+    let mut debits = Vec::new();
+    for expected in [2, 1, 0] {
+        let d = a.debit(&debit_req(&bob.id, 1)).await.unwrap();
+        assert_eq!(d.balance, expected);
+        debits.push(d.id);
+    }
+    match b.debit(&debit_req(&bob.id, 1)).await {
+        Err(StoreError::InsufficientCredits {
+            balance: 0,
+            cost: 1,
+        }) => {}
+        other => panic!("expected InsufficientCredits, got {other:?}"),
+    }
+    assert!(matches!(
+        a.debit(&debit_req(&bob.id, -1)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        a.debit(&debit_req("key_nope", 1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let (d1, d2, d3) = (&debits[0], &debits[1], &debits[2]);
+
+    // refund restores; a second refund, a refund after settle, a settle after refund: no-ops.
+    assert_eq!(a.refund(d1, 500, 12.5).await.unwrap(), 1);
+    assert_eq!(b.refund(d1, 500, 12.5).await.unwrap(), 1);
+    match a.debit(&debit_req(&bob.id, 2)).await {
+        Err(StoreError::InsufficientCredits {
+            balance: 1,
+            cost: 2,
+        }) => {}
+        other => panic!("expected InsufficientCredits, got {other:?}"),
+    }
+    a.settle(d2, 200, 30.0).await.unwrap();
+    assert_eq!(a.refund(d2, 500, 1.0).await.unwrap(), 1);
+    a.settle(d1, 200, 1.0).await.unwrap();
+    assert!(matches!(
+        a.settle("dbt_nope", 200, 1.0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        a.refund("dbt_nope", 500, 1.0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let state = |r: Reservation| r.state;
+    assert_eq!(state(a.reservation(d1).await.unwrap()), "refunded");
+    assert_eq!(state(a.reservation(d2).await.unwrap()), "settled");
+    assert_eq!(state(a.reservation(d3).await.unwrap()), "open");
+    assert_rfc3339_utc(&a.reservation(d3).await.unwrap().created_at);
+
+    // reap_stale only touches open reservations older than the cutoff.
+    assert_eq!(a.reap_stale(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(state(a.reservation(d3).await.unwrap()), "open");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.reap_stale(Duration::from_millis(100)).await.unwrap(), 1);
+    assert_eq!(state(a.reservation(d3).await.unwrap()), "refunded");
+    assert_eq!(a.reap_stale(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(a.balance(&bob.id).await.unwrap(), 2);
+    let totals = a.ledger_totals(&bob.id).await.unwrap();
+    assert_eq!(
+        totals,
+        LedgerTotals {
+            debits: 3,
+            refunds: 2,
+            topups: 3
+        }
+    );
+
+    // account: balance and recent rows, newest first.
+    let acct = b.account(&bob.id, 3).await.unwrap();
+    assert_eq!(
+        (acct.key_id.as_str(), acct.name.as_str(), acct.credits),
+        (bob.id.as_str(), "bob", 2)
+    );
+    let kinds: Vec<(&str, i64, Option<i32>)> = acct
+        .usage
+        .iter()
+        .map(|u| (u.kind.as_str(), u.credits, u.status))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("refund", 1, None),
+            ("refund", 1, Some(500)),
+            ("debit", -1, None)
+        ]
+    );
+    assert_eq!(acct.usage[1].latency_ms, Some(12.5));
+    assert_eq!(acct.usage[1].endpoint, "clip");
+    let full = a.account(&bob.id, 100).await.unwrap().usage;
+    assert_eq!(full.len(), 6);
+    assert_eq!((full[5].kind.as_str(), full[5].credits), ("topup", 3));
+    assert_eq!(
+        full[3].status,
+        Some(200),
+        "settled debit row carries its status"
+    );
+    assert_eq!(
+        full.iter().map(|u| u.credits).sum::<i64>(),
+        2,
+        "balance == sum(ledger)"
+    );
+    assert!(full.windows(2).all(|w| w[0].at >= w[1].at), "newest first");
+    full.iter().for_each(|u| assert_rfc3339_utc(&u.at));
+    assert!(matches!(
+        a.account("key_nope", 5).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // idempotency
+    use IdempotencyClaim::*;
+    let id = &alice.id;
+    assert_eq!(a.idempotency_claim(id, "req-1", "h1").await.unwrap(), New);
+    assert_eq!(
+        b.idempotency_claim(id, "req-1", "h1").await.unwrap(),
+        InProgress
+    );
+    assert_eq!(
+        b.idempotency_claim(id, "req-1", "h2").await.unwrap(),
+        Mismatch
+    );
+    a.idempotency_complete(id, "req-1", 200, r#"{"ok":1}"#)
+        .await
+        .unwrap();
+    let done = Completed {
+        status: 200,
+        body: r#"{"ok":1}"#.into(),
+    };
+    assert_eq!(b.idempotency_claim(id, "req-1", "h1").await.unwrap(), done);
+    assert_eq!(
+        b.idempotency_claim(id, "req-1", "h2").await.unwrap(),
+        Mismatch
+    );
+    a.idempotency_complete(id, "req-1", 500, "other")
+        .await
+        .unwrap(); // first answer stays
+    a.idempotency_abort(id, "req-1").await.unwrap(); // completed claims are kept
+    assert_eq!(a.idempotency_claim(id, "req-1", "h1").await.unwrap(), done);
+    assert_eq!(
+        a.idempotency_claim(&bob.id, "req-1", "h1").await.unwrap(),
+        New,
+        "per key"
+    );
+    assert_eq!(a.idempotency_claim(id, "req-2", "h").await.unwrap(), New);
+    a.idempotency_abort(id, "req-2").await.unwrap();
+    assert_eq!(a.idempotency_claim(id, "req-2", "h").await.unwrap(), New);
+    assert!(matches!(
+        a.idempotency_complete(id, "req-never", 200, "").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        a.idempotency_claim(id, "", "h").await,
+        Err(StoreError::Invalid(_))
+    ));
+    let long = "k".repeat(256);
+    assert!(matches!(
+        a.idempotency_claim(id, &long, "h").await,
+        Err(StoreError::Invalid(_))
+    ));
+    // A claim left in progress past the takeover age is taken over, once.
+    tokio::time::sleep(TAKEOVER + Duration::from_millis(100)).await;
+    assert_eq!(b.idempotency_claim(id, "req-2", "h").await.unwrap(), New);
+    assert_eq!(
+        a.idempotency_claim(id, "req-2", "h").await.unwrap(),
+        InProgress
+    );
+    assert_eq!(
+        a.idempotency_claim(id, "req-2", "other").await.unwrap(),
+        Mismatch
+    );
+
+    a.ping().await.unwrap();
+
+    // With the pool closed, a well-formed key needs the database and fails; a malformed one is
+    // still refused with MalformedKey, so it never reached a query.
+    a.close().await;
+    assert!(matches!(
+        a.authenticate(&generate_key()).await,
+        Err(StoreError::Database(_))
+    ));
+    assert!(matches!(
+        a.authenticate(&typo).await,
+        Err(StoreError::MalformedKey)
+    ));
+    assert!(a.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn story_sqlite() {
+    let (_dir, a, b) = common::sqlite_replicas(&options()).await;
+    story(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn story_postgres() {
+    common::with_postgres_replicas(&options(), story).await;
+}
+
+#[tokio::test]
+async fn connect_refuses_unknown_schemes_and_long_ttls() {
+    match connect("mysql://localhost/x").await {
+        Err(StoreError::Invalid(msg)) => {
+            assert!(msg.contains("sqlite://") && msg.contains("postgres://"))
+        }
+        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+    }
+    let long = StoreOptions {
+        auth_cache_ttl: Duration::from_secs(6),
+        ..StoreOptions::default()
+    };
+    assert!(matches!(
+        connect_with("sqlite::memory:", long).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // In-memory SQLite works (one connection that stays open), and migrations ran.
+    let mem = connect("sqlite::memory:").await.unwrap();
+    let k = mem.create_key("m", 2).await.unwrap();
+    assert_eq!(mem.debit(&debit_req(&k.id, 2)).await.unwrap().balance, 0);
+}
