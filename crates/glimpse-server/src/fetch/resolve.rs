@@ -49,10 +49,10 @@ impl StaticResolver {
         Self::default()
     }
 
-    /// Map `host` (case-insensitive) to `ips`, adding to any earlier entry.
+    /// Map `host` (case-insensitive, trailing dot ignored) to `ips`, adding to any earlier entry.
     pub fn with(mut self, host: &str, ips: &[IpAddr]) -> Self {
         self.names
-            .entry(host.to_ascii_lowercase())
+            .entry(normalise(host))
             .or_default()
             .extend_from_slice(ips);
         self
@@ -63,12 +63,17 @@ impl NameResolver for StaticResolver {
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
         let found = self
             .names
-            .get(&host.to_ascii_lowercase())
+            .get(&normalise(host))
             .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
         Box::pin(async move {
             found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "unknown host"))
         })
     }
+}
+
+/// `Example.COM.` and `example.com` are the same DNS name.
+fn normalise(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// The resolver refused a name because one of its addresses is forbidden. Travels inside
