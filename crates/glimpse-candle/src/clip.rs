@@ -1,0 +1,328 @@
+//! CLIP (transformers' `CLIPModel`): a causal text transformer pooled at the end token and a ViT
+//! image tower pooled at the class token, each projected into a shared space and L2-normalised.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::init::Init;
+use candle_nn::{layer_norm, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder, VarMap};
+use glimpse_core::backend::{PixelBatch, ZeroShotModel};
+use glimpse_core::preprocess::PreprocessConfig;
+use glimpse_core::scoring::l2_normalize;
+use glimpse_core::{CoreError, Result};
+
+use crate::config::{self, model_err, ClipConfig, ClipTextConfig, VisionConfig};
+use crate::layers::{
+    causal_mask, first_argmax, pixel_tensor, rows, Encoder, PatchEmbedding, CLIP_NAMES,
+};
+use crate::presets::ClipPreset;
+use crate::runtime::Runtime;
+use crate::tokenizer::ClipTokenizer;
+use crate::{LoadOptions, ModelKind};
+
+/// transformers initialises embeddings and class tokens with this standard deviation.
+const INIT_STD: f64 = 0.02;
+
+#[derive(Debug, Clone)]
+struct TextTower {
+    token_embedding: Embedding,
+    /// `[max_position_embeddings, hidden]`.
+    position_embedding: Tensor,
+    encoder: Encoder,
+    final_layer_norm: LayerNorm,
+    projection: Linear,
+}
+
+impl TextTower {
+    fn new(
+        cfg: &ClipTextConfig,
+        projection_dim: usize,
+        vb: &VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let t = vb.pp("text_model");
+        let h = cfg.encoder.hidden_size;
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let e = t.pp("embeddings");
+        let token = e
+            .pp("token_embedding")
+            .get_with_hints((cfg.vocab_size, h), "weight", randn)?;
+        Ok(TextTower {
+            token_embedding: Embedding::new(token, h),
+            position_embedding: e.pp("position_embedding").get_with_hints(
+                (cfg.max_position_embeddings, h),
+                "weight",
+                randn,
+            )?,
+            encoder: Encoder::new(&cfg.encoder, &CLIP_NAMES, t.pp("encoder.layers"))?,
+            final_layer_norm: layer_norm(h, cfg.encoder.layer_norm_eps, t.pp("final_layer_norm"))?,
+            projection: linear_no_bias(h, projection_dim, vb.pp("text_projection"))?,
+        })
+    }
+
+    /// Projected (not yet normalised) embeddings of equal-length id rows.
+    fn forward(
+        &self,
+        ids: &[Vec<u32>],
+        pooled_at: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s) = (ids.len(), ids[0].len());
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b, s), device)?;
+        let xs = self
+            .token_embedding
+            .forward(&ids)?
+            .broadcast_add(&self.position_embedding.narrow(0, 0, s)?)?;
+        let xs = self.encoder.forward(&xs, Some(&causal_mask(s, device)?))?;
+        // The final layer norm is per token, so applying it to the pooled rows only is the same.
+        let at: Vec<u32> = pooled_at
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i * s + p) as u32)
+            .collect();
+        let at = Tensor::from_vec(at, b, device)?;
+        let pooled = xs.reshape((b * s, ()))?.index_select(&at, 0)?;
+        self.projection
+            .forward(&self.final_layer_norm.forward(&pooled)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct VisionTower {
+    embeddings: PatchEmbedding,
+    pre_layrnorm: LayerNorm,
+    encoder: Encoder,
+    post_layernorm: LayerNorm,
+    projection: Linear,
+}
+
+impl VisionTower {
+    fn new(
+        cfg: &VisionConfig,
+        projection_dim: usize,
+        vb: &VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let v = vb.pp("vision_model");
+        let (h, eps) = (cfg.encoder.hidden_size, cfg.encoder.layer_norm_eps);
+        let e = v.pp("embeddings");
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let cls = e.get_with_hints(h, "class_embedding", randn)?;
+        let pos = e.pp("position_embedding").get_with_hints(
+            (cfg.num_patches() + 1, h),
+            "weight",
+            randn,
+        )?;
+        Ok(VisionTower {
+            embeddings: PatchEmbedding::new(cfg, false, e.pp("patch_embedding"), cls, pos)?,
+            pre_layrnorm: layer_norm(h, eps, v.pp("pre_layrnorm"))?,
+            encoder: Encoder::new(&cfg.encoder, &CLIP_NAMES, v.pp("encoder.layers"))?,
+            post_layernorm: layer_norm(h, eps, v.pp("post_layernorm"))?,
+            projection: linear_no_bias(h, projection_dim, vb.pp("visual_projection"))?,
+        })
+    }
+
+    fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = self
+            .pre_layrnorm
+            .forward(&self.embeddings.forward(pixels)?)?;
+        let xs = self.encoder.forward(&xs, None)?;
+        let cls = xs.i((.., 0, ..))?.contiguous()?;
+        self.projection.forward(&self.post_layernorm.forward(&cls)?)
+    }
+}
+
+/// A loaded CLIP model; see [`ZeroShotModel`] for what it computes.
+#[derive(Debug, Clone)]
+pub struct ClipModel {
+    config: ClipConfig,
+    text: TextTower,
+    vision: VisionTower,
+    tokenizer: Option<ClipTokenizer>,
+    logit_scale: f32,
+    preprocess: PreprocessConfig,
+    runtime: Runtime,
+    device: Device,
+}
+
+/// Load a CLIP model from a Hugging Face folder: `config.json`, `preprocessor_config.json`,
+/// `tokenizer.json` and `model.safetensors` (or `pytorch_model.bin`).
+pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
+    opts.check_precision()?;
+    let json = config::read_config_json(dir)?;
+    if config::kind_of(&json)? != ModelKind::Clip {
+        return Err(model_err(format!(
+            "{}: config.json describes a ViT classifier, not a CLIP model",
+            dir.display()
+        )));
+    }
+    let config = ClipConfig::from_json(&json)?;
+    let preprocess = read_preprocess_config(dir)?;
+    let tokenizer = ClipTokenizer::from_dir(dir, config.text.max_position_embeddings)?;
+    let device = Device::Cpu;
+    let (vb, file) = crate::weights::open(dir, &device)?;
+    let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
+    let mut model = build(config, &vb, preprocess, device).map_err(bad)?;
+    model.tokenizer = Some(tokenizer);
+    model.runtime = Runtime::new(opts.threads)?;
+    Ok(model)
+}
+
+/// A CLIP of the preset's real architecture with random weights, for benchmarks. It has no
+/// tokenizer: `embed_texts` answers with an error, `embed_token_ids` works.
+pub fn random_clip(preset: ClipPreset) -> ClipModel {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    build(preset.config(), &vb, preset.preprocess(), device)
+        .expect("a preset CLIP always builds from a VarMap")
+}
+
+pub(crate) fn read_preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
+    let path = dir.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        model_err(format!(
+            "model folder {} has no readable preprocessor_config.json: {e}",
+            dir.display()
+        ))
+    })?;
+    // Its errors already name preprocessor_config.json.
+    PreprocessConfig::from_json_str(&text)
+        .map_err(|e| model_err(format!("model folder {}: {e}", dir.display())))
+}
+
+fn build(
+    config: ClipConfig,
+    vb: &VarBuilder,
+    preprocess: PreprocessConfig,
+    device: Device,
+) -> candle_core::Result<ClipModel> {
+    let text = TextTower::new(&config.text, config.projection_dim, vb)?;
+    let vision = VisionTower::new(&config.vision, config.projection_dim, vb)?;
+    let logit_scale = vb
+        .get_with_hints(
+            (),
+            "logit_scale",
+            Init::Const(config.logit_scale_init_value),
+        )?
+        .to_scalar::<f32>()?
+        .exp();
+    Ok(ClipModel {
+        config,
+        text,
+        vision,
+        tokenizer: None,
+        logit_scale,
+        preprocess,
+        runtime: Runtime::default(),
+        device,
+    })
+}
+
+fn internal(what: &str) -> impl Fn(candle_core::Error) -> CoreError + '_ {
+    move |e| CoreError::Internal(format!("CLIP {what} forward pass failed: {e}"))
+}
+
+impl ClipModel {
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> Option<&ClipTokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Run forward passes on a pool of `threads` threads (`None`: rayon's global pool).
+    pub fn set_threads(&mut self, threads: Option<usize>) -> Result<()> {
+        self.runtime = Runtime::new(threads)?;
+        Ok(())
+    }
+
+    /// Where the text tower pools each row: transformers' rule. Configs with the legacy
+    /// `eos_token_id == 2` pool at the (first) largest id, the end token in openai's vocabulary;
+    /// others at the first `eos_token_id` (position 0 if there is none, as torch's argmax gives).
+    fn pooled_positions(&self, ids: &[Vec<u32>]) -> Vec<usize> {
+        let eos = self.config.text.eos_token_id;
+        ids.iter()
+            .map(|row| {
+                if eos == 2 {
+                    first_argmax(row)
+                } else {
+                    row.iter().position(|&t| i64::from(t) == eos).unwrap_or(0)
+                }
+            })
+            .collect()
+    }
+
+    /// L2-normalised text embeddings of already tokenized rows (all the same length; pad after
+    /// the end token, which the causal mask keeps from changing the result).
+    pub fn embed_token_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = ids.first() else {
+            return Ok(Vec::new());
+        };
+        let (s, max) = (first.len(), self.config.text.max_position_embeddings);
+        if s == 0 || s > max || ids.iter().any(|r| r.len() != s) {
+            return Err(CoreError::Internal(format!(
+                "token rows must share one length between 1 and {max}"
+            )));
+        }
+        let vocab = self.config.text.vocab_size;
+        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(CoreError::Internal(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let at = self.pooled_positions(ids);
+        let out = self
+            .runtime
+            .run(|| rows(&self.text.forward(ids, &at, &self.device)?))
+            .map_err(internal("text"))?;
+        Ok(normalized(out))
+    }
+}
+
+fn normalized(mut rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    rows.iter_mut().for_each(|r| l2_normalize(r));
+    rows
+}
+
+impl ZeroShotModel for ClipModel {
+    fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    fn embed_images(&self, pixels: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+        if pixels.batch == 0 {
+            return Ok(Vec::new());
+        }
+        let x = pixel_tensor(pixels, &self.config.vision, &self.device)?;
+        let out = self
+            .runtime
+            .run(|| rows(&self.vision.forward(&x)?))
+            .map_err(internal("image"))?;
+        Ok(normalized(out))
+    }
+
+    fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            CoreError::Model(
+                "this CLIP model has no tokenizer (random weights, for image benchmarks); \
+                 load a model folder with tokenizer.json to embed text"
+                    .into(),
+            )
+        })?;
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.embed_token_ids(&tok.encode_batch(texts)?)
+    }
+
+    fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+}
