@@ -1,0 +1,324 @@
+use super::*;
+use image::{ImageEncoder, Rgb, Rgba};
+
+fn limits() -> DecodeLimits {
+    DecodeLimits::default()
+}
+
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+fn pattern(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| Rgb([(x * 10) as u8, (y * 10) as u8, 77]))
+}
+
+fn invalid_message(r: Result<RgbImage>) -> String {
+    match r {
+        Err(CoreError::InvalidImage(m)) => m,
+        other => panic!("expected InvalidImage, got {other:?}"),
+    }
+}
+
+fn too_large_message(r: Result<RgbImage>) -> String {
+    match r {
+        Err(CoreError::ImageTooLarge(m)) => m,
+        other => panic!("expected ImageTooLarge, got {other:?}"),
+    }
+}
+
+/// CRC-32 (PNG's), to hand-craft valid chunks.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    png
+}
+
+#[test]
+fn png_rgb_is_lossless() {
+    let img = pattern(7, 5);
+    let bytes = encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Png);
+    assert_eq!(decode(&bytes, &limits()).unwrap(), img);
+}
+
+#[test]
+fn png_rgba_is_composited_onto_white() {
+    let img = image::RgbaImage::from_fn(4, 1, |x, _| match x {
+        0 => Rgba([10, 20, 30, 255]),
+        1 => Rgba([10, 20, 30, 0]),
+        2 => Rgba([0, 0, 0, 128]),
+        _ => Rgba([200, 100, 0, 51]),
+    });
+    let bytes = encode(&DynamicImage::ImageRgba8(img), ImageFormat::Png);
+    let out = decode(&bytes, &limits()).unwrap();
+    let px: Vec<[u8; 3]> = out.pixels().map(|p| p.0).collect();
+    // (c*a + 255*(255-a) + 127) // 255: black at a=128 -> 127; 200 at a=51 -> 244.
+    assert_eq!(
+        px,
+        [
+            [10, 20, 30],
+            [255, 255, 255],
+            [127, 127, 127],
+            [244, 224, 204]
+        ]
+    );
+}
+
+#[test]
+fn over_white_matches_pil_formula_at_the_edges() {
+    for c in 0..=255u8 {
+        assert_eq!(over_white(c, 255), c);
+        assert_eq!(over_white(c, 0), 255);
+    }
+    assert_eq!(over_white(0, 1), 254);
+    assert_eq!(over_white(100, 200), 133); // (20000 + 14025 + 127) // 255 = 133
+}
+
+#[test]
+fn grey_and_grey_alpha_are_replicated() {
+    let grey = image::GrayImage::from_fn(3, 2, |x, y| image::Luma([(x * 50 + y) as u8]));
+    let out = decode(
+        &encode(&DynamicImage::ImageLuma8(grey), ImageFormat::Png),
+        &limits(),
+    )
+    .unwrap();
+    assert_eq!(out.get_pixel(2, 1).0, [101, 101, 101]);
+    let la = image::GrayAlphaImage::from_pixel(2, 2, image::LumaA([0, 128]));
+    let out = decode(
+        &encode(&DynamicImage::ImageLumaA8(la), ImageFormat::Png),
+        &limits(),
+    )
+    .unwrap();
+    assert_eq!(out.get_pixel(0, 0).0, [127, 127, 127]);
+}
+
+#[test]
+fn sixteen_bit_png_is_rounded_to_eight() {
+    let img = image::ImageBuffer::<Rgb<u16>, _>::from_fn(3, 1, |x, _| match x {
+        0 => Rgb([0, 257 * 200, 65535]),
+        1 => Rgb([128, 129, 385]), // 128/257 -> 0 (0.498), 129/257 -> 1 (0.502), 385 -> 1
+        _ => Rgb([257 * 10 + 128, 257 * 10 + 129, 1000]),
+    });
+    let bytes = encode(&DynamicImage::ImageRgb16(img), ImageFormat::Png);
+    let out = decode(&bytes, &limits()).unwrap();
+    let px: Vec<[u8; 3]> = out.pixels().map(|p| p.0).collect();
+    assert_eq!(px, [[0, 200, 255], [0, 1, 1], [10, 11, 4]]);
+}
+
+#[test]
+fn jpeg_decodes_close_to_the_source() {
+    let img = RgbImage::from_pixel(16, 16, Rgb([200, 60, 30]));
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95)
+        .write_image(img.as_raw(), 16, 16, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let out = decode(&bytes, &limits()).unwrap();
+    assert_eq!(out.dimensions(), (16, 16));
+    for (a, b) in out.as_raw().iter().zip(img.as_raw()) {
+        assert!(a.abs_diff(*b) <= 3, "{a} vs {b}");
+    }
+}
+
+/// SOI + an APP1 Exif segment with the given orientation, spliced in front of a JPEG's tail.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one IFD entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    // Left half dark, right half bright, 16x8; orientation 6 = rotate 90° clockwise to display.
+    let img = RgbImage::from_fn(
+        16,
+        8,
+        |x, _| if x < 8 { Rgb([0; 3]) } else { Rgb([255; 3]) },
+    );
+    let jpeg = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+    let out = decode(&with_exif_orientation(&jpeg, 6), &limits()).unwrap();
+    assert_eq!(out.dimensions(), (8, 16));
+    // After a clockwise turn the old left (dark) half is on top.
+    assert!(out.get_pixel(4, 2).0[0] < 30);
+    assert!(out.get_pixel(4, 13).0[0] > 225);
+    assert_eq!(
+        probe_dimensions(&with_exif_orientation(&jpeg, 6)).unwrap(),
+        (16, 8)
+    );
+}
+
+#[test]
+fn gif_gives_the_first_frame() {
+    let red = image::RgbaImage::from_pixel(6, 4, Rgba([255, 0, 0, 255]));
+    let blue = image::RgbaImage::from_pixel(6, 4, Rgba([0, 0, 255, 255]));
+    let mut bytes = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new(&mut bytes);
+        enc.encode_frames([image::Frame::new(red), image::Frame::new(blue)])
+            .unwrap();
+    }
+    let out = decode(&bytes, &limits()).unwrap();
+    assert_eq!(out.dimensions(), (6, 4));
+    assert!(out.pixels().all(|p| p.0 == [255, 0, 0]));
+}
+
+#[test]
+fn bmp_and_webp_decode() {
+    let img = pattern(9, 3);
+    let bmp = encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Bmp);
+    assert_eq!(decode(&bmp, &limits()).unwrap(), img);
+    let mut webp = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+        .write_image(img.as_raw(), 9, 3, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    assert_eq!(sniff_format(&webp).unwrap(), Format::WebP);
+    assert_eq!(decode(&webp, &limits()).unwrap(), img);
+}
+
+#[test]
+fn unsupported_formats_are_named() {
+    let cases: [(&[u8], &str); 8] = [
+        (b"II*\0\x08\0\0\0", "TIFF"),
+        (b"MM\0*\0\0\0\x08", "TIFF"),
+        (
+            b"<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
+            "SVG",
+        ),
+        (b"<svg width=\"10\"></svg>", "SVG"),
+        (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC"),
+        (b"%PDF-1.7\n", "PDF"),
+        (b"hello, this is not an image\n", "text"),
+        (&[0x00, 0x9F, 0x13, 0x88, 0x01], "unrecognised"),
+    ];
+    for (bytes, name) in cases {
+        let m = invalid_message(decode(bytes, &limits()));
+        assert!(m.contains(name), "{m}");
+        assert!(m.contains("send JPEG, PNG, WebP, GIF or BMP"), "{m}");
+    }
+    let m = invalid_message(decode(&[], &limits()));
+    assert!(m.contains("empty"), "{m}");
+}
+
+#[test]
+fn huge_png_header_is_refused_before_decoding() {
+    let m = too_large_message(decode(&png_declaring(100_000, 100_000), &limits()));
+    assert_eq!(
+        m,
+        "image is 100000×100000 pixels; the limit is 12000 px per side and 40 MP"
+    );
+    assert_eq!(
+        probe_dimensions(&png_declaring(100_000, 100_000)).unwrap(),
+        (100_000, 100_000)
+    );
+    // Under the side limit but over the pixel limit.
+    too_large_message(decode(&png_declaring(10_000, 10_000), &limits()));
+}
+
+#[test]
+fn pixel_limit_counts_width_times_height() {
+    let bytes = encode(&DynamicImage::ImageRgb8(pattern(100, 60)), ImageFormat::Png);
+    let tight = DecodeLimits {
+        max_pixels: 5_999,
+        max_side: 1000,
+    };
+    too_large_message(decode(&bytes, &tight));
+    let just = DecodeLimits {
+        max_pixels: 6_000,
+        max_side: 100,
+    };
+    assert!(decode(&bytes, &just).is_ok());
+}
+
+#[test]
+fn gif_screen_and_frame_sizes_are_checked() {
+    // Logical screen 65535x65535, then a 1x1 frame.
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0]);
+    gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
+    assert!(too_large_message(decode(&gif, &limits())).contains("65535×65535"));
+    // Small screen, huge first frame after an extension block.
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&[1, 0, 1, 0, 0, 0, 0]);
+    gif.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]);
+    gif.extend_from_slice(&[
+        0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 2, 2, 0x4C, 0x01, 0, 0x3B,
+    ]);
+    assert!(too_large_message(decode(&gif, &limits())).contains("65535×65535"));
+}
+
+#[test]
+fn truncated_files_are_invalid() {
+    let jpeg = encode(&DynamicImage::ImageRgb8(pattern(32, 32)), ImageFormat::Jpeg);
+    for cut in [3, 20, jpeg.len() / 2] {
+        let m = invalid_message(decode(&jpeg[..cut], &limits()));
+        assert!(m.contains("JPEG"), "{m}");
+    }
+    let png = encode(&DynamicImage::ImageRgb8(pattern(32, 32)), ImageFormat::Png);
+    invalid_message(decode(&png[..png.len() / 2], &limits()));
+    invalid_message(decode(&png_declaring(10, 10), &limits()));
+    invalid_message(decode(b"GIF89a", &limits()));
+    invalid_message(decode(b"RIFF\0\0\0\0WEBPVP8 ", &limits()));
+}
+
+#[test]
+fn corrupt_bytes_never_panic() {
+    // Flip bytes all over valid files: each must decode or fail with an error, never panic.
+    let sources = [
+        encode(&DynamicImage::ImageRgb8(pattern(24, 16)), ImageFormat::Jpeg),
+        encode(&DynamicImage::ImageRgb8(pattern(24, 16)), ImageFormat::Png),
+        encode(&DynamicImage::ImageRgb8(pattern(24, 16)), ImageFormat::Bmp),
+        encode(&DynamicImage::ImageRgb8(pattern(24, 16)), ImageFormat::Gif),
+    ];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for src in &sources {
+        for _ in 0..200 {
+            let mut b = src.clone();
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let i = (state as usize) % b.len();
+                b[i] = (state >> 32) as u8;
+            }
+            match decode(&b, &limits()) {
+                Ok(img) => assert!(img.width() > 0),
+                Err(e) => assert!(e.is_client_error(), "{e:?}"),
+            }
+        }
+    }
+}
