@@ -34,6 +34,9 @@ fn batches_are_right_padded_with_the_pad_token() {
     let ids = tok
         .encode_batch(&["car".to_string(), "a photo of a car.".to_string()])
         .unwrap();
-    assert_eq!(ids[0], [49406, 1615, 49407, 49407, 49407, 49407, 49407, 49407]);
+    assert_eq!(
+        ids[0],
+        [49406, 1615, 49407, 49407, 49407, 49407, 49407, 49407]
+    );
     assert_eq!(ids[1].len(), 8);
 }

@@ -12,7 +12,10 @@ const TOL: f32 = 1e-4;
 fn check_model(name: &str) {
     let model = load_vit(&model_dir(name), &LoadOptions::default()).unwrap();
     let exp = expected(name);
-    assert_eq!(model.id2label().len(), exp["num_labels"].as_u64().unwrap() as usize);
+    assert_eq!(
+        model.id2label().len(),
+        exp["num_labels"].as_u64().unwrap() as usize
+    );
 
     let (mut d_logit, mut d_prob) = (0f32, 0f32);
     let cases = images_with_pixels(&exp);
@@ -26,14 +29,21 @@ fn check_model(name: &str) {
         // The reference's top-5 labels come from our id2label too.
         for t in e["top5"].as_array().unwrap() {
             let i = t["index"].as_u64().unwrap() as usize;
-            assert_eq!(model.id2label()[i], t["label"].as_str().unwrap(), "{img_name}");
+            assert_eq!(
+                model.id2label()[i],
+                t["label"].as_str().unwrap(),
+                "{img_name}"
+            );
         }
     }
     eprintln!(
         "{name}: max |diff| logits {d_logit:.2e}, probs {d_prob:.2e} over {} images",
         cases.len()
     );
-    assert!(d_logit <= TOL && d_prob <= TOL, "{name}: {d_logit} / {d_prob}");
+    assert!(
+        d_logit <= TOL && d_prob <= TOL,
+        "{name}: {d_logit} / {d_prob}"
+    );
 
     // Batch == singles over every image with reference pixels.
     let side = model.config().vision.image_size.0;

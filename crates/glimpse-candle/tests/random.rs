@@ -1,0 +1,60 @@
+//! Random-weight models at the real architectures' sizes, for `glimpse bench`.
+
+use glimpse_candle::{random_clip, random_vit, ClipPreset, VitPreset};
+use glimpse_core::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
+use glimpse_core::CoreError;
+
+fn image(side: usize) -> PixelBatch {
+    let data = (0..3 * side * side)
+        .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+        .collect();
+    PixelBatch {
+        data,
+        batch: 1,
+        height: side,
+        width: side,
+    }
+}
+
+#[test]
+fn random_clip_has_the_openai_shapes() {
+    for preset in [ClipPreset::B32, ClipPreset::B16] {
+        let model = random_clip(preset);
+        let (h, w) = model.preprocess_config().output_size();
+        assert_eq!((h, w), (224, 224));
+        assert_eq!(
+            model.config().vision.patch_size.0,
+            if preset == ClipPreset::B32 { 32 } else { 16 }
+        );
+        let emb = model.embed_images(&image(224)).unwrap();
+        assert_eq!(emb[0].len(), 512);
+        let norm: f32 = emb[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        assert!((model.logit_scale() - 2.6592f32.exp()).abs() < 1e-3);
+        // No tokenizer: a clear error, while token ids still run through the text tower.
+        match model.embed_texts(&["a photo of a car.".to_string()]) {
+            Err(CoreError::Model(m)) => assert!(m.contains("no tokenizer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            model.embed_token_ids(&[vec![49406, 320, 49407]]).unwrap()[0].len(),
+            512
+        );
+    }
+}
+
+#[test]
+fn random_vit_has_imagenet_shapes() {
+    let model = random_vit(VitPreset::B16);
+    assert_eq!(model.id2label().len(), 1000);
+    let probs = model.classify(&image(224)).unwrap();
+    assert_eq!(probs[0].len(), 1000);
+    assert!((probs[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn presets_parse_by_name() {
+    assert_eq!("clip-b16".parse::<ClipPreset>().unwrap(), ClipPreset::B16);
+    assert_eq!("vit-b16".parse::<VitPreset>().unwrap(), VitPreset::B16);
+    assert!("clip-l14".parse::<ClipPreset>().is_err());
+}
