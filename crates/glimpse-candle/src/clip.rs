@@ -170,6 +170,7 @@ pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
     let mut model = build(config, &vb, preprocess, device).map_err(bad)?;
     model.tokenizer = Some(tokenizer);
     model.runtime = Runtime::new(opts.threads)?;
+    tracing::debug!(weights = %file.display(), config = ?model.config, "loaded CLIP");
     Ok(model)
 }
 

@@ -1,7 +1,10 @@
 //! Real architectures at real sizes for `glimpse bench`: the dimensions and image processors of
 //! openai/clip-vit-base-patch32, openai/clip-vit-base-patch16 and google/vit-base-patch16-224.
 
-use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
+use glimpse_core::preprocess::{
+    PreprocessConfig, ResizeTarget, CLIP_MEAN, CLIP_STD, IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+};
 use glimpse_core::CoreError;
 
 use crate::config::{ClipConfig, VisionConfig, VitConfig};
@@ -73,8 +76,8 @@ impl ClipPreset {
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
-            image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
         }
     }
 }
@@ -103,8 +106,8 @@ impl VitPreset {
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
-            image_mean: [0.5; 3],
-            image_std: [0.5; 3],
+            image_mean: IMAGENET_STANDARD_MEAN,
+            image_std: IMAGENET_STANDARD_STD,
         }
     }
 }

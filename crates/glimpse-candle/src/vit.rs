@@ -50,6 +50,8 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
     let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
     let mut model = build(config, &vb, preprocess, device).map_err(bad)?;
     model.runtime = Runtime::new(opts.threads)?;
+    tracing::debug!(weights = %file.display(), vision = ?model.config.vision,
+        classes = model.config.id2label.len(), "loaded ViT");
     Ok(model)
 }
 

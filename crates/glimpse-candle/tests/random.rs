@@ -2,6 +2,7 @@
 
 use glimpse_candle::{random_clip, random_vit, ClipPreset, VitPreset};
 use glimpse_core::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
+use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::CoreError;
 
 fn image(side: usize) -> PixelBatch {
@@ -57,4 +58,17 @@ fn presets_parse_by_name() {
     assert_eq!("clip-b16".parse::<ClipPreset>().unwrap(), ClipPreset::B16);
     assert_eq!("vit-b16".parse::<VitPreset>().unwrap(), VitPreset::B16);
     assert!("clip-l14".parse::<ClipPreset>().is_err());
+}
+
+/// The fixture folders carry the openai CLIP and google ViT `preprocessor_config.json` verbatim.
+#[test]
+fn preset_preprocessing_is_the_real_models() {
+    let root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models");
+    let clip =
+        PreprocessConfig::from_file(&root.join("clip-tiny/preprocessor_config.json")).unwrap();
+    assert_eq!(ClipPreset::B32.preprocess(), clip);
+    assert_eq!(ClipPreset::B16.preprocess(), clip);
+    let vit = PreprocessConfig::from_file(&root.join("vit-tiny/preprocessor_config.json")).unwrap();
+    assert_eq!(VitPreset::B16.preprocess(), vit);
 }
