@@ -250,6 +250,25 @@ fn huge_png_header_is_refused_before_decoding() {
 }
 
 #[test]
+fn huge_jpeg_header_is_refused() {
+    let mut jpeg = encode(&DynamicImage::ImageRgb8(pattern(8, 8)), ImageFormat::Jpeg);
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes()); // height
+    jpeg[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes()); // width
+    let m = too_large_message(decode(&jpeg, &limits()));
+    assert!(m.contains("60000×60000"), "{m}");
+}
+
+#[test]
+fn huge_bmp_header_is_refused() {
+    let mut bmp = encode(&DynamicImage::ImageRgb8(pattern(4, 4)), ImageFormat::Bmp);
+    bmp[18..22].copy_from_slice(&100_000i32.to_le_bytes());
+    bmp[22..26].copy_from_slice(&(-50_000i32).to_le_bytes()); // top-down rows
+    let m = too_large_message(decode(&bmp, &limits()));
+    assert!(m.contains("100000×50000"), "{m}");
+}
+
+#[test]
 fn pixel_limit_counts_width_times_height() {
     let bytes = encode(&DynamicImage::ImageRgb8(pattern(100, 60)), ImageFormat::Png);
     let tight = DecodeLimits {
