@@ -181,3 +181,44 @@ fn padding_after_the_end_token_changes_nothing() {
         "padded vs unpadded text embeddings differ by {d}"
     );
 }
+
+/// Legacy configs (`eos_token_id: 2`, like openai/clip-vit-base-patch32's) pool at
+/// `argmax(input_ids)`; on tokenizer output that is the end token, so the answer is unchanged.
+/// Without an end token the two rules part: first-eos falls back to position 0, argmax does not.
+#[test]
+fn legacy_eos_token_id_pools_at_the_largest_id() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model_dir("clip-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["text_config"]["eos_token_id"] = 2.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+
+    let legacy = load_clip(dir.path(), &LoadOptions::default()).unwrap();
+    let modern = load("clip-tiny");
+    let exp = expected("clip-tiny");
+    let d = max_abs_diff_rows(
+        &legacy.embed_texts(&strings(&exp["prompts"])).unwrap(),
+        &rows(&exp["text_embeds"]),
+    );
+    assert!(d <= TOL, "{d}");
+
+    let no_eos = vec![vec![320u32, 1125, 49406]];
+    let (a, b) = (
+        legacy.embed_token_ids(&no_eos).unwrap(),
+        modern.embed_token_ids(&no_eos).unwrap(),
+    );
+    let first = modern.embed_token_ids(&[vec![320u32]]).unwrap();
+    assert!(
+        max_abs_diff_rows(&a, &b) > 1e-3,
+        "the rules should differ here"
+    );
+    assert!(
+        max_abs_diff_rows(&b, &first) <= 1e-6,
+        "first-eos without eos pools position 0"
+    );
+}
