@@ -1,4 +1,25 @@
-//! The Glimpse HTTP API.
+//! The Glimpse HTTP API: the seed's routes on axum, with API keys and credits from
+//! `glimpse_store`, models from `glimpse_candle`, an SSRF-safe URL fetcher, an OpenAPI document
+//! and an offline Swagger UI.
+//!
+//! Entry points: [`serve`] (what `glimpse serve` runs), and for tests [`AppState::new`] +
+//! [`serve_state`] or [`app`], which take models and a store that are already open.
 
+mod auth;
+pub mod config;
+mod docs;
+pub mod error;
 pub mod fetch;
 pub mod hub;
+mod limits;
+pub mod openapi;
+pub mod routes;
+mod serve;
+pub mod state;
+
+pub use auth::{ApiKey, API_KEY_HEADER, CREDITS_HEADER};
+pub use config::ServerConfig;
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use routes::app;
+pub use serve::{init_tracing, load_models, serve, serve_state, shutdown_signal};
+pub use state::{AppState, ImageSource, Models};

@@ -1,0 +1,338 @@
+//! `glimpse serve` settings. Every field is a flag and a `GLIMPSE_…` variable; the `///` docs are
+//! the `--help` text. `validate` runs at start and names the variable to fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Args, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "GLIMPSE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// Key store: `sqlite://PATH` (created if missing) or `postgres://…`.
+    #[arg(
+        long,
+        env = "GLIMPSE_DATABASE_URL",
+        default_value = "sqlite://glimpse.db"
+    )]
+    pub database_url: String,
+
+    /// Default CLIP model: a Hugging Face Hub id or a local folder.
+    #[arg(
+        long,
+        env = "GLIMPSE_CLIP_MODEL",
+        default_value = "openai/clip-vit-base-patch32"
+    )]
+    pub clip_model: String,
+
+    /// Default ViT model: a Hugging Face Hub id or a local folder.
+    #[arg(
+        long,
+        env = "GLIMPSE_VIT_MODEL",
+        default_value = "google/vit-base-patch16-224"
+    )]
+    pub vit_model: String,
+
+    /// More CLIP models a request may pick with `clipModel` (comma list of Hub ids or folders).
+    #[arg(
+        long = "clip-models",
+        env = "GLIMPSE_CLIP_MODELS",
+        value_delimiter = ','
+    )]
+    pub extra_clip_models: Vec<String>,
+
+    /// More ViT models a request may pick with `vitModel` (comma list of Hub ids or folders).
+    #[arg(long = "vit-models", env = "GLIMPSE_VIT_MODELS", value_delimiter = ',')]
+    pub extra_vit_models: Vec<String>,
+
+    /// Where pulled models live (default: the Hugging Face cache).
+    #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
+    pub model_cache: Option<PathBuf>,
+
+    /// Bearer token that enables the `/admin` API; unset, `/admin` answers 404.
+    #[arg(long, env = "GLIMPSE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Let `url=` reach loopback and private addresses (tests and trusted networks only).
+    #[arg(long, env = "GLIMPSE_ALLOW_PRIVATE_URLS", default_value_t = false)]
+    pub allow_private_urls: bool,
+
+    /// Credits one classification costs.
+    #[arg(long, env = "GLIMPSE_CREDITS_PER_CALL", default_value_t = 1)]
+    pub credits_per_call: i64,
+
+    /// Largest upload or fetched image, in bytes.
+    #[arg(long, env = "GLIMPSE_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Largest image area (width × height) accepted, checked before decoding.
+    #[arg(long, env = "GLIMPSE_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Largest image width or height accepted.
+    #[arg(long, env = "GLIMPSE_MAX_IMAGE_SIDE", default_value_t = 12_000)]
+    pub max_image_side: u32,
+
+    /// Classification calls served at once; more are shed with 503 OVERLOADED.
+    #[arg(long, env = "GLIMPSE_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+
+    /// Forward passes run at once (each already uses every core); the rest wait their turn.
+    #[arg(long, env = "GLIMPSE_INFERENCE_WORKERS", default_value_t = 1)]
+    pub inference_workers: usize,
+
+    /// Calls per second allowed per API key (token bucket); 0 turns the limit off.
+    #[arg(long, env = "GLIMPSE_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
+    pub rate_limit_per_second: f64,
+
+    /// Calls a key may make in a burst above its steady rate.
+    #[arg(long, env = "GLIMPSE_RATE_LIMIT_BURST", default_value_t = 10)]
+    pub rate_limit_burst: u32,
+
+    /// Prompt templates, `|`-separated; each must contain `{label}`. Several are averaged
+    /// (prompt ensembling).
+    #[arg(
+        long,
+        env = "GLIMPSE_PROMPT_TEMPLATES",
+        value_delimiter = '|',
+        default_value = "a photo of a {label}."
+    )]
+    pub prompt_templates: Vec<String>,
+
+    /// Seconds allowed for decoding and preprocessing one image.
+    #[arg(long, env = "GLIMPSE_DECODE_TIMEOUT_SECS", default_value_t = 20)]
+    pub decode_timeout_secs: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "GLIMPSE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("bind", &self.bind)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("clip_model", &self.clip_model)
+            .field("vit_model", &self.vit_model)
+            .field("extra_clip_models", &self.extra_clip_models)
+            .field("extra_vit_models", &self.extra_vit_models)
+            .field("model_cache", &self.model_cache)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<REDACTED>"),
+            )
+            .field("allow_private_urls", &self.allow_private_urls)
+            .field("credits_per_call", &self.credits_per_call)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("max_image_pixels", &self.max_image_pixels)
+            .field("max_image_side", &self.max_image_side)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("inference_workers", &self.inference_workers)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("prompt_templates", &self.prompt_templates)
+            .field("decode_timeout_secs", &self.decode_timeout_secs)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// A Postgres URL may carry a password (`postgres://user:secret@host/db`): keep it out of logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://<REDACTED>@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl Default for ServerConfig {
+    /// The documented defaults, as `glimpse serve` with no flags and no variables would have them.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            c: ServerConfig,
+        }
+        // Parse from an empty command line without reading the environment, so `Default` is the
+        // same whatever GLIMPSE_* variables the process happens to have.
+        let cmd = <Wrap as clap::CommandFactory>::command();
+        let cmd = cmd.mut_args(|a| a.env(None::<&str>));
+        let m = cmd
+            .try_get_matches_from(["glimpse"])
+            .expect("defaults parse");
+        <Wrap as clap::FromArgMatches>::from_arg_matches(&m)
+            .expect("defaults parse")
+            .c
+    }
+}
+
+impl ServerConfig {
+    /// The default model first, then the extras, without duplicates or blanks.
+    pub fn clip_specs(&self) -> Vec<String> {
+        specs(&self.clip_model, &self.extra_clip_models)
+    }
+    pub fn vit_specs(&self) -> Vec<String> {
+        specs(&self.vit_model, &self.extra_vit_models)
+    }
+
+    /// Check everything that can be checked without I/O. The message names the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let bad = |var: &str, why: String| anyhow::anyhow!("invalid {var}: {why}");
+        self.bind
+            .parse::<SocketAddr>()
+            .map_err(|_| bad("GLIMPSE_BIND", format!("'{}' is not HOST:PORT", self.bind)))?;
+        let db = &self.database_url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "GLIMPSE_DATABASE_URL",
+                "must start with sqlite:// or postgres://".into(),
+            ));
+        }
+        if self.clip_model.trim().is_empty() {
+            return Err(bad("GLIMPSE_CLIP_MODEL", "must not be empty".into()));
+        }
+        if self.vit_model.trim().is_empty() {
+            return Err(bad("GLIMPSE_VIT_MODEL", "must not be empty".into()));
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                return Err(bad(
+                    "GLIMPSE_ADMIN_TOKEN",
+                    "must be at least 16 characters (or unset to turn the admin API off)".into(),
+                ));
+            }
+        }
+        if !(0..=glimpse_store::MAX_CREDITS).contains(&self.credits_per_call) {
+            return Err(bad("GLIMPSE_CREDITS_PER_CALL", "must be 0 or more".into()));
+        }
+        if self.max_upload_bytes == 0 {
+            return Err(bad("GLIMPSE_MAX_UPLOAD_BYTES", "must be at least 1".into()));
+        }
+        if self.max_image_pixels == 0 || self.max_image_side == 0 {
+            return Err(bad(
+                "GLIMPSE_MAX_IMAGE_PIXELS / GLIMPSE_MAX_IMAGE_SIDE",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(bad("GLIMPSE_MAX_IN_FLIGHT", "must be at least 1".into()));
+        }
+        if self.inference_workers == 0 {
+            return Err(bad(
+                "GLIMPSE_INFERENCE_WORKERS",
+                "must be at least 1".into(),
+            ));
+        }
+        if !self.rate_limit_per_second.is_finite() || self.rate_limit_per_second < 0.0 {
+            return Err(bad(
+                "GLIMPSE_RATE_LIMIT_PER_SECOND",
+                "must be 0 (off) or a positive number".into(),
+            ));
+        }
+        if self.rate_limit_per_second > 0.0 && self.rate_limit_burst == 0 {
+            return Err(bad("GLIMPSE_RATE_LIMIT_BURST", "must be at least 1".into()));
+        }
+        if self.prompt_templates.is_empty() {
+            return Err(bad(
+                "GLIMPSE_PROMPT_TEMPLATES",
+                "must hold a template".into(),
+            ));
+        }
+        if let Some(t) = self
+            .prompt_templates
+            .iter()
+            .find(|t| !t.contains("{label}"))
+        {
+            return Err(bad(
+                "GLIMPSE_PROMPT_TEMPLATES",
+                format!("template '{t}' has no {{label}}"),
+            ));
+        }
+        if self.decode_timeout_secs == 0 {
+            return Err(bad(
+                "GLIMPSE_DECODE_TIMEOUT_SECS",
+                "must be at least 1".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(bad("GLIMPSE_LOG_FORMAT", "must be text or json".into()));
+        }
+        Ok(())
+    }
+}
+
+fn specs(default: &str, extra: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in std::iter::once(default).chain(extra.iter().map(String::as_str)) {
+        let s = s.trim();
+        if !s.is_empty() && !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = ServerConfig::default();
+        assert_eq!(c.bind, "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://glimpse.db");
+        assert_eq!(c.clip_specs(), vec!["openai/clip-vit-base-patch32"]);
+        assert_eq!(c.prompt_templates, vec!["a photo of a {label}."]);
+        assert_eq!(c.credits_per_call, 1);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = ServerConfig {
+            admin_token: Some("super-secret-token-123".into()),
+            database_url: "postgres://u:pw123@db/glimpse".into(),
+            ..ServerConfig::default()
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("super-secret"), "{s}");
+        assert!(!s.contains("pw123"), "{s}");
+        assert!(s.contains("<REDACTED>"));
+    }
+
+    #[test]
+    fn validation_names_the_variable() {
+        let c = ServerConfig {
+            prompt_templates: vec!["no placeholder".into()],
+            ..ServerConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("GLIMPSE_PROMPT_TEMPLATES"), "{e}");
+        let c = ServerConfig {
+            bind: "nope".into(),
+            ..ServerConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("GLIMPSE_BIND"));
+    }
+
+    #[test]
+    fn specs_put_the_default_first_and_dedup() {
+        let c = ServerConfig {
+            clip_model: "a".into(),
+            extra_clip_models: vec!["b".into(), " a ".into(), "".into()],
+            ..ServerConfig::default()
+        };
+        assert_eq!(c.clip_specs(), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,125 @@
+//! Back-pressure: a global in-flight limit that sheds with 503 instead of queueing without bound,
+//! and a per-key token bucket (429). Both answer with `Retry-After`.
+//!
+//! The rate limit lives in this process: with N replicas a key gets up to N× the rate.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// Middleware for the classification routes: hold one in-flight permit for the whole call, or
+/// answer 503 OVERLOADED at once when none is free (also while shutting down).
+pub async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.is_ready() {
+        return ApiError::overloaded("the server is shutting down; retry on another replica", 1)
+            .into_response();
+    }
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let res = next.run(req).await;
+            drop(permit);
+            res
+        }
+        Err(_) => {
+            ApiError::overloaded("too many requests in flight; retry shortly", 1).into_response()
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token bucket per key id: `rate` tokens a second, at most `burst` saved up.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Buckets kept before idle, full ones are dropped (a full bucket is the same as no bucket).
+const PRUNE_ABOVE: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(rate_per_second: f64, burst: u32) -> Self {
+        RateLimiter {
+            rate: rate_per_second,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one token for `key`, or say how many whole seconds until one is there.
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: &str, now: Instant) -> Result<(), u64> {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > PRUNE_ABOVE {
+            let (rate, burst) = (self.rate, self.burst);
+            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let b = map.entry(key.to_string()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - b.tokens) / self.rate;
+            Err(wait.ceil().max(1.0) as u64)
+        }
+    }
+}
+
+pub fn rate_limited(retry_after: u64) -> ApiError {
+    ApiError {
+        retry_after: Some(retry_after),
+        ..ApiError::new(
+            ErrorCode::RateLimited,
+            "rate limit for this API key reached; retry after the Retry-After seconds",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_steady_rate() {
+        let rl = RateLimiter::new(2.0, 3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(rl.check_at("k", t0).is_ok());
+        }
+        assert_eq!(rl.check_at("k", t0), Err(1));
+        // Another key has its own bucket.
+        assert!(rl.check_at("other", t0).is_ok());
+        // Half a second at 2/s gives one token back.
+        assert!(rl.check_at("k", t0 + Duration::from_millis(500)).is_ok());
+        assert!(rl.check_at("k", t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_slow_rates() {
+        let rl = RateLimiter::new(0.1, 1);
+        let t0 = Instant::now();
+        assert!(rl.check_at("k", t0).is_ok());
+        assert_eq!(rl.check_at("k", t0), Err(10));
+    }
+}

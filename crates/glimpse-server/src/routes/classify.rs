@@ -1,0 +1,452 @@
+//! `GET|POST /api/image-classification/{clip,vit}`: the walk of a classification call.
+//!
+//! key (401) → read and validate input (400, free) → idempotency claim → balance check (402,
+//! before any URL is fetched) → bytes (upload or fetcher) → decode + preprocess on the blocking
+//! pool under a time limit (400 for bad images, free) → debit (402) → forward pass on the blocking
+//! pool → settle; a server-side failure after the debit refunds and answers 500.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use glimpse_core::backend::PixelBatch;
+use glimpse_core::pipeline::{classify_clip, classify_vit};
+use glimpse_core::preprocess::PreprocessConfig;
+use glimpse_core::response::ClassificationResponse;
+use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
+
+use super::input::{read_input, RawInput};
+use crate::auth::{add_credits_header, set_credits_header, ApiKey};
+use crate::error::{ApiError, ErrorCode};
+use crate::fetch::FetchError;
+use crate::state::{AppState, ClipEntry, VitEntry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Clip,
+    Vit,
+}
+
+impl Kind {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Kind::Clip => "clip",
+            Kind::Vit => "vit",
+        }
+    }
+    fn model_param(self) -> &'static str {
+        match self {
+            Kind::Clip => "clipModel",
+            Kind::Vit => "vitModel",
+        }
+    }
+}
+
+pub async fn clip(State(state): State<AppState>, key: ApiKey, req: Request) -> Response {
+    classify(Kind::Clip, state, key, req).await
+}
+
+pub async fn vit(State(state): State<AppState>, key: ApiKey, req: Request) -> Response {
+    classify(Kind::Vit, state, key, req).await
+}
+
+/// A validated call, ready to run.
+struct Plan {
+    kind: Kind,
+    model: ModelRef,
+    labels: Vec<String>,
+    source: Source,
+}
+
+enum ModelRef {
+    Clip(usize),
+    Vit(usize),
+}
+
+enum Source {
+    Upload(Vec<u8>),
+    Url(String),
+}
+
+/// What a finished call answers: status, JSON body (stored verbatim for idempotent replays) and
+/// the balance after it.
+struct Outcome {
+    status: StatusCode,
+    body: String,
+    balance: Option<i64>,
+}
+
+async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Response {
+    let started = Instant::now();
+    let idem = match idempotency_key(req.headers()) {
+        Ok(k) => k,
+        Err(e) => return with_balance(&state, &key, e.into_response()).await,
+    };
+    let max_upload = state.settings.max_upload_bytes;
+    let planned = match read_input(req, &state, kind.model_param(), max_upload).await {
+        Ok(input) => validate(kind, &state, input),
+        Err(e) => Err(e),
+    };
+    let (plan, fingerprint) = match planned {
+        Ok(p) => p,
+        Err(e) => return with_balance(&state, &key, e.into_response()).await,
+    };
+    // The rest runs in its own task: a client hanging up must not cancel it between the debit
+    // and its settle/refund, nor leave an idempotency claim half-written.
+    let task_state = state.clone();
+    let task_key = key.clone();
+    let task = tokio::spawn(async move {
+        run_claimed(&task_state, &task_key, plan, idem, fingerprint, started).await
+    });
+    let outcome = match task.await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return with_balance(&state, &key, e.into_response()).await,
+        Err(join) => {
+            let e = ApiError::internal(format!("classification task failed: {join}"));
+            return with_balance(&state, &key, e.into_response()).await;
+        }
+    };
+    let mut res = (
+        outcome.status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        outcome.body,
+    )
+        .into_response();
+    match outcome.balance {
+        Some(b) => set_credits_header(res.headers_mut(), b),
+        None => add_credits_header(&state, &key, res.headers_mut()).await,
+    }
+    res
+}
+
+async fn with_balance(state: &AppState, key: &ApiKey, mut res: Response) -> Response {
+    add_credits_header(state, key, res.headers_mut()).await;
+    res
+}
+
+/// `Idempotency-Key`: optional, 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::validation("Idempotency-Key must be 1 to 255 visible ASCII characters")
+        })?;
+    Ok(Some(s.to_string()))
+}
+
+fn validate(kind: Kind, state: &AppState, input: RawInput) -> Result<(Plan, String), ApiError> {
+    let model = match kind {
+        Kind::Clip => ModelRef::Clip(pick(
+            &state
+                .models
+                .clip
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            input.model.as_deref(),
+            "clipModel",
+        )?),
+        Kind::Vit => ModelRef::Vit(pick(
+            &state
+                .models
+                .vit
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            input.model.as_deref(),
+            "vitModel",
+        )?),
+    };
+    // The seed: `labels` is ignored on the ViT endpoint, so a bad one there is no error either.
+    let labels = match kind {
+        Kind::Clip => glimpse_core::labels::parse_labels(input.labels.as_deref())?,
+        Kind::Vit => Vec::new(),
+    };
+    let source = match (input.upload, input.url) {
+        (Some(bytes), _) if bytes.is_empty() => {
+            return Err(ApiError::validation("the uploaded image is empty"))
+        }
+        (Some(bytes), _) => Source::Upload(bytes),
+        (None, Some(url)) => Source::Url(check_url_shape(&url)?),
+        (None, None) => {
+            return Err(ApiError::validation(
+                "no image: upload a multipart/form-data field 'image' or pass ?url=",
+            ))
+        }
+    };
+    Ok((
+        Plan {
+            kind,
+            model,
+            labels,
+            source,
+        },
+        input.fingerprint,
+    ))
+}
+
+/// Index of the requested model in the allow-list (the default when none is named).
+fn pick(ids: &[&str], requested: Option<&str>, param: &str) -> Result<usize, ApiError> {
+    let Some(req) = requested.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(0);
+    };
+    ids.iter().position(|id| *id == req).ok_or_else(|| {
+        ApiError::validation(format!(
+            "unknown {param} '{req}'; allowed: {}",
+            ids.join(", ")
+        ))
+    })
+}
+
+/// Syntax only (absolute http/https URL, no credentials); the fetcher does the address checks.
+fn check_url_shape(raw: &str) -> Result<String, ApiError> {
+    let raw = raw.trim();
+    let url = url::Url::parse(raw)
+        .map_err(|_| ApiError::validation("url is not a valid absolute URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::validation("url must use http or https"));
+    }
+    if url.host().is_none() {
+        return Err(ApiError::validation("url has no host"));
+    }
+    Ok(raw.to_string())
+}
+
+async fn run_claimed(
+    state: &AppState,
+    key: &ApiKey,
+    plan: Plan,
+    idem: Option<String>,
+    fingerprint: String,
+    started: Instant,
+) -> Result<Outcome, ApiError> {
+    let Some(ik) = idem else {
+        return run(state, key, plan, started).await;
+    };
+    match state
+        .store
+        .idempotency_claim(&key.id, &ik, &fingerprint)
+        .await?
+    {
+        IdempotencyClaim::New => {}
+        IdempotencyClaim::Completed { status, body } => {
+            return Ok(Outcome {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                body,
+                balance: None,
+            })
+        }
+        IdempotencyClaim::InProgress => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyInProgress,
+                "a request with this Idempotency-Key is still running",
+            ))
+        }
+        IdempotencyClaim::Mismatch => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyMismatch,
+                "this Idempotency-Key was used with a different request",
+            ))
+        }
+    }
+    let result = run(state, key, plan, started).await;
+    // Stored: the success and a bad image (the same request would fail the same way). Not
+    // stored, so a retry can succeed: 402 (top up and retry), 5xx, 503.
+    let stored = match &result {
+        Ok(o) => Some((o.status.as_u16(), o.body.clone())),
+        Err(e) if e.code == ErrorCode::Validation || e.code == ErrorCode::PayloadTooLarge => {
+            Some((
+                e.status().as_u16(),
+                serde_json::to_string(&e.body()).unwrap_or_default(),
+            ))
+        }
+        Err(_) => None,
+    };
+    let write = match stored {
+        Some((status, body)) => {
+            state
+                .store
+                .idempotency_complete(&key.id, &ik, status, &body)
+                .await
+        }
+        None => state.store.idempotency_abort(&key.id, &ik).await,
+    };
+    if let Err(e) = write {
+        tracing::error!(error = %e, "could not record the idempotency outcome");
+    }
+    result
+}
+
+async fn run(
+    state: &AppState,
+    key: &ApiKey,
+    plan: Plan,
+    started: Instant,
+) -> Result<Outcome, ApiError> {
+    let cost = state.settings.credits_per_call;
+    // Before any fetch: a key with no credits must not get a free URL fetcher.
+    if state.store.balance(&key.id).await? < cost {
+        return Err(ApiError::insufficient_credits());
+    }
+    let bytes = match plan.source {
+        Source::Upload(b) => b,
+        Source::Url(u) => state.images.fetch(&u).await.map_err(fetch_error)?,
+    };
+    let (preprocess, model_id) = match plan.model {
+        ModelRef::Clip(i) => {
+            let e = &state.models.clip[i];
+            (e.model.preprocess_config().clone(), e.id.clone())
+        }
+        ModelRef::Vit(i) => {
+            let e = &state.models.vit[i];
+            (e.model.preprocess_config().clone(), e.id.clone())
+        }
+    };
+    let pixels = decode(state, bytes, preprocess).await?;
+    let debit = state
+        .store
+        .debit(&DebitRequest {
+            key_id: key.id.clone(),
+            cost,
+            endpoint: plan.kind.endpoint().to_string(),
+            model: model_id,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
+            other => ApiError::from(other),
+        })?;
+    let answer = infer(state, &plan.model, pixels, plan.labels).await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match answer.and_then(|mut r| {
+        r.timing_ms = (ms * 10.0).round() / 10.0;
+        serde_json::to_string(&r).map_err(ApiError::internal)
+    }) {
+        Ok(body) => {
+            if let Err(e) = state.store.settle(&debit.id, 200, ms).await {
+                // The credit is taken and the answer is good: log, and let the reaper not
+                // matter (settle is idempotent against it).
+                tracing::error!(error = %e, debit = %debit.id, "settle failed");
+            }
+            Ok(Outcome {
+                status: StatusCode::OK,
+                body,
+                balance: Some(debit.balance),
+            })
+        }
+        Err(e) => {
+            if let Err(re) = state.store.refund(&debit.id, 500, ms).await {
+                tracing::error!(error = %re, debit = %debit.id, "refund failed; the reaper will retry");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn fetch_error(e: FetchError) -> ApiError {
+    match e {
+        FetchError::TooLarge { .. } => ApiError::too_large(e.to_string()),
+        other => ApiError::validation(other.to_string()),
+    }
+}
+
+/// Decode and preprocess on the blocking pool. A decoder panic or a decode over the time limit
+/// is the image's fault (hostile input), so it is a 400, never a crashed worker or a 500.
+async fn decode(
+    state: &AppState,
+    bytes: Vec<u8>,
+    cfg: PreprocessConfig,
+) -> Result<PixelBatch, ApiError> {
+    let limits = state.settings.decode_limits;
+    let job = tokio::task::spawn_blocking(move || {
+        let img = glimpse_core::image::decode(&bytes, &limits)?;
+        let (h, w) = cfg.output_size();
+        let data = cfg.preprocess(&img);
+        if data.len() != 3 * h * w {
+            return Err(glimpse_core::CoreError::Internal(format!(
+                "preprocess gave {} values for {h}x{w}",
+                data.len()
+            )));
+        }
+        Ok(PixelBatch::stack(&[data], h, w))
+    });
+    match tokio::time::timeout(state.settings.decode_timeout, job).await {
+        Ok(Ok(Ok(px))) => Ok(px),
+        Ok(Ok(Err(e))) => Err(ApiError::from(e)),
+        Ok(Err(join)) => {
+            tracing::warn!(error = %join, "image decoder panicked");
+            Err(ApiError::validation("the image could not be decoded"))
+        }
+        Err(_) => Err(ApiError::validation("the image took too long to decode")),
+    }
+}
+
+/// The forward pass on the blocking pool, one at a time per `inference_workers` permit.
+async fn infer(
+    state: &AppState,
+    model: &ModelRef,
+    pixels: PixelBatch,
+    labels: Vec<String>,
+) -> Result<ClassificationResponse, ApiError> {
+    let _permit = state
+        .inference
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let job = match model {
+        ModelRef::Clip(i) => {
+            let ClipEntry { id, model, prompts } = &state.models.clip[*i];
+            let (id, model, prompts) = (id.clone(), Arc::clone(model), Arc::clone(prompts));
+            let templates = state.settings.templates.clone();
+            tokio::task::spawn_blocking(move || {
+                classify_clip(model.as_ref(), &id, &prompts, &pixels, &labels, &templates)
+            })
+        }
+        ModelRef::Vit(i) => {
+            let VitEntry { id, model } = &state.models.vit[*i];
+            let (id, model) = (id.clone(), Arc::clone(model));
+            tokio::task::spawn_blocking(move || classify_vit(model.as_ref(), &id, &pixels))
+        }
+    };
+    match job.await {
+        Ok(Ok(mut answers)) if !answers.is_empty() => Ok(answers.swap_remove(0)),
+        Ok(Ok(_)) => Err(ApiError::internal("the model returned no answer")),
+        // A model error after a successful decode is ours, whatever its kind.
+        Ok(Err(e)) => Err(ApiError::internal(e)),
+        Err(join) => Err(ApiError::internal(format!("inference panicked: {join}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_pick() {
+        let ids = ["a/b", "c"];
+        assert_eq!(pick(&ids, None, "clipModel").unwrap(), 0);
+        assert_eq!(pick(&ids, Some(" c "), "clipModel").unwrap(), 1);
+        let e = pick(&ids, Some("x"), "clipModel").unwrap_err();
+        assert!(e.message.contains("a/b, c"), "{}", e.message);
+    }
+
+    #[test]
+    fn url_shapes() {
+        assert!(check_url_shape("https://example.com/a.jpg").is_ok());
+        assert!(check_url_shape("not a url").is_err());
+        assert!(check_url_shape("ftp://example.com/a.jpg").is_err());
+        assert!(check_url_shape("file:///etc/passwd").is_err());
+    }
+}

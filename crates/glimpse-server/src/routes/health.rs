@@ -1,0 +1,55 @@
+//! Liveness, readiness and the front page.
+
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: String,
+}
+
+/// The process is up.
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Models are loaded (they are before the listener serves) and the store answers; 503 while
+/// shutting down, so load balancers stop sending.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.is_ready() {
+        return ApiError::new(ErrorCode::NotReady, "shutting down").into_response();
+    }
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "readiness: store unreachable");
+        return ApiError::new(ErrorCode::NotReady, "the key store is unreachable").into_response();
+    }
+    Json(Health {
+        status: "ready".into(),
+    })
+    .into_response()
+}
+
+pub async fn index() -> Html<&'static str> {
+    Html(INDEX)
+}
+
+const INDEX: &str = r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Glimpse</title></head>
+<body>
+<h1>Glimpse</h1>
+<p>Self-hosted image classification: CLIP zero-shot and ViT ImageNet.</p>
+<ul>
+<li><a href="/docs">API documentation (Swagger UI)</a></li>
+<li><a href="/openapi.json">OpenAPI document</a></li>
+</ul>
+</body></html>
+"#;

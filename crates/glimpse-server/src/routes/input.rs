@@ -1,0 +1,169 @@
+//! Reading a classification request: the query string and, for a multipart POST, the form.
+//!
+//! Rules (documented in the OpenAPI description too):
+//! - the image is the multipart file field `image`; exactly one file field is accepted, and any
+//!   other file field is refused, so a typo is not silently ignored;
+//! - `labels`, `url` and `clipModel`/`vitModel` may come as query parameters or as text fields of
+//!   the form; when both give one, the query string wins (the seed documents them as query
+//!   parameters, the form fields are a convenience);
+//! - an upload and a `url` together: the upload wins; neither: 400;
+//! - a POST that is not multipart is read as URL mode and its body is not read.
+//!
+//! While reading, a SHA-256 fingerprint of the request (method, path, query, and each form field's
+//! name, file name and content) is built for `Idempotency-Key`. Hashing the parsed form rather
+//! than the raw body makes a retry match even though clients pick a new multipart boundary each
+//! time.
+
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::{header, Method, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest text field accepted (64 labels of 100 characters fit; so does any sane URL).
+const MAX_TEXT_FIELD: usize = 16 * 1024;
+
+/// The request as sent, before validation.
+#[derive(Debug, Default)]
+pub struct RawInput {
+    pub labels: Option<String>,
+    pub url: Option<String>,
+    /// `clipModel` or `vitModel`, whichever the endpoint reads.
+    pub model: Option<String>,
+    pub upload: Option<Vec<u8>>,
+    /// Hex SHA-256 of the request, for idempotency.
+    pub fingerprint: String,
+}
+
+/// Read query and form. `model_param` is `clipModel` or `vitModel`.
+pub async fn read_input(
+    req: Request,
+    state: &AppState,
+    model_param: &str,
+    max_upload: usize,
+) -> Result<RawInput, ApiError> {
+    let mut hash = Sha256::new();
+    hash_part(&mut hash, req.method().as_str().as_bytes());
+    hash_part(&mut hash, req.uri().path().as_bytes());
+    let query = req.uri().query().unwrap_or("").to_string();
+    hash_part(&mut hash, query.as_bytes());
+
+    let mut input = RawInput::default();
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query)
+        .map_err(|_| ApiError::validation("the query string is not valid URL encoding"))?;
+    // The first occurrence of a repeated parameter counts.
+    for (k, v) in pairs {
+        let slot = match k.as_str() {
+            "labels" => &mut input.labels,
+            "url" => &mut input.url,
+            k if k == model_param => &mut input.model,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(v);
+        }
+    }
+
+    if req.method() == Method::POST && is_multipart(&req) {
+        let mp = Multipart::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::validation("malformed multipart/form-data body"))?;
+        read_form(mp, &mut input, &mut hash, model_param, max_upload).await?;
+    }
+    input.fingerprint = hex(&hash.finalize());
+    Ok(input)
+}
+
+fn is_multipart(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+async fn read_form(
+    mut mp: Multipart,
+    input: &mut RawInput,
+    hash: &mut Sha256,
+    model_param: &str,
+    max_upload: usize,
+) -> Result<(), ApiError> {
+    let mut form_labels = None;
+    let mut form_url = None;
+    let mut form_model = None;
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or("").to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let is_file = name == "image" || file_name.is_some();
+        hash_part(hash, name.as_bytes());
+        hash_part(hash, file_name.as_deref().unwrap_or("").as_bytes());
+        let limit = if is_file { max_upload } else { MAX_TEXT_FIELD };
+        let mut data: Vec<u8> = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+            if data.len() + chunk.len() > limit {
+                return Err(if is_file {
+                    ApiError::too_large(format!(
+                        "the uploaded image is larger than {max_upload} bytes"
+                    ))
+                } else {
+                    ApiError::validation(format!(
+                        "form field '{name}' is longer than {MAX_TEXT_FIELD} bytes"
+                    ))
+                });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        hash_part(hash, &Sha256::digest(&data));
+        if is_file {
+            if name != "image" {
+                return Err(ApiError::validation(format!(
+                    "unexpected file field '{name}'; send the image in the field 'image'"
+                )));
+            }
+            if input.upload.is_some() {
+                return Err(ApiError::validation(
+                    "send exactly one file field ('image')",
+                ));
+            }
+            input.upload = Some(data);
+            continue;
+        }
+        let slot = match name.as_str() {
+            "labels" => &mut form_labels,
+            "url" => &mut form_url,
+            n if n == model_param => &mut form_model,
+            _ => continue,
+        };
+        let text = String::from_utf8(data)
+            .map_err(|_| ApiError::validation(format!("form field '{name}' is not UTF-8 text")))?;
+        slot.get_or_insert(text);
+    }
+    // The query string wins over the form.
+    input.labels = input.labels.take().or(form_labels);
+    input.url = input.url.take().or(form_url);
+    input.model = input.model.take().or(form_model);
+    Ok(())
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("the request body is larger than the upload limit")
+    } else {
+        ApiError::validation("malformed multipart/form-data body")
+    }
+}
+
+/// Length-prefixed so that field boundaries cannot be shifted to forge a collision.
+fn hash_part(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,112 @@
+//! The router: every route of the contract, with the layers that make every failure a
+//! `{message, code}` body.
+
+pub mod account;
+pub mod admin;
+pub mod classify;
+pub mod health;
+pub mod input;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::docs;
+use crate::error::{ApiError, ErrorCode};
+use crate::limits::shed_load;
+use crate::state::AppState;
+
+/// Multipart framing around the image: boundaries, part headers, the small text fields.
+const MULTIPART_SLACK: usize = 64 * 1024;
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let classify = Router::new()
+        .route(
+            "/api/image-classification/clip",
+            get(classify::clip).post(classify::clip),
+        )
+        .route(
+            "/api/image-classification/vit",
+            get(classify::vit).post(classify::vit),
+        )
+        .route_layer(from_fn_with_state(state.clone(), shed_load));
+
+    let mut router = Router::new()
+        .merge(classify)
+        .route("/api/account", get(account::account))
+        .route("/", get(health::index))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(docs::openapi))
+        .route("/docs", get(docs::index))
+        .route("/docs/", get(docs::index))
+        .route("/docs/init.js", get(docs::init_js))
+        .route("/docs/swagger-ui.css", get(docs::css))
+        .route("/docs/swagger-ui-bundle.js", get(docs::bundle))
+        .route("/docs/swagger-ui-standalone-preset.js", get(docs::preset))
+        .route("/docs/LICENSE", get(docs::license));
+    // Without a token the admin routes do not exist: 404, like any unknown path.
+    if state.settings.admin_token.is_some() {
+        router = router
+            .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+            .route("/admin/keys/{id}/topup", post(admin::topup))
+            .route("/admin/keys/{id}/revoke", post(admin::revoke));
+    }
+    let body_limit = state
+        .settings
+        .max_upload_bytes
+        .saturating_add(MULTIPART_SLACK);
+    router
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            ApiError::internal("a request handler panicked").into_response()
+        }))
+        .layer(map_response(normalize_errors))
+        .with_state(state)
+}
+
+/// Error answers made outside our handlers (the router's 405, axum's extractor rejections,
+/// body-limit 413s) come as plain text or empty bodies: give them the `{message, code}` shape.
+/// Their text is replaced, not forwarded, so nothing internal can leak through it.
+async fn normalize_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let code = ErrorCode::for_status(status);
+    let message = match code {
+        ErrorCode::NotFound => "no such route",
+        ErrorCode::MethodNotAllowed => "method not allowed on this route",
+        ErrorCode::PayloadTooLarge => "request body too large",
+        ErrorCode::Validation => "bad request",
+        ErrorCode::Overloaded => "service unavailable; retry later",
+        _ => "internal server error",
+    };
+    let (mut parts, _) = res.into_parts();
+    let body = ApiError::new(code, message).body();
+    let mut fresh = (status, axum::Json(body)).into_response();
+    // Keep headers such as `Allow` and `Retry-After`, with the new body's type and length.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in parts.headers.iter() {
+        fresh.headers_mut().insert(k, v.clone());
+    }
+    fresh
+}

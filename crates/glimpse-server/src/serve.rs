@@ -1,0 +1,201 @@
+//! Start-up and shutdown: open the store, load and warm the models, serve until told to stop,
+//! finish the calls in flight.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use glimpse_candle::{load_clip, load_vit, LoadOptions};
+use glimpse_core::backend::PixelBatch;
+use glimpse_core::labels::parse_labels;
+use glimpse_core::pipeline::{classify_clip, classify_vit, PromptCache};
+use glimpse_core::preprocess::PreprocessConfig;
+use glimpse_core::{ImageClassifier, ZeroShotModel};
+use tokio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::hub::{model_id_for, resolve_model, HubOptions};
+use crate::routes::app;
+use crate::state::{AppState, Models};
+
+/// Open reservations older than this belong to a request that died (a killed replica): refund.
+const REAP_AFTER: Duration = Duration::from_secs(600);
+const REAP_EVERY: Duration = Duration::from_secs(60);
+
+/// Run the server on `listener` until `shutdown` resolves, then stop accepting, let the calls in
+/// flight finish, and close the store.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let store = glimpse_store::connect(&config.database_url)
+        .await
+        .map_err(|e| anyhow!("cannot open the key store (GLIMPSE_DATABASE_URL): {e}"))?;
+    let models = load_models(&config).await?;
+    let state = AppState::new(&config, store, models)?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// `serve` for a ready state (tests build one from a store and models they hold too).
+pub async fn serve_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let reaper = {
+        let store = Arc::clone(&state.store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_EVERY);
+            loop {
+                tick.tick().await;
+                match store.reap_stale(REAP_AFTER).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(refunded = n, "refunded stale reservations"),
+                    Err(e) => tracing::warn!(error = %e, "reaping stale reservations failed"),
+                }
+            }
+        })
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    let st = state.clone();
+    let result = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing calls in flight");
+            st.set_ready(false);
+        })
+        .await;
+    reaper.abort();
+    state.store.close().await;
+    result.context("HTTP server failed")
+}
+
+/// Every model of the allow-lists, resolved (local folder, cache or Hub), loaded and warmed up
+/// with one forward pass so the first call is not the slow one.
+pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
+    let hub = HubOptions::from_env(config.model_cache.clone());
+    let templates = config.prompt_templates.clone();
+    let mut clip: Vec<(String, Arc<dyn ZeroShotModel>)> = Vec::new();
+    for spec in config.clip_specs() {
+        let id = unique_id(
+            &spec,
+            clip.iter().map(|(i, _)| i.as_str()),
+            "GLIMPSE_CLIP_MODELS",
+        )?;
+        let (hub, templates) = (hub.clone(), templates.clone());
+        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let dir = resolve(&spec, &hub, "GLIMPSE_CLIP_MODEL")?;
+            let m = load_clip(&dir, &LoadOptions::default())
+                .map_err(|e| anyhow!("cannot load CLIP model '{spec}': {e}"))?;
+            warm_clip(&m, &templates).with_context(|| format!("warm-up of '{spec}' failed"))?;
+            Ok(m)
+        })
+        .await??;
+        tracing::info!(model = %id, "CLIP model ready");
+        clip.push((id, Arc::new(model)));
+    }
+    let mut vit: Vec<(String, Arc<dyn ImageClassifier>)> = Vec::new();
+    for spec in config.vit_specs() {
+        let id = unique_id(
+            &spec,
+            vit.iter().map(|(i, _)| i.as_str()),
+            "GLIMPSE_VIT_MODELS",
+        )?;
+        let hub = hub.clone();
+        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let dir = resolve(&spec, &hub, "GLIMPSE_VIT_MODEL")?;
+            let m = load_vit(&dir, &LoadOptions::default())
+                .map_err(|e| anyhow!("cannot load ViT model '{spec}': {e}"))?;
+            warm_vit(&m).with_context(|| format!("warm-up of '{spec}' failed"))?;
+            Ok(m)
+        })
+        .await??;
+        tracing::info!(model = %id, "ViT model ready");
+        vit.push((id, Arc::new(model)));
+    }
+    Ok(Models::new(clip, vit))
+}
+
+fn resolve(spec: &str, hub: &HubOptions, var: &str) -> anyhow::Result<std::path::PathBuf> {
+    resolve_model(spec, hub).map_err(|e| anyhow!("{var}: {e}"))
+}
+
+/// Two specs may not answer to the same id (two folders both named `clip`, say).
+fn unique_id<'a>(
+    spec: &str,
+    mut taken: impl Iterator<Item = &'a str>,
+    var: &str,
+) -> anyhow::Result<String> {
+    let id = model_id_for(spec);
+    if taken.any(|t| t == id) {
+        return Err(anyhow!(
+            "{var}: two models share the id '{id}'; rename one folder"
+        ));
+    }
+    if Path::new(spec).is_dir() {
+        tracing::debug!(%spec, %id, "local model folder");
+    }
+    Ok(id)
+}
+
+fn blank(cfg: &PreprocessConfig) -> PixelBatch {
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+    let (h, w) = cfg.output_size();
+    PixelBatch::stack(&[cfg.preprocess(&img)], h, w)
+}
+
+fn warm_clip(m: &dyn ZeroShotModel, templates: &[String]) -> anyhow::Result<()> {
+    let px = blank(m.preprocess_config());
+    let labels = parse_labels(None)?;
+    // A throwaway cache: the request path has its own per-model cache.
+    classify_clip(m, "warmup", &PromptCache::new(64), &px, &labels, templates)?;
+    Ok(())
+}
+
+fn warm_vit(m: &dyn ImageClassifier) -> anyhow::Result<()> {
+    classify_vit(m, "warmup", &blank(m.preprocess_config()))?;
+    Ok(())
+}
+
+/// Logging to stderr, `text` or `json` (`GLIMPSE_LOG_FORMAT`), filtered by `RUST_LOG` (default
+/// `info`). Calling it twice is harmless.
+pub fn init_tracing(config: &ServerConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log_format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what container runtimes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

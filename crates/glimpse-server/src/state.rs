@@ -1,0 +1,172 @@
+//! Everything a request handler needs, shared behind one `Arc`: the store, the loaded models with
+//! their allow-lists, the URL fetcher and the limits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glimpse_core::image::DecodeLimits;
+use glimpse_core::pipeline::PromptCache;
+use glimpse_core::{ImageClassifier, ZeroShotModel};
+use glimpse_store::Store;
+use tokio::sync::Semaphore;
+
+use crate::config::ServerConfig;
+use crate::fetch::{FetchOptions, Fetcher};
+use crate::limits::RateLimiter;
+
+/// A loaded CLIP model and the id requests name it by.
+pub struct ClipEntry {
+    pub id: String,
+    pub model: Arc<dyn ZeroShotModel>,
+    /// Prompt embeddings of this model, by prompt text.
+    pub prompts: Arc<PromptCache>,
+}
+
+pub struct VitEntry {
+    pub id: String,
+    pub model: Arc<dyn ImageClassifier>,
+}
+
+/// The models a server holds. The first of each kind is the default; all of them form the
+/// allow-list a `clipModel`/`vitModel` parameter is checked against.
+pub struct Models {
+    pub clip: Vec<ClipEntry>,
+    pub vit: Vec<VitEntry>,
+}
+
+impl Models {
+    pub fn new(
+        clip: Vec<(String, Arc<dyn ZeroShotModel>)>,
+        vit: Vec<(String, Arc<dyn ImageClassifier>)>,
+    ) -> Self {
+        Models {
+            clip: clip
+                .into_iter()
+                .map(|(id, model)| ClipEntry {
+                    id,
+                    model,
+                    prompts: Arc::new(PromptCache::new(PROMPT_CACHE_CAPACITY)),
+                })
+                .collect(),
+            vit: vit
+                .into_iter()
+                .map(|(id, model)| VitEntry { id, model })
+                .collect(),
+        }
+    }
+}
+
+/// Prompts kept per model: 64 labels × a few templates × many label sets.
+const PROMPT_CACHE_CAPACITY: usize = 8192;
+
+/// Where the server gets `?url=` images. The real one is the SSRF-safe [`Fetcher`]; tests may
+/// count calls with their own.
+#[async_trait::async_trait]
+pub trait ImageSource: Send + Sync {
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, crate::fetch::FetchError>;
+}
+
+#[async_trait::async_trait]
+impl ImageSource for Fetcher {
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, crate::fetch::FetchError> {
+        Fetcher::fetch(self, url).await
+    }
+}
+
+/// Settings the handlers read on every call, taken from `ServerConfig` once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub credits_per_call: i64,
+    pub max_upload_bytes: usize,
+    pub decode_limits: DecodeLimits,
+    pub decode_timeout: Duration,
+    pub templates: Vec<String>,
+    pub admin_token: Option<String>,
+}
+
+pub struct Inner {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub models: Models,
+    pub images: Arc<dyn ImageSource>,
+    /// Classification calls in progress; `try_acquire` failing means shed with 503.
+    pub in_flight: Arc<Semaphore>,
+    /// Forward passes in progress (each already uses all cores).
+    pub inference: Arc<Semaphore>,
+    pub rate: Option<RateLimiter>,
+    /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
+    pub ready: AtomicBool,
+}
+
+/// Cheap to clone; the router's state.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// State from already-loaded models and an open store (what `serve` does after loading, and
+    /// what tests call directly). `config.validate()` is run here too.
+    pub fn new(
+        config: &ServerConfig,
+        store: Arc<dyn Store>,
+        models: Models,
+    ) -> anyhow::Result<Self> {
+        let fetcher = Fetcher::new(FetchOptions {
+            allow_private: config.allow_private_urls,
+            max_bytes: config.max_upload_bytes as u64,
+            ..FetchOptions::default()
+        });
+        Self::with_image_source(config, store, models, Arc::new(fetcher))
+    }
+
+    /// As `new`, with a custom source for `?url=` images.
+    pub fn with_image_source(
+        config: &ServerConfig,
+        store: Arc<dyn Store>,
+        models: Models,
+        images: Arc<dyn ImageSource>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        if models.clip.is_empty() || models.vit.is_empty() {
+            anyhow::bail!("the server needs at least one CLIP and one ViT model");
+        }
+        let settings = Settings {
+            credits_per_call: config.credits_per_call,
+            max_upload_bytes: config.max_upload_bytes,
+            decode_limits: DecodeLimits {
+                max_pixels: config.max_image_pixels,
+                max_side: config.max_image_side,
+            },
+            decode_timeout: Duration::from_secs(config.decode_timeout_secs),
+            templates: config.prompt_templates.clone(),
+            admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        };
+        let rate = (config.rate_limit_per_second > 0.0)
+            .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
+        Ok(AppState(Arc::new(Inner {
+            settings,
+            store,
+            models,
+            images,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            inference: Arc::new(Semaphore::new(config.inference_workers)),
+            rate,
+            ready: AtomicBool::new(true),
+        })))
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,10 @@
+# The seed's Python `requests` example, unchanged but for the host (GLIMPSE_BASE), the key
+# variable (GLIMPSE_API_KEY) and the image path (GLIMPSE_IMAGE).
+import os
+import requests
+url = os.environ["GLIMPSE_BASE"] + "/api/image-classification/clip"
+headers = {"X-API-Key": os.environ["GLIMPSE_API_KEY"]}
+files = {"image": open(os.environ["GLIMPSE_IMAGE"], "rb")}
+params = {"labels": "car,document,motorcycle,truck,person,other"}
+response = requests.post(url, headers=headers, files=files, params=params)
+print(response.json())
