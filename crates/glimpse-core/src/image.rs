@@ -321,7 +321,9 @@ fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result
     Ok(img)
 }
 
-/// 16-bit sample to 8 bits, rounded: `(v + 128) // 257` (there are no ties).
+/// 16-bit sample to 8 bits, rounded: `(v + 128) // 257` (there are no ties). This is what the
+/// reference fixtures do for 16-bit greyscale (PIL's own `convert` would clip it at 255). For
+/// 16-bit RGB(A) PNGs PIL keeps the high byte (`v >> 8`), at most 1 lower; we round them too.
 #[inline]
 pub fn to_u8(v: u16) -> u8 {
     ((u32::from(v) + 128) / 257) as u8

@@ -326,11 +326,13 @@ impl PreprocessConfig {
     fn resize_and_crop(&self, img: &image::RgbImage) -> Vec<u8> {
         let (ih, iw) = (img.height(), img.width());
         let (oh, ow) = self.output_size();
-        if ih == 0 || iw == 0 {
-            return vec![0u8; oh * ow * 3];
-        }
         let (rh, rw) = self.resized_size(ih, iw);
         let (rh, rw) = (rh as usize, rw as usize);
+        // Only a hand-built config (parsing refuses zero sizes) or an empty image gets here:
+        // give padding rather than panic.
+        if ih == 0 || iw == 0 || rh == 0 || rw == 0 || oh == 0 || ow == 0 {
+            return vec![0u8; oh * ow * 3];
+        }
         // Per axis: where the window starts in the resized image, where it lands in the output,
         // and its length (transformers' `center_crop`, including its padding arithmetic).
         let axis = |resized: usize, out: usize| -> (usize, usize, usize) {

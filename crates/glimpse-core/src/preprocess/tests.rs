@@ -192,3 +192,12 @@ fn empty_image_gives_padding_not_a_panic() {
     assert_eq!(t.len(), 3 * 224 * 224);
     assert_eq!(t[0], (0.0 - CLIP_MEAN[0]) / CLIP_STD[0]);
 }
+
+#[test]
+fn hand_built_zero_sizes_do_not_panic() {
+    let mut c = PreprocessConfig::from_json_str(CLIP_NEW).unwrap();
+    c.size = ResizeTarget::ShortestEdge(0);
+    assert_eq!(c.preprocess(&gradient(5, 5)).len(), 3 * 224 * 224);
+    c.crop_size = (0, 7);
+    assert!(c.preprocess(&gradient(5, 5)).is_empty());
+}
