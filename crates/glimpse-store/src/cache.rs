@@ -124,6 +124,9 @@ impl Store for CachedStore {
     async fn idempotency_abort(&self, key_id: &str, idempotency_key: &str) -> Result<()> {
         self.inner.idempotency_abort(key_id, idempotency_key).await
     }
+    async fn prune_idempotency(&self, older_than: Duration) -> Result<u64> {
+        self.inner.prune_idempotency(older_than).await
+    }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }

@@ -254,6 +254,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Forget a claim whose request failed before producing a stored answer.
     async fn idempotency_abort(&self, key_id: &str, idempotency_key: &str) -> Result<()>;
+    /// Delete idempotency claims (any state) made more than `older_than` ago; returns how many.
+    /// Stripe keeps keys at least 24 h: call it with at least that.
+    async fn prune_idempotency(&self, older_than: Duration) -> Result<u64>;
     /// Reachability check for `/readyz`.
     async fn ping(&self) -> Result<()>;
     /// Ledger sums for one key (for invariant checks: `balance == topups - debits + refunds`).

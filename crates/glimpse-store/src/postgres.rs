@@ -583,6 +583,19 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_err)
     }
 
+    async fn prune_idempotency(&self, older_than: Duration) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let gone = sqlx::query(
+            "DELETE FROM idempotency WHERE created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(age_secs(older_than))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(gone.rows_affected())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

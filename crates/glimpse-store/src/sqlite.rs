@@ -572,6 +572,19 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db_err)
     }
 
+    async fn prune_idempotency(&self, older_than: Duration) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let gone = sqlx::query(
+            "DELETE FROM idempotency WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $1)",
+        )
+        .bind(cutoff_modifier(older_than))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(gone.rows_affected())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -306,6 +306,17 @@ async fn story(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         Mismatch
     );
 
+    // Pruning: nothing is that old; everything is older than zero.
+    assert_eq!(
+        a.prune_idempotency(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(a.prune_idempotency(Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(a.idempotency_claim(id, "req-1", "h2").await.unwrap(), New);
+
     a.ping().await.unwrap();
 
     // With the pool closed, a well-formed key needs the database and fails; a malformed one is
@@ -324,8 +335,17 @@ async fn story(a: Arc<dyn Store>, b: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn story_sqlite() {
-    let (_dir, a, b) = common::sqlite_replicas(&options()).await;
+    let (dir, a, b) = common::sqlite_replicas(&options()).await;
     story(a, b).await;
+    // The file is in WAL mode (a persistent setting), so readers never block the writer.
+    let url = format!("sqlite://{}", dir.path().join("glimpse.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    pool.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +373,28 @@ async fn connect_refuses_unknown_schemes_and_long_ttls() {
     let mem = connect("sqlite::memory:").await.unwrap();
     let k = mem.create_key("m", 2).await.unwrap();
     assert_eq!(mem.debit(&debit_req(&k.id, 2)).await.unwrap().balance, 0);
+}
+
+/// Another process holding the SQLite write lock makes a debit wait (busy_timeout), not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_debit_waits_for_a_held_write_lock() {
+    use sqlx::Connection;
+    let (dir, a, _b) = common::sqlite_replicas(&options()).await;
+    let key = a.create_key("w", 1).await.unwrap();
+    let url = format!("sqlite://{}", dir.path().join("glimpse.db").display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let store = a.clone();
+    let id = key.id.clone();
+    let debit = tokio::spawn(async move { store.debit(&debit_req(&id, 1)).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !debit.is_finished(),
+        "debit should be waiting for the write lock"
+    );
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    assert_eq!(debit.await.unwrap().unwrap().balance, 0);
 }

@@ -5,9 +5,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use glimpse_store::{connect_with, Store, StoreOptions};
-use sqlx::postgres::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 pub const PG_ENV: &str = "GLIMPSE_TEST_POSTGRES_URL";
 
@@ -38,7 +39,9 @@ where
         eprintln!("{PG_ENV} not set: PostgreSQL half of this test not run");
         return false;
     };
-    let admin = PgPool::connect(&base)
+    let admin = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&base)
         .await
         .unwrap_or_else(|e| panic!("{PG_ENV} is set but connecting to it failed: {e}"));
     let schema = format!("glimpse_test_{:016x}", rand::random::<u64>());
