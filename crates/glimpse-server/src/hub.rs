@@ -31,11 +31,18 @@ impl HubOptions {
     /// `HF_ENDPOINT`, `HF_HUB_OFFLINE`, `HF_HUB_CACHE`/`HF_HOME`, overridden by `cache_dir` if given.
     pub fn from_env(cache_dir: Option<PathBuf>) -> Self {
         let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
             .unwrap_or(false);
         HubOptions {
             cache_dir,
-            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|s| !s.trim().is_empty()),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
             offline,
             progress: false,
         }
@@ -78,7 +85,8 @@ pub fn is_hub_id(spec: &str) -> bool {
             !p.is_empty()
                 && *p != "."
                 && *p != ".."
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
 }
 
@@ -214,7 +222,10 @@ mod tests {
         let dir = std::env::temp_dir().join("glimpse-model-id-test/clip-tiny");
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(model_id_for(&format!("{}/", dir.display())), "clip-tiny");
-        assert_eq!(model_id_for("openai/clip-vit-base-patch32"), "openai/clip-vit-base-patch32");
+        assert_eq!(
+            model_id_for("openai/clip-vit-base-patch32"),
+            "openai/clip-vit-base-patch32"
+        );
     }
 
     #[test]

@@ -89,9 +89,18 @@ fn stand_in(repo: &str, files: HashMap<String, Vec<u8>>) -> StandIn {
 
 fn model_files() -> HashMap<String, Vec<u8>> {
     let mut files = HashMap::new();
-    files.insert("config.json".to_string(), br#"{"model_type":"vit"}"#.to_vec());
-    files.insert("preprocessor_config.json".to_string(), br#"{"size":224}"#.to_vec());
-    files.insert("model.safetensors".to_string(), (0..5000u32).map(|i| (i % 251) as u8).collect());
+    files.insert(
+        "config.json".to_string(),
+        br#"{"model_type":"vit"}"#.to_vec(),
+    );
+    files.insert(
+        "preprocessor_config.json".to_string(),
+        br#"{"size":224}"#.to_vec(),
+    );
+    files.insert(
+        "model.safetensors".to_string(),
+        (0..5000u32).map(|i| (i % 251) as u8).collect(),
+    );
     files
 }
 
@@ -112,12 +121,22 @@ fn pull_downloads_every_file_into_the_cache_then_works_offline() {
         assert_eq!(&got, data, "{name} differs after download");
     }
     let asked = hub.requests.lock().unwrap().clone();
-    assert!(asked.iter().any(|p| p.ends_with("/model.safetensors")), "{asked:?}");
+    assert!(
+        asked.iter().any(|p| p.ends_with("/model.safetensors")),
+        "{asked:?}"
+    );
     // tokenizer.json is optional and absent: asked for, 404, not an error.
-    assert!(asked.iter().any(|p| p.ends_with("/tokenizer.json")), "{asked:?}");
+    assert!(
+        asked.iter().any(|p| p.ends_with("/tokenizer.json")),
+        "{asked:?}"
+    );
 
     // The cache now answers without the network.
-    let offline = HubOptions { offline: true, endpoint: Some("http://127.0.0.1:9".into()), ..opts };
+    let offline = HubOptions {
+        offline: true,
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..opts
+    };
     assert_eq!(cached("acme/tiny-vit", &offline), Some(folder.clone()));
     assert_eq!(resolve_model("acme/tiny-vit", &offline).unwrap(), folder);
 }
@@ -136,14 +155,24 @@ fn missing_weights_are_named_in_the_error() {
     };
     let err = pull("acme/no-weights", &opts).unwrap_err().to_string();
     assert!(err.contains("acme/no-weights"), "{err}");
-    assert!(err.contains("model.safetensors or pytorch_model.bin"), "{err}");
-    assert!(err.contains("local folder") || err.contains("point GLIMPSE_"), "{err}");
+    assert!(
+        err.contains("model.safetensors or pytorch_model.bin"),
+        "{err}"
+    );
+    assert!(
+        err.contains("local folder") || err.contains("point GLIMPSE_"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unreachable_hub_says_which_model_and_how_to_use_a_folder() {
     // A loopback port with nothing listening: refused at once, never leaves the machine.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cache = tempfile::tempdir().unwrap();
     let opts = HubOptions {
         cache_dir: Some(cache.path().to_path_buf()),
@@ -151,7 +180,9 @@ fn unreachable_hub_says_which_model_and_how_to_use_a_folder() {
         offline: false,
         progress: false,
     };
-    let err = resolve_model("openai/clip-vit-base-patch32", &opts).unwrap_err().to_string();
+    let err = resolve_model("openai/clip-vit-base-patch32", &opts)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("openai/clip-vit-base-patch32"), "{err}");
     assert!(err.contains("config.json"), "{err}");
     assert!(err.contains("GLIMPSE_CLIP_MODEL"), "{err}");
