@@ -47,7 +47,7 @@ pub struct TestServer {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Start a server whose config `tweak` may change, with one key holding `credits`.
@@ -95,7 +95,7 @@ pub async fn start_with(
         http: http_client(),
         stop: Some(tx),
         task: Some(task),
-        _dir: dir,
+        dir: Some(dir),
     }
 }
 
@@ -116,11 +116,17 @@ impl TestServer {
     }
 
     /// Graceful stop; returns what `serve_state` returned.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop_keeping_dir().await.0
+    }
+
+    /// Graceful stop, handing over the temp folder (and so the database) to look at afterwards.
+    pub async fn stop_keeping_dir(mut self) -> (anyhow::Result<()>, tempfile::TempDir) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task.take().unwrap().await.unwrap()
+        let result = self.task.take().unwrap().await.unwrap();
+        (result, self.dir.take().unwrap())
     }
 }
 
