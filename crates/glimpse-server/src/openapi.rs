@@ -66,7 +66,8 @@ impl Modify for Security {
     }
 }
 
-/// The document with the server's own model allow-lists as the `clipModel`/`vitModel` enums.
+/// The document with the server's own model allow-lists as the `clipModel`/`vitModel` enums,
+/// and the multipart bodies marked optional (`?url=` needs none).
 pub fn document(clip_ids: &[String], vit_ids: &[String]) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
     use utoipa::openapi::RefOr;
@@ -84,6 +85,11 @@ pub fn document(clip_ids: &[String], vit_ids: &[String]) -> utoipa::openapi::Ope
             .into_iter()
             .flatten()
         {
+            if let Some(body) = op.request_body.as_mut() {
+                if body.content.contains_key("multipart/form-data") {
+                    body.required = Some(utoipa::openapi::Required::False);
+                }
+            }
             for p in op.parameters.iter_mut().flatten() {
                 match p.name.as_str() {
                     "clipModel" => p.schema = Some(enum_of(clip_ids)),
@@ -191,14 +197,16 @@ pub struct NewKey {
 #[derive(ToSchema)]
 pub struct ClipForm {
     /// The image (JPEG, PNG, WebP, GIF, BMP). Required unless `url` is given.
-    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream")]
+    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream", nullable = false)]
     pub image: Option<Vec<u8>>,
     /// Same as the query parameter (the query wins).
+    #[schema(nullable = false)]
     pub labels: Option<String>,
     /// Same as the query parameter (the query wins; an upload wins over both).
+    #[schema(nullable = false)]
     pub url: Option<String>,
     /// Same as the query parameter (the query wins).
-    #[schema(rename = "clipModel")]
+    #[schema(rename = "clipModel", nullable = false)]
     pub clip_model: Option<String>,
 }
 
@@ -206,12 +214,13 @@ pub struct ClipForm {
 #[derive(ToSchema)]
 pub struct VitForm {
     /// The image (JPEG, PNG, WebP, GIF, BMP). Required unless `url` is given.
-    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream")]
+    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream", nullable = false)]
     pub image: Option<Vec<u8>>,
     /// Same as the query parameter (the query wins; an upload wins over both).
+    #[schema(nullable = false)]
     pub url: Option<String>,
     /// Same as the query parameter (the query wins).
-    #[schema(rename = "vitModel")]
+    #[schema(rename = "vitModel", nullable = false)]
     pub vit_model: Option<String>,
 }
 
@@ -247,7 +256,12 @@ pub struct VitQuery {
 pub struct IdempotencyHeader {
     /// Optional, 1 to 255 visible ASCII characters. A retry with the same key and request
     /// replays the first answer without charging again.
-    #[param(rename = "Idempotency-Key", max_length = 255)]
+    #[param(
+        rename = "Idempotency-Key",
+        max_length = 255,
+        min_length = 1,
+        nullable = false
+    )]
     pub idempotency_key: Option<String>,
 }
 
@@ -309,7 +323,7 @@ pub enum AdminErrors {
 #[utoipa::path(post, path = "/api/image-classification/clip", tag = "classification",
     summary = "Classify an image with CLIP (zero-shot against labels)",
     params(ClipQuery, IdempotencyHeader),
-    request_body(content = Option<ClipForm>, content_type = "multipart/form-data",
+    request_body(content = ClipForm, content_type = "multipart/form-data",
         description = "The image as field `image`. May be left out when `url` is given."),
     responses(
         (status = 200, description = "The classification", body = ClassificationResponse,
@@ -331,7 +345,7 @@ fn clip_get() {}
 #[utoipa::path(post, path = "/api/image-classification/vit", tag = "classification",
     summary = "Classify an image with ViT (ImageNet, mapped to car/document/motorcycle/truck/person/other)",
     params(VitQuery, IdempotencyHeader),
-    request_body(content = Option<VitForm>, content_type = "multipart/form-data",
+    request_body(content = VitForm, content_type = "multipart/form-data",
         description = "The image as field `image`. May be left out when `url` is given."),
     responses(
         (status = 200, description = "The classification, with the top 5 ImageNet classes",
