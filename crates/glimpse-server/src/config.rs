@@ -106,6 +106,10 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_DECODE_TIMEOUT_SECS", default_value_t = 20)]
     pub decode_timeout_secs: u64,
 
+    /// Seconds a client gets to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "GLIMPSE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "GLIMPSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -136,6 +140,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("prompt_templates", &self.prompt_templates)
             .field("decode_timeout_secs", &self.decode_timeout_secs)
+            .field("header_timeout_secs", &self.header_timeout_secs)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -258,6 +263,12 @@ impl ServerConfig {
         if self.decode_timeout_secs == 0 {
             return Err(bad(
                 "GLIMPSE_DECODE_TIMEOUT_SECS",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.header_timeout_secs == 0 {
+            return Err(bad(
+                "GLIMPSE_HEADER_TIMEOUT_SECS",
                 "must be at least 1".into(),
             ));
         }

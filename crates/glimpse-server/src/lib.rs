@@ -12,6 +12,7 @@ pub mod error;
 pub mod fetch;
 pub mod hub;
 mod limits;
+mod listen;
 pub mod openapi;
 pub mod routes;
 mod serve;

@@ -64,13 +64,13 @@ pub async fn serve_state(
         tracing::info!(%addr, "listening");
     }
     let st = state.clone();
-    let result = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing calls in flight");
-            st.set_ready(false);
-        })
-        .await;
+    let header_timeout = state.settings.header_timeout;
+    let result = crate::listen::run(listener, app(state.clone()), header_timeout, async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing calls in flight");
+        st.set_ready(false);
+    })
+    .await;
     reaper.abort();
     state.store.close().await;
     result.context("HTTP server failed")

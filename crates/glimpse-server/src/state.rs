@@ -83,6 +83,7 @@ pub struct Settings {
     pub decode_timeout: Duration,
     pub templates: Vec<String>,
     pub admin_token: Option<String>,
+    pub header_timeout: Duration,
 }
 
 pub struct Inner {
@@ -147,6 +148,7 @@ impl AppState {
             decode_timeout: Duration::from_secs(config.decode_timeout_secs),
             templates: config.prompt_templates.clone(),
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
         };
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));

@@ -146,3 +146,50 @@ async fn health_and_readiness() {
     assert_eq!(st, 200);
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(0, |c| c.header_timeout_secs = 1).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Never finish the headers: the server must drop the connection soon after 1 s.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "connection still open after 5 s of half-sent headers"
+    );
+    // A normal request on a fresh connection still works.
+    let (st, _) = call(s.http.get(s.url("/healthz"))).await;
+    assert_eq!(st, 200);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_float_credits_are_integers() {
+    let s = start(0, |c| c.admin_token = Some(TOKEN.into())).await;
+    let post = |v: Value| {
+        s.http
+            .post(s.url("/admin/keys"))
+            .bearer_auth(TOKEN)
+            .json(&v)
+    };
+    let (st, body) = call(post(json!({"name": "f", "credits": 3.0}))).await;
+    assert_eq!((st, body["credits"].as_i64()), (201, Some(3)), "{body}");
+    let (st, body) = call(post(json!({"name": "f", "credits": 2.5}))).await;
+    assert_error(
+        reqwest::StatusCode::from_u16(st).unwrap(),
+        &body,
+        400,
+        "VALIDATION_ERROR",
+    );
+    s.stop().await.unwrap();
+}

@@ -19,6 +19,7 @@ pub struct CreateKey {
     #[schema(max_length = 200)]
     pub name: String,
     /// Starting credits.
+    #[serde(deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub credits: i64,
 }
@@ -27,8 +28,21 @@ pub struct CreateKey {
 #[serde(deny_unknown_fields)]
 pub struct Topup {
     /// Credits to add.
+    #[serde(deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub credits: i64,
+}
+
+/// JSON Schema's `integer` includes `5.0`; serde's i64 does not. Accept whole floats too.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom("credits must be a whole number")),
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
