@@ -1,5 +1,5 @@
 //! `glimpse classify clip|vit IMAGE...`: the server's pipeline, locally. `--json` prints exactly what
-//! the API would answer, one line per image.
+//! the API would answer, one line per image. `--input-dir` hands over to bulk mode (`bulk.rs`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,46 +15,106 @@ use glimpse_core::response::ClassificationResponse;
 use glimpse_core::{ImageClassifier, ZeroShotModel};
 use glimpse_server::hub::{model_id_for, resolve_model, HubOptions};
 
+use crate::bulk;
 use crate::cli::{ClassifyArgs, Kind};
 
 enum Loaded {
-    Clip(glimpse_candle::ClipModel),
-    Vit(glimpse_candle::VitModel),
+    // Boxed: the model structs are large and differ in size.
+    Clip(Box<glimpse_candle::ClipModel>),
+    Vit(Box<glimpse_candle::VitModel>),
 }
 
-impl Loaded {
-    fn preprocess_config(&self) -> &PreprocessConfig {
-        match self {
+/// A loaded model plus everything a classification needs besides the pixels.
+pub struct Session {
+    model: Loaded,
+    model_id: String,
+    cache: PromptCache,
+    labels: Vec<String>,
+    templates: Vec<String>,
+    pub limits: DecodeLimits,
+}
+
+impl Session {
+    pub fn load(args: &ClassifyArgs) -> anyhow::Result<Self> {
+        let labels = match args.kind {
+            Kind::Clip => parse_labels(args.labels.as_deref())?,
+            Kind::Vit => Vec::new(),
+        };
+        let templates: Vec<String> = args.templates.split('|').map(str::to_string).collect();
+        let spec = args.model.clone().unwrap_or_else(|| match args.kind {
+            Kind::Clip => args.default_clip.clone(),
+            Kind::Vit => args.default_vit.clone(),
+        });
+        let mut hub = HubOptions::from_env(args.model_cache.clone());
+        hub.progress = true;
+        let dir = resolve_model(&spec, &hub)?;
+        let opts = glimpse_candle::LoadOptions::default();
+        let model = match args.kind {
+            Kind::Clip => Loaded::Clip(Box::new(glimpse_candle::load_clip(&dir, &opts)?)),
+            Kind::Vit => Loaded::Vit(Box::new(glimpse_candle::load_vit(&dir, &opts)?)),
+        };
+        Ok(Session {
+            model,
+            model_id: model_id_for(&spec),
+            cache: PromptCache::new(4096),
+            labels,
+            templates,
+            limits: DecodeLimits::default(),
+        })
+    }
+
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        match &self.model {
             Loaded::Clip(m) => m.preprocess_config(),
             Loaded::Vit(m) => m.preprocess_config(),
         }
     }
+
+    /// One answer per image of the batch, in order (`timingMs` left at 0 for the caller).
+    pub fn classify(&self, pixels: &PixelBatch) -> anyhow::Result<Vec<ClassificationResponse>> {
+        let out = match &self.model {
+            Loaded::Clip(m) => classify_clip(
+                m.as_ref(),
+                &self.model_id,
+                &self.cache,
+                pixels,
+                &self.labels,
+                &self.templates,
+            )?,
+            Loaded::Vit(m) => classify_vit(m.as_ref(), &self.model_id, pixels)?,
+        };
+        anyhow::ensure!(
+            out.len() == pixels.batch,
+            "model gave {} answers for {} images",
+            out.len(),
+            pixels.batch
+        );
+        Ok(out)
+    }
+}
+
+/// Read, decode and preprocess one file into the model's `[3, h, w]` input.
+pub fn prepare(
+    path: &Path,
+    cfg: &PreprocessConfig,
+    limits: &DecodeLimits,
+) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).context("cannot read file")?;
+    let image = decode(&bytes, limits)?;
+    Ok(cfg.preprocess(&image))
 }
 
 pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
-    let labels = match args.kind {
-        Kind::Clip => parse_labels(args.labels.as_deref())?,
-        Kind::Vit => Vec::new(),
-    };
-    let templates: Vec<String> = args.templates.split('|').map(str::to_string).collect();
-    let spec = args.model.clone().unwrap_or_else(|| match args.kind {
-        Kind::Clip => args.default_clip.clone(),
-        Kind::Vit => args.default_vit.clone(),
-    });
-    let mut hub = HubOptions::from_env(args.model_cache.clone());
-    hub.progress = true;
-    let dir = resolve_model(&spec, &hub)?;
-    let model_id = model_id_for(&spec);
-    let opts = glimpse_candle::LoadOptions::default();
-    let model = match args.kind {
-        Kind::Clip => Loaded::Clip(glimpse_candle::load_clip(&dir, &opts)?),
-        Kind::Vit => Loaded::Vit(glimpse_candle::load_vit(&dir, &opts)?),
-    };
-    let cache = PromptCache::new(4096);
-    let limits = DecodeLimits::default();
+    if let Some(dir) = args.input_dir.clone() {
+        // Check the bulk options before the (slow) model load, so a typo fails at once.
+        let plan = bulk::Plan::from_args(&args, dir)?;
+        let session = Session::load(&args)?;
+        return bulk::run(plan, &session);
+    }
+    let session = Session::load(&args)?;
     let mut failures = 0;
     for path in &args.images {
-        match classify_one(path, &model, &model_id, &cache, &labels, &templates, &limits) {
+        match classify_one(path, &session) {
             Ok(resp) => print(&resp, path, args.json)?,
             Err(e) => {
                 failures += 1;
@@ -62,29 +122,22 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-fn classify_one(
-    path: &Path,
-    model: &Loaded,
-    model_id: &str,
-    cache: &PromptCache,
-    labels: &[String],
-    templates: &[String],
-    limits: &DecodeLimits,
-) -> anyhow::Result<ClassificationResponse> {
+fn classify_one(path: &Path, session: &Session) -> anyhow::Result<ClassificationResponse> {
     let started = Instant::now();
-    let bytes = std::fs::read(path).context("cannot read file")?;
-    let image = decode(&bytes, limits)?;
-    let cfg = model.preprocess_config();
+    let cfg = session.preprocess_config();
     let (h, w) = cfg.output_size();
-    let pixels = PixelBatch::stack(&[cfg.preprocess(&image)], h, w);
-    let mut out = match model {
-        Loaded::Clip(m) => classify_clip(m, model_id, cache, &pixels, labels, templates)?,
-        Loaded::Vit(m) => classify_vit(m, model_id, &pixels)?,
-    };
-    let mut resp = out.pop().context("model returned no answer")?;
+    let pixels = PixelBatch::stack(&[prepare(path, cfg, &session.limits)?], h, w);
+    let mut resp = session
+        .classify(&pixels)?
+        .pop()
+        .context("model returned no answer")?;
     resp.timing_ms = started.elapsed().as_secs_f64() * 1000.0;
     Ok(resp)
 }
@@ -99,7 +152,13 @@ fn print(resp: &ClassificationResponse, path: &Path, json: bool) -> anyhow::Resu
             .take(3)
             .map(|p| format!("{} {:.3}", p.label, p.score))
             .collect();
-        println!("{}\t{}\t{:.3}\t[{}]", path.display(), resp.result, resp.confidence, top.join(", "));
+        println!(
+            "{}\t{}\t{:.3}\t[{}]",
+            path.display(),
+            resp.result,
+            resp.confidence,
+            top.join(", ")
+        );
     }
     Ok(())
 }

@@ -39,12 +39,36 @@ pub enum Kind {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["images", "input_dir"]))]
 pub struct ClassifyArgs {
     /// `clip` (zero-shot against --labels) or `vit` (ImageNet mapped to categories).
     pub kind: Kind,
-    /// Image files.
-    #[arg(required = true)]
+    /// Image files (or `--input-dir` for a whole folder; exactly one of the two).
     pub images: Vec<PathBuf>,
+    /// Bulk mode: classify every file under DIR (recursively, sorted by relative path) into
+    /// `--output`, one JSON line per file.
+    #[arg(long, value_name = "DIR", requires = "output")]
+    pub input_dir: Option<PathBuf>,
+    /// Bulk mode: the JSON-lines results file. Appended to; files already in it are skipped, so
+    /// rerunning after a crash resumes. Must be outside `--input-dir`.
+    #[arg(long, value_name = "FILE", requires = "input_dir")]
+    pub output: Option<PathBuf>,
+    /// Bulk mode: only the files whose index in the sorted list is I modulo N (0-based `I/N`).
+    #[arg(long, value_name = "I/N", requires = "input_dir")]
+    pub shard: Option<String>,
+    /// Bulk mode: shard count for a Kubernetes Indexed Job; the shard index is read from
+    /// `JOB_COMPLETION_INDEX`. Ignored when `--shard` is given.
+    #[arg(long, env = "GLIMPSE_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    /// Bulk mode: images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Bulk mode: threads decoding and preprocessing while the model runs (default: up to 4).
+    #[arg(long, value_name = "N")]
+    pub decode_threads: Option<usize>,
+    /// Bulk mode: when stderr is not a terminal, print a progress line every N files.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub progress_every: usize,
     /// Comma-separated labels for CLIP (default car,document,motorcycle,truck,person,other).
     #[arg(long)]
     pub labels: Option<String>,

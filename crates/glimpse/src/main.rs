@@ -2,6 +2,7 @@
 //! dispatches.
 
 mod bench;
+mod bulk;
 mod classify;
 mod cli;
 mod config_file;
