@@ -80,6 +80,11 @@ struct Outcome {
 
 async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Response {
     let started = Instant::now();
+    // axum answers HEAD with the GET handler; a HEAD must not run (and charge) a classification.
+    if req.method() == axum::http::Method::HEAD {
+        let e = ApiError::new(ErrorCode::MethodNotAllowed, "use GET or POST");
+        return with_balance(&state, &key, e.into_response()).await;
+    }
     let idem = match idempotency_key(req.headers()) {
         Ok(k) => k,
         Err(e) => return with_balance(&state, &key, e.into_response()).await,
