@@ -110,6 +110,12 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
 
+    /// Seconds after which a reservation still open is taken to belong to a request that died
+    /// (a killed replica) and is refunded by the reaper; it runs every quarter of this (at most
+    /// every minute). Keep it well above the longest request.
+    #[arg(long, env = "GLIMPSE_REAP_AFTER_SECS", default_value_t = 600)]
+    pub reap_after_secs: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "GLIMPSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -141,6 +147,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("prompt_templates", &self.prompt_templates)
             .field("decode_timeout_secs", &self.decode_timeout_secs)
             .field("header_timeout_secs", &self.header_timeout_secs)
+            .field("reap_after_secs", &self.reap_after_secs)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -264,6 +271,11 @@ impl ServerConfig {
             return Err(bad(
                 "GLIMPSE_DECODE_TIMEOUT_SECS",
                 "must be at least 1".into(),
+            ));
+        }
+        if self.reap_after_secs == 0 {
+            return Err(anyhow::anyhow!(
+                "GLIMPSE_REAP_AFTER_SECS must be at least 1"
             ));
         }
         if self.header_timeout_secs == 0 {

@@ -20,9 +20,8 @@ use crate::hub::{model_id_for, resolve_model, HubOptions};
 use crate::routes::app;
 use crate::state::{AppState, Models};
 
-/// Open reservations older than this belong to a request that died (a killed replica): refund.
-const REAP_AFTER: Duration = Duration::from_secs(600);
-const REAP_EVERY: Duration = Duration::from_secs(60);
+/// The reaper runs every quarter of `reap_after`, and at least once a minute.
+const REAP_EVERY_MAX: Duration = Duration::from_secs(60);
 
 /// Run the server on `listener` until `shutdown` resolves, then stop accepting, let the calls in
 /// flight finish, and close the store.
@@ -48,11 +47,12 @@ pub async fn serve_state(
 ) -> anyhow::Result<()> {
     let reaper = {
         let store = Arc::clone(&state.store);
+        let reap_after = state.settings.reap_after;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REAP_EVERY);
+            let mut tick = tokio::time::interval((reap_after / 4).min(REAP_EVERY_MAX));
             loop {
                 tick.tick().await;
-                match store.reap_stale(REAP_AFTER).await {
+                match store.reap_stale(reap_after).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(refunded = n, "refunded stale reservations"),
                     Err(e) => tracing::warn!(error = %e, "reaping stale reservations failed"),

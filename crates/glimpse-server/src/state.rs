@@ -84,6 +84,8 @@ pub struct Settings {
     pub templates: Vec<String>,
     pub admin_token: Option<String>,
     pub header_timeout: Duration,
+    /// Open reservations older than this are refunded by the reaper.
+    pub reap_after: Duration,
 }
 
 pub struct Inner {
@@ -149,6 +151,7 @@ impl AppState {
             templates: config.prompt_templates.clone(),
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             header_timeout: Duration::from_secs(config.header_timeout_secs),
+            reap_after: Duration::from_secs(config.reap_after_secs),
         };
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
