@@ -6,6 +6,7 @@
 #
 #   tools/walkthrough.sh                  # debug build (what `cargo test` already built)
 #   PROFILE=release tools/walkthrough.sh  # the README's `cargo run --release`
+#   GLIMPSE_BIN=path/to/glimpse tools/walkthrough.sh   # no build
 #
 # Needs curl and python3 (the shape checks, a free port, a throwaway file server for url=).
 set -euo pipefail
@@ -69,12 +70,16 @@ assert len(im) == 5 and all(set(x) == {"label", "score", "category"} for x in im
 command -v curl >/dev/null || fail "curl is needed"
 command -v python3 >/dev/null || fail "python3 is needed"
 
-say "building glimpse ($PROFILE)"
-if [ "$PROFILE" = release ]; then
-  cargo build --release -p glimpse --quiet
+if [ -n "${GLIMPSE_BIN:-}" ]; then
+  BIN="$GLIMPSE_BIN"
+  say "using $BIN"
+elif [ "$PROFILE" = release ]; then
+  say "building glimpse (release)"
+  cargo build --release -p glimpse --quiet || fail "cargo build --release -p glimpse"
   BIN="$ROOT/target/release/glimpse"
 else
-  cargo build -p glimpse --quiet
+  say "building glimpse (dev)"
+  cargo build -p glimpse --quiet || fail "cargo build -p glimpse"
   BIN="$ROOT/target/debug/glimpse"
 fi
 
