@@ -3,6 +3,7 @@
 //! model crates implement. Nothing here knows about HTTP, SQL or candle.
 
 pub mod backend;
+pub mod batcher;
 pub mod categories;
 pub mod error;
 pub mod image;

@@ -1,0 +1,346 @@
+//! Dynamic batching: one worker thread per model owns its forward passes. Callers submit single
+//! jobs into a bounded queue; the worker takes the first waiting job, collects more for up to a
+//! short window (or until the batch is full), runs ONE call on the whole batch and answers every
+//! job on its own reply callback.
+//!
+//! The queue is std threads and channels, and replies are plain callbacks, so core stays free of
+//! any async runtime: the server wraps a callback around a tokio oneshot, a CLI can block on
+//! [`Batcher::submit_wait`].
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
+use crate::pipeline::{label_embeddings, PromptCache};
+use crate::response::ClassificationResponse;
+use crate::scoring::{
+    clip_predictions, clip_probabilities, top_k_imagenet, vit_category_predictions,
+};
+use crate::CoreError;
+
+/// Why a submitted job got no answer. `Clone`, because one failed forward pass fails every job of
+/// its batch.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BatchError {
+    /// The queue is full: shed the call (the server answers 503 with `Retry-After`).
+    #[error("the inference queue is full")]
+    Overloaded,
+    /// The worker is gone (shut down, or it died).
+    #[error("the inference worker has stopped")]
+    Closed,
+    /// The model failed on this job's batch, or on this job alone.
+    #[error("{0}")]
+    Model(String),
+}
+
+/// Sizes of the batcher.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Most jobs in one forward pass (1 turns batching off).
+    pub max_batch: usize,
+    /// How long the worker waits for more jobs after the first one arrives.
+    pub window: Duration,
+    /// Jobs that may wait in the queue; one more is [`BatchError::Overloaded`].
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            max_batch: 8,
+            window: Duration::from_millis(2),
+            queue_capacity: 64,
+        }
+    }
+}
+
+/// Counters of what the worker did, for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Forward passes run.
+    pub batches: usize,
+    /// Jobs answered (successfully or not) by those passes.
+    pub jobs: usize,
+    /// The largest batch so far.
+    pub max_batch_seen: usize,
+}
+
+type Reply<S> = Box<dyn FnOnce(Result<S, BatchError>) + Send>;
+type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+
+struct Shared {
+    depth: AtomicUsize,
+    stats: Mutex<BatchStats>,
+    on_batch: Mutex<Option<Hook>>,
+}
+
+/// A queue in front of one worker thread running `run` on batches of `R`, answering `S` each.
+/// Dropping it closes the queue; the worker answers what is still queued and then exits.
+pub struct Batcher<R, S> {
+    tx: SyncSender<(R, Reply<S>)>,
+    shared: Arc<Shared>,
+    options: BatchOptions,
+}
+
+impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
+    /// Start the worker thread. `run` gets the jobs of one batch and must return one result per
+    /// job, in order; an `Err` from it (or a panic) reaches every job of the batch.
+    pub fn new<F>(name: &str, options: BatchOptions, run: F) -> std::io::Result<Self>
+    where
+        F: FnMut(&[R]) -> Result<Vec<Result<S, BatchError>>, BatchError> + Send + 'static,
+    {
+        let options = BatchOptions {
+            max_batch: options.max_batch.max(1),
+            queue_capacity: options.queue_capacity.max(1),
+            ..options
+        };
+        let (tx, rx) = mpsc::sync_channel::<(R, Reply<S>)>(options.queue_capacity);
+        let shared = Arc::new(Shared {
+            depth: AtomicUsize::new(0),
+            stats: Mutex::new(BatchStats::default()),
+            on_batch: Mutex::new(None),
+        });
+        let worker_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("batch-{name}"))
+            .spawn(move || worker(rx, worker_shared, options, run))?;
+        Ok(Batcher {
+            tx,
+            shared,
+            options,
+        })
+    }
+
+    /// Queue `job`; `reply` is called exactly once, on the worker thread (or here, with
+    /// `Overloaded`/`Closed`, when the job could not be queued).
+    pub fn submit(&self, job: R, reply: impl FnOnce(Result<S, BatchError>) + Send + 'static) {
+        // Counted before sending so the worker's decrement can never run first and underflow.
+        self.shared.depth.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send((job, Box::new(reply))) {
+            Ok(()) => {}
+            Err(TrySendError::Full((_, reply))) => {
+                self.shared.depth.fetch_sub(1, Ordering::SeqCst);
+                reply(Err(BatchError::Overloaded));
+            }
+            Err(TrySendError::Disconnected((_, reply))) => {
+                self.shared.depth.fetch_sub(1, Ordering::SeqCst);
+                reply(Err(BatchError::Closed));
+            }
+        }
+    }
+
+    /// Queue `job` and block this thread until it is answered.
+    pub fn submit_wait(&self, job: R) -> Result<S, BatchError> {
+        let (tx, rx) = mpsc::channel();
+        self.submit(job, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(BatchError::Closed))
+    }
+
+    /// Jobs queued and not yet taken into a batch.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.depth.load(Ordering::SeqCst)
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn options(&self) -> BatchOptions {
+        self.options
+    }
+
+    /// Called on the worker thread with the size of every batch, before it runs (for metrics).
+    pub fn on_batch(&self, hook: impl Fn(usize) + Send + Sync + 'static) {
+        *self
+            .shared
+            .on_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+}
+
+fn worker<R, S, F>(
+    rx: mpsc::Receiver<(R, Reply<S>)>,
+    shared: Arc<Shared>,
+    options: BatchOptions,
+    mut run: F,
+) where
+    F: FnMut(&[R]) -> Result<Vec<Result<S, BatchError>>, BatchError>,
+{
+    // `recv` fails only once every sender is dropped and the queue is empty.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + options.window;
+        while batch.len() < options.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        shared.depth.fetch_sub(batch.len(), Ordering::SeqCst);
+        let n = batch.len();
+        {
+            let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.batches += 1;
+            s.jobs += n;
+            s.max_batch_seen = s.max_batch_seen.max(n);
+        }
+        let hook = shared
+            .on_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h(n);
+        }
+        let (jobs, replies): (Vec<R>, Vec<Reply<S>>) = batch.into_iter().unzip();
+        // A panicking model must not take the worker (and every later caller) down with it.
+        let outcome = match catch_unwind(AssertUnwindSafe(|| run(&jobs))) {
+            Ok(Ok(results)) if results.len() == n => Ok(results),
+            Ok(Ok(results)) => Err(BatchError::Model(format!(
+                "the model answered {} of {n} jobs",
+                results.len()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BatchError::Model("the model panicked".into())),
+        };
+        match outcome {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    reply(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    reply(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn model_error(e: CoreError) -> BatchError {
+    BatchError::Model(e.to_string())
+}
+
+/// One CLIP call: a preprocessed image (`[3, h, w]`) and the labels to score it against.
+#[derive(Debug, Clone)]
+pub struct ClipJob {
+    pub pixels: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+    pub labels: Vec<String>,
+}
+
+/// One ViT call: a preprocessed image (`[3, h, w]`).
+#[derive(Debug, Clone)]
+pub struct VitJob {
+    pub pixels: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+}
+
+pub type ClipBatcher = Batcher<ClipJob, ClassificationResponse>;
+pub type VitBatcher = Batcher<VitJob, ClassificationResponse>;
+
+/// Stack the jobs' images; they must share one size (one model, one preprocessing).
+fn stack<'a>(
+    images: impl Iterator<Item = (&'a [f32], usize, usize)>,
+) -> Result<PixelBatch, BatchError> {
+    let mut out: Option<PixelBatch> = None;
+    for (px, h, w) in images {
+        if px.len() != 3 * h * w {
+            return Err(BatchError::Model(format!(
+                "an image of {} values is not 3x{h}x{w}",
+                px.len()
+            )));
+        }
+        let b = out.get_or_insert_with(|| PixelBatch {
+            data: Vec::new(),
+            batch: 0,
+            height: h,
+            width: w,
+        });
+        if (b.height, b.width) != (h, w) {
+            return Err(BatchError::Model(
+                "images of different sizes in one batch".into(),
+            ));
+        }
+        b.data.extend_from_slice(px);
+        b.batch += 1;
+    }
+    out.ok_or_else(|| BatchError::Model("empty batch".into()))
+}
+
+/// A batcher for a CLIP model: one `embed_images` on the stacked batch, then each job scored
+/// against its own labels, whose embeddings come from the model's shared `PromptCache` (a
+/// repeated label set costs no text-encoder time). A label error fails only its own job.
+pub fn clip_batcher(
+    model: Arc<dyn ZeroShotModel>,
+    model_id: String,
+    prompts: Arc<PromptCache>,
+    templates: Vec<String>,
+    options: BatchOptions,
+) -> std::io::Result<ClipBatcher> {
+    Batcher::new(&model_id.clone(), options, move |jobs: &[ClipJob]| {
+        let pixels = stack(
+            jobs.iter()
+                .map(|j| (j.pixels.as_slice(), j.height, j.width)),
+        )?;
+        let images = model.embed_images(&pixels).map_err(model_error)?;
+        if images.len() != jobs.len() {
+            return Err(BatchError::Model(format!(
+                "the model embedded {} of {} images",
+                images.len(),
+                jobs.len()
+            )));
+        }
+        let scale = model.logit_scale();
+        Ok(jobs
+            .iter()
+            .zip(&images)
+            .map(|(job, img)| {
+                let text = label_embeddings(model.as_ref(), &prompts, &job.labels, &templates)
+                    .map_err(model_error)?;
+                let probs = clip_probabilities(img, &text, scale);
+                Ok(ClassificationResponse::new(
+                    "clip",
+                    &model_id,
+                    clip_predictions(&job.labels, &probs),
+                ))
+            })
+            .collect())
+    })
+}
+
+/// A batcher for a ViT classifier: one `classify` on the stacked batch.
+pub fn vit_batcher(
+    model: Arc<dyn ImageClassifier>,
+    model_id: String,
+    options: BatchOptions,
+) -> std::io::Result<VitBatcher> {
+    Batcher::new(&model_id.clone(), options, move |jobs: &[VitJob]| {
+        let pixels = stack(
+            jobs.iter()
+                .map(|j| (j.pixels.as_slice(), j.height, j.width)),
+        )?;
+        let probs = model.classify(&pixels).map_err(model_error)?;
+        Ok(probs
+            .iter()
+            .map(|p| {
+                let mut r =
+                    ClassificationResponse::new("vit", &model_id, vit_category_predictions(p));
+                r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
+                Ok(r)
+            })
+            .collect())
+    })
+}

@@ -1,0 +1,316 @@
+//! The batcher with fake models: fewer forward passes than calls, answers equal to single calls,
+//! the batch cap, shedding when the queue is full, and errors reaching every waiting caller.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use glimpse_core::backend::{PixelBatch, ZeroShotModel};
+use glimpse_core::batcher::{clip_batcher, BatchError, BatchOptions, Batcher, ClipJob};
+use glimpse_core::pipeline::{classify_clip, PromptCache};
+use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
+use glimpse_core::Result;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn opts(max_batch: usize, window_ms: u64, queue: usize) -> BatchOptions {
+    BatchOptions {
+        max_batch,
+        window: Duration::from_millis(window_ms),
+        queue_capacity: queue,
+    }
+}
+
+/// Submit every job from its own thread at once; answers in job order.
+fn submit_all<R: Send + Clone + 'static, S: Send + 'static>(
+    b: &Arc<Batcher<R, S>>,
+    jobs: &[R],
+) -> Vec<std::result::Result<S, BatchError>> {
+    let (tx, rx) = mpsc::channel();
+    for (i, j) in jobs.iter().enumerate() {
+        let tx = tx.clone();
+        b.submit(j.clone(), move |r| {
+            let _ = tx.send((i, r));
+        });
+    }
+    let mut out: Vec<_> = (0..jobs.len())
+        .map(|_| rx.recv_timeout(WAIT).expect("an answer, not a hang"))
+        .collect();
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[test]
+fn concurrent_jobs_share_forward_passes_and_keep_their_answers() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let b = Arc::new(
+        Batcher::new("square", opts(16, 200, 64), move |xs: &[i64]| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(xs.iter().map(|x| Ok(x * x + 1)).collect())
+        })
+        .unwrap(),
+    );
+    let jobs: Vec<i64> = (0..10).collect();
+    let answers = submit_all(&b, &jobs);
+    for (x, a) in jobs.iter().zip(&answers) {
+        assert_eq!(a.as_ref().unwrap(), &(x * x + 1));
+    }
+    let n = calls.load(Ordering::SeqCst);
+    assert!(n < jobs.len(), "{n} forward passes for {} jobs", jobs.len());
+    let s = b.stats();
+    assert_eq!(s.jobs, 10);
+    assert_eq!(s.batches, n);
+    assert!(s.max_batch_seen > 1, "{s:?}");
+    assert_eq!(b.queue_depth(), 0);
+}
+
+#[test]
+fn batches_never_exceed_the_cap() {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let b = Arc::new(
+        Batcher::new("cap", opts(3, 100, 64), |xs: &[u32]| {
+            Ok(xs.iter().map(|x| Ok(*x)).collect())
+        })
+        .unwrap(),
+    );
+    let s = Arc::clone(&sizes);
+    b.on_batch(move |n| s.lock().unwrap().push(n));
+    let answers = submit_all(&b, &(0..10).collect::<Vec<u32>>());
+    assert!(answers.iter().all(|a| a.is_ok()));
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 10, "{sizes:?}");
+    assert!(sizes.iter().all(|n| (1..=3).contains(n)), "{sizes:?}");
+    assert!(
+        sizes.contains(&3),
+        "the window should have filled a batch: {sizes:?}"
+    );
+}
+
+#[test]
+fn a_full_queue_sheds_with_overloaded() {
+    // The model blocks until the test opens the gate, so queued jobs stay queued.
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let b = Arc::new(
+        Batcher::new("gate", opts(1, 0, 2), move |xs: &[u8]| {
+            let _ = started_tx.send(());
+            let _ = gate_rx.lock().unwrap().recv_timeout(WAIT);
+            Ok(xs.iter().map(|x| Ok(*x)).collect())
+        })
+        .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let send = |x: u8| {
+        let tx = tx.clone();
+        b.submit(x, move |r| {
+            let _ = tx.send((x, r));
+        })
+    };
+    send(0);
+    started_rx.recv_timeout(WAIT).unwrap(); // job 0 is running, the queue is empty
+    send(1);
+    send(2);
+    assert_eq!(b.queue_depth(), 2);
+    send(3); // over capacity: answered at once
+    let (x, r) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!((x, r), (3, Err(BatchError::Overloaded)));
+    assert_eq!(b.queue_depth(), 2);
+    for _ in 0..3 {
+        gate_tx.send(()).unwrap();
+    }
+    let mut done: Vec<(u8, _)> = (0..3).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    done.sort_by_key(|(x, _)| *x);
+    assert_eq!(done, vec![(0, Ok(0)), (1, Ok(1)), (2, Ok(2))]);
+}
+
+#[test]
+fn a_model_error_or_panic_reaches_every_waiting_job() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let b = Arc::new(
+        Batcher::new("fail", opts(8, 100, 64), move |xs: &[i32]| {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(BatchError::Model("boom".into()));
+            }
+            if xs.contains(&-1) {
+                panic!("the model panicked on purpose");
+            }
+            Ok(xs.iter().map(|x| Ok(*x)).collect())
+        })
+        .unwrap(),
+    );
+    let answers = submit_all(&b, &[1, 2, 3, 4]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| *a == Err(BatchError::Model("boom".into()))),
+        "{answers:?}"
+    );
+    let answers = submit_all(&b, &[5, -1, 6]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(BatchError::Model(_)))),
+        "{answers:?}"
+    );
+    // The worker survived both.
+    assert_eq!(b.submit_wait(7), Ok(7));
+}
+
+#[test]
+fn dropping_the_batcher_still_answers_queued_jobs() {
+    let b = Batcher::new("drop", opts(2, 50, 64), |xs: &[u8]| {
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(xs.iter().map(|x| Ok(*x)).collect())
+    })
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    for x in 0..5u8 {
+        let tx = tx.clone();
+        b.submit(x, move |r| {
+            let _ = tx.send(r);
+        });
+    }
+    drop(b);
+    let got: Vec<_> = (0..5).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert!(got.iter().all(|r| r.is_ok()), "{got:?}");
+}
+
+/// A CLIP stand-in: the image embedding is the normalised mean of each channel, so different
+/// images score differently; text embeddings depend on the prompt; encoder calls are counted.
+struct FakeClip {
+    cfg: PreprocessConfig,
+    image_calls: AtomicUsize,
+    text_calls: AtomicUsize,
+}
+
+impl FakeClip {
+    fn new() -> Self {
+        FakeClip {
+            cfg: PreprocessConfig {
+                do_resize: true,
+                size: ResizeTarget::Exact(2, 2),
+                resample: 3,
+                do_center_crop: false,
+                crop_size: (2, 2),
+                do_rescale: true,
+                rescale_factor: 1.0 / 255.0,
+                do_normalize: false,
+                image_mean: [0.0; 3],
+                image_std: [1.0; 3],
+            },
+            image_calls: AtomicUsize::new(0),
+            text_calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn normalise(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.into_iter().map(|x| x / n).collect()
+}
+
+impl ZeroShotModel for FakeClip {
+    fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.cfg
+    }
+    fn embed_images(&self, px: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+        self.image_calls.fetch_add(1, Ordering::SeqCst);
+        let plane = px.height * px.width;
+        Ok(px
+            .data
+            .chunks(3 * plane)
+            .map(|im| normalise(im.chunks(plane).map(|c| c.iter().sum::<f32>()).collect()))
+            .collect())
+    }
+    fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.text_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let b = t.as_bytes();
+                normalise(vec![b.len() as f32, b[0] as f32, b[b.len() - 1] as f32])
+            })
+            .collect())
+    }
+    fn logit_scale(&self) -> f32 {
+        100.0
+    }
+}
+
+#[test]
+fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
+    let model = Arc::new(FakeClip::new());
+    let templates = vec!["a photo of a {label}.".to_string()];
+    let label_sets: Vec<Vec<String>> = vec![
+        vec!["cat".into(), "dog".into()],
+        vec!["car".into(), "person".into(), "tree".into()],
+    ];
+    let jobs: Vec<ClipJob> = (0..8)
+        .map(|i| ClipJob {
+            pixels: (0..12)
+                .map(|k| ((i * 7 + k * 3) % 11) as f32 / 10.0)
+                .collect(),
+            height: 2,
+            width: 2,
+            labels: label_sets[i % 2].clone(),
+        })
+        .collect();
+    // The answers the unbatched pipeline gives, one call per image.
+    let single_cache = PromptCache::new(100);
+    let singles: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            let px = PixelBatch::stack(&[j.pixels.clone()], 2, 2);
+            classify_clip(
+                model.as_ref(),
+                "m",
+                &single_cache,
+                &px,
+                &j.labels,
+                &templates,
+            )
+            .unwrap()
+            .remove(0)
+        })
+        .collect();
+    model.image_calls.store(0, Ordering::SeqCst);
+    model.text_calls.store(0, Ordering::SeqCst);
+
+    let cache = Arc::new(PromptCache::new(100));
+    let b = Arc::new(
+        clip_batcher(
+            model.clone(),
+            "m".into(),
+            Arc::clone(&cache),
+            templates.clone(),
+            opts(8, 200, 64),
+        )
+        .unwrap(),
+    );
+    let batched = submit_all(&b, &jobs);
+    for (s, r) in singles.iter().zip(&batched) {
+        let r = r.as_ref().unwrap();
+        assert_eq!(r.result, s.result);
+        assert_eq!(r.predictions.len(), s.predictions.len());
+        for (a, e) in r.predictions.iter().zip(&s.predictions) {
+            assert_eq!(a.label, e.label);
+            assert!(
+                (a.score - e.score).abs() <= 1e-6,
+                "{} vs {}",
+                a.score,
+                e.score
+            );
+        }
+    }
+    let image_calls = model.image_calls.load(Ordering::SeqCst);
+    assert!(image_calls < jobs.len(), "{image_calls} image passes");
+    // Two label sets: at most one text-encoder call each, and none on a repeat.
+    let text_calls = model.text_calls.load(Ordering::SeqCst);
+    assert!(text_calls <= 2, "{text_calls} text passes");
+    b.submit_wait(jobs[0].clone()).unwrap();
+    assert_eq!(model.text_calls.load(Ordering::SeqCst), text_calls);
+}
