@@ -50,6 +50,12 @@ pub async fn read_input(
     hash_part(&mut hash, query.as_bytes());
 
     let mut input = RawInput::default();
+    // serde_urlencoded decodes lossily: `labels=%ff` would become a U+FFFD label and be charged.
+    if !percent_decodes_to_utf8(&query) {
+        return Err(ApiError::validation(
+            "the query string percent-decodes to bytes that are not UTF-8",
+        ));
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query)
         .map_err(|_| ApiError::validation("the query string is not valid URL encoding"))?;
     // The first occurrence of a repeated parameter counts.
@@ -73,6 +79,28 @@ pub async fn read_input(
     }
     input.fingerprint = hex(&hash.finalize());
     Ok(input)
+}
+
+/// Whether every `%XX` escape of `query` (a `%` not followed by two hex digits stays literal, as
+/// in the WHATWG rules) together with the plain bytes makes valid UTF-8.
+fn percent_decodes_to_utf8(query: &str) -> bool {
+    let b = query.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
 }
 
 fn is_multipart(req: &Request) -> bool {

@@ -1,0 +1,335 @@
+//! Hostile inputs through the real server. Every row asserts the status, the error `code`, and
+//! that the key's balance and the ledger are untouched. Traffic goes to loopback only: refused
+//! URLs point at a canary listener that must see no connection at all.
+
+mod api_support;
+mod hostile_support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api_support::image_bytes;
+use glimpse_server::fetch::{Fetcher, StaticResolver};
+use hostile_support::*;
+use reqwest::header::HeaderValue;
+use reqwest::multipart::{Form, Part};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CLIP: &str = "/api/image-classification/clip";
+const VIT: &str = "/api/image-classification/vit";
+const CREDITS: i64 = 7;
+
+fn form(bytes: Vec<u8>) -> Form {
+    Form::new().part("image", Part::bytes(bytes).file_name("image.bin"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_urls_never_leave_the_server() {
+    let (p4, hits4) = canary("127.0.0.1:0").await.unwrap();
+    // IPv6 loopback may be missing in a container; the row still runs (the refusal is on the
+    // literal), only the v6 canary count is then vacuous.
+    let v6 = canary("[::1]:0").await;
+    let p6 = v6.as_ref().map_or(p4, |(p, _)| *p);
+    // A public-looking name that this test's DNS maps to loopback: the check must be on the
+    // resolved address, not the name.
+    let resolver = StaticResolver::new()
+        .with("public.example", &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+        .with(
+            "mixed.example",
+            &[
+                IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14)),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ],
+        );
+    let opts = glimpse_server::fetch::FetchOptions {
+        resolver: Arc::new(resolver),
+        ..fetch_options(false, 512 * 1024)
+    };
+    let s = start(
+        CREDITS,
+        |c| c.allow_private_urls = false,
+        Some(Fetcher::new(opts)),
+    )
+    .await;
+    let long = format!("http://public.example:{p4}/{}", "a".repeat(5000));
+    let urls: Vec<(&str, String)> = vec![
+        ("decimal 127.0.0.1", format!("http://2130706433:{p4}/x.png")),
+        ("hex 127.0.0.1", format!("http://0x7f000001:{p4}/x.png")),
+        ("octal 127.0.0.1", format!("http://0177.0.0.1:{p4}/x.png")),
+        ("short 127.1", format!("http://127.1:{p4}/x.png")),
+        ("dotted hex 0x7f.1", format!("http://0x7f.1:{p4}/x.png")),
+        ("plain 127.0.0.1", format!("http://127.0.0.1:{p4}/x.png")),
+        ("[::1]", format!("http://[::1]:{p6}/x.png")),
+        (
+            "v4-mapped [::ffff:127.0.0.1]",
+            format!("http://[::ffff:127.0.0.1]:{p4}/x.png"),
+        ),
+        (
+            "NAT64 [64:ff9b::7f00:1]",
+            format!("http://[64:ff9b::7f00:1]:{p4}/x.png"),
+        ),
+        ("0.0.0.0", format!("http://0.0.0.0:{p4}/x.png")),
+        ("[::]", format!("http://[::]:{p6}/x.png")),
+        (
+            "metadata 169.254.169.254",
+            "http://169.254.169.254/latest/meta-data/".into(),
+        ),
+        ("private 10.0.0.1", "http://10.0.0.1/x.png".into()),
+        ("CGNAT 100.64.0.1", "http://100.64.0.1/x.png".into()),
+        (
+            "name → 127.0.0.1",
+            format!("http://public.example:{p4}/x.png"),
+        ),
+        (
+            "name → public + loopback",
+            format!("http://mixed.example:{p4}/x.png"),
+        ),
+        ("localhost", format!("http://localhost:{p4}/x.png")),
+        (
+            "userinfo",
+            format!("http://user:pw@public.example:{p4}/x.png"),
+        ),
+        (
+            "userinfo hiding the host",
+            format!("http://public.example@127.0.0.1:{p4}/"),
+        ),
+        ("file:", "file:///etc/passwd".into()),
+        ("ftp:", format!("ftp://127.0.0.1:{p4}/x.png")),
+        ("gopher:", format!("gopher://127.0.0.1:{p4}/_GET")),
+        ("javascript:", "javascript:alert(1)".into()),
+        ("data:", "data:image/png;base64,iVBORw0KGgo=".into()),
+        ("empty url", String::new()),
+        ("5000-char url", long),
+    ];
+    let n = urls.len();
+    for (name, url) in urls {
+        let t = Instant::now();
+        let req = s
+            .http
+            .get(s.url(CLIP))
+            .header("X-API-Key", &s.key)
+            .query(&[("url", url.as_str())]);
+        let msg = s.row(name, req, 400, "VALIDATION_ERROR").await;
+        // A resolved address is never named back (it would map internal DNS for the client).
+        if url.contains(".example") {
+            assert!(
+                !msg.contains("127.0.0.1"),
+                "{name} names the resolved address: {msg}"
+            );
+        }
+        // Refused on the literal or the resolved address, never by waiting for a connect.
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{name} took {:?}",
+            t.elapsed()
+        );
+    }
+    // The same refusals through the form field of a POST.
+    let req = s
+        .http
+        .post(s.url(VIT))
+        .header("X-API-Key", &s.key)
+        .multipart(Form::new().text("url", format!("http://0x7f.0.0.1:{p4}/")));
+    s.row("url as form field", req, 400, "VALIDATION_ERROR")
+        .await;
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        hits4.load(Ordering::SeqCst),
+        0,
+        "a refused URL reached the v4 canary"
+    );
+    if let Some((_, hits6)) = v6 {
+        assert_eq!(
+            hits6.load(Ordering::SeqCst),
+            0,
+            "a refused URL reached the v6 canary"
+        );
+    }
+    assert!(n >= 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_upstreams_cost_nothing() {
+    let good = png(8, 8);
+    let up = raw_upstream(good).await;
+    let max = 512 * 1024;
+    let s = start(
+        CREDITS,
+        |_| {},
+        Some(Fetcher::new(fetch_options(true, max))),
+    )
+    .await;
+    let rows: Vec<(&str, &str, u16, &str)> = vec![
+        ("redirect to file:", "/redir-file", 400, "VALIDATION_ERROR"),
+        (
+            "redirect to gopher:",
+            "/redir-gopher",
+            400,
+            "VALIDATION_ERROR",
+        ),
+        ("redirect loop", "/loop", 400, "VALIDATION_ERROR"),
+        ("4 redirects (limit 3)", "/hop/4", 400, "VALIDATION_ERROR"),
+        (
+            "chunked body past the cap",
+            "/chunked-over",
+            413,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (
+            "declared length over the cap",
+            "/declared-over",
+            413,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (
+            "declared length shorter than body",
+            "/declared-short",
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "declared length longer, then EOF",
+            "/declared-long-eof",
+            400,
+            "VALIDATION_ERROR",
+        ),
+        ("1 byte per second", "/slow", 400, "VALIDATION_ERROR"),
+        ("404 upstream", "/404", 400, "VALIDATION_ERROR"),
+        ("500 upstream", "/500", 400, "VALIDATION_ERROR"),
+        ("HTML instead of an image", "/html", 400, "VALIDATION_ERROR"),
+        ("gzip-encoded body", "/gzip", 400, "VALIDATION_ERROR"),
+        ("empty body", "/empty", 400, "VALIDATION_ERROR"),
+    ];
+    for (name, path, status, code) in rows {
+        let t = Instant::now();
+        let req = s
+            .http
+            .get(s.url(VIT))
+            .header("X-API-Key", &s.key)
+            .query(&[("url", format!("{up}{path}"))]);
+        s.row(name, req, status, code).await;
+        // The fetcher's total deadline (2 s here) bounds every row, the drip included.
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{name} took {:?}",
+            t.elapsed()
+        );
+    }
+    // Control: three redirects are within the limit and the image is classified and charged once.
+    let res = s
+        .http
+        .get(s.url(VIT))
+        .header("X-API-Key", &s.key)
+        .query(&[("url", format!("{up}/hop/3"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(s.store.balance(&s.key_id).await.unwrap(), CREDITS - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_uploads_cost_nothing() {
+    let s = start(CREDITS, |_| {}, None).await;
+    let jpg = image_bytes("motorcycle.jpg");
+    let small = png(16, 16);
+    let mut jpeg_garbage = vec![0xff, 0xd8];
+    jpeg_garbage.extend((0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    let zip = b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
+    let key = s.key.clone();
+    let post = |path: &str| s.http.post(s.url(path)).header("X-API-Key", &key);
+    let labels65: Vec<String> = (0..65).map(|i| format!("l{i}")).collect();
+    let rows: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("PNG declaring 100000×100000", post(VIT).multipart(form(png_header_only(100_000, 100_000))), 400, "VALIDATION_ERROR"),
+        ("PNG declaring 0×0", post(VIT).multipart(form(png_header_only(0, 0))), 400, "VALIDATION_ERROR"),
+        ("GIF with a 65535×65535 screen", post(VIT).multipart(form(gif_big_screen())), 400, "VALIDATION_ERROR"),
+        ("truncated JPEG", post(VIT).multipart(form(jpg[..jpg.len() / 8].to_vec())), 400, "VALIDATION_ERROR"),
+        ("truncated PNG", post(VIT).multipart(form(small[..small.len() / 2].to_vec())), 400, "VALIDATION_ERROR"),
+        ("zero bytes", post(VIT).multipart(form(Vec::new())), 400, "VALIDATION_ERROR"),
+        ("SVG", post(VIT).multipart(form(br#"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>alert(1)</script></svg>"#.to_vec())), 400, "VALIDATION_ERROR"),
+        ("TIFF header bomb", post(VIT).multipart(form(tiff_bomb())), 400, "VALIDATION_ERROR"),
+        ("HTML", post(VIT).multipart(form(b"<!doctype html><html></html>".to_vec())), 400, "VALIDATION_ERROR"),
+        ("ZIP", post(VIT).multipart(form(zip)), 400, "VALIDATION_ERROR"),
+        ("PDF", post(VIT).multipart(form(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF".to_vec())), 400, "VALIDATION_ERROR"),
+        ("JPEG with garbage after SOI", post(VIT).multipart(form(jpeg_garbage)), 400, "VALIDATION_ERROR"),
+        ("12001×1 PNG (side limit 12000)", post(VIT).multipart(form(png(12_001, 1))), 400, "VALIDATION_ERROR"),
+        ("image under another field name", post(VIT).multipart(Form::new().part("file", Part::bytes(small.clone()).file_name("a.png"))), 400, "VALIDATION_ERROR"),
+        ("two image fields", post(VIT).multipart(form(small.clone()).part("image", Part::bytes(small.clone()).file_name("b.png"))), 400, "VALIDATION_ERROR"),
+        ("65 labels", post(CLIP).query(&[("labels", labels65.join(","))]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("label with control chars", post(CLIP).query(&[("labels", "cat,do\u{7}g\u{1b}[31m")]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("labels ,,,", post(CLIP).query(&[("labels", ",,,")]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("101-char label", post(CLIP).query(&[("labels", "b".repeat(101))]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("huge labels form field", post(CLIP).multipart(form(small.clone()).text("labels", "x,".repeat(20_000))), 400, "VALIDATION_ERROR"),
+        ("clipModel=../../etc", post(CLIP).query(&[("clipModel", "../../etc")]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("unknown clipModel", post(CLIP).query(&[("clipModel", "openai/clip-vit-base-patch32")]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("vitModel with NUL", post(VIT).query(&[("vitModel", "vit\0tiny")]).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("missing X-API-Key", s.http.post(s.url(VIT)).multipart(form(small.clone())), 401, "UNAUTHORIZED"),
+        ("garbage X-API-Key", s.http.post(s.url(VIT)).header("X-API-Key", "'; DROP TABLE api_keys; --").multipart(form(small.clone())), 401, "UNAUTHORIZED"),
+        ("10 KB X-API-Key", s.http.post(s.url(VIT)).header("X-API-Key", "g".repeat(10_000)).multipart(form(small.clone())), 401, "UNAUTHORIZED"),
+        ("non-UTF-8 X-API-Key", s.http.post(s.url(VIT)).header("X-API-Key", HeaderValue::from_bytes(b"gl_\xff\xfe\xc3").unwrap()).multipart(form(small.clone())), 401, "UNAUTHORIZED"),
+        ("non-UTF-8 Idempotency-Key", post(VIT).header("Idempotency-Key", HeaderValue::from_bytes(b"id-\xff\xfe").unwrap()).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("invalid percent-encoding (UTF-8)", s.http.post(format!("{}?labels=%ff%fe,cat", s.url(CLIP))).header("X-API-Key", &key).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
+        ("invalid percent-encoding (url)", s.http.get(format!("{}?url=%zz%", s.url(CLIP))).header("X-API-Key", &key), 400, "VALIDATION_ERROR"),
+        ("upload over the limit", post(VIT).multipart(form(vec![7u8; s.config.max_upload_bytes + 1])), 413, "PAYLOAD_TOO_LARGE"),
+    ];
+    for (name, req, status, code) in rows {
+        s.row(name, req, status, code).await;
+    }
+    // Control row: a valid 1×1 PNG is classified and charged exactly once.
+    let res = post(VIT).multipart(form(png(1, 1))).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(s.store.balance(&s.key_id).await.unwrap(), CREDITS - 1);
+    assert_eq!(s.store.ledger_totals(&s.key_id).await.unwrap().debits, 1);
+}
+
+/// A body whose Content-Length is far over the limit is refused after at most the limit is read,
+/// not after the client has sent it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
+    let s = start(CREDITS, |_| {}, None).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let boundary = "hostileboundary";
+    let head = format!(
+        "POST {VIT} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 1000000000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n",
+        s.key
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // Send the limit plus 256 KiB of the declared gigabyte, then stop and wait for the answer.
+    let chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < s.config.max_upload_bytes + 256 * 1024 {
+        if sock.write_all(&chunk).await.is_err() {
+            break; // the server already answered and closed
+        }
+        sent += chunk.len();
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer while the body was still incomplete"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
+    assert!(sent < 2_000_000, "read far past the limit");
+    s.assert_uncharged("declared 1 GB multipart").await;
+}
