@@ -135,23 +135,19 @@ impl Plan {
             return Err(BulkError::NotADirectory(input_dir));
         }
         let output = args.output.clone().ok_or(BulkError::NoOutput)?;
-        // Compare real paths: the output's folder may not exist yet, so make it (a Job's /out volume
-        // exists; a local `out/` often does not).
-        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(io_err("cannot create the folder of", &output))?;
-        }
         let real_in = input_dir
             .canonicalize()
             .map_err(io_err("cannot read", &input_dir))?;
-        let parent = match output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(p) => p.canonicalize(),
-            None => std::env::current_dir(),
-        }
-        .map_err(io_err("cannot resolve the folder of", &output))?;
-        if parent.starts_with(&real_in) {
+        let parent = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Check before creating anything, so a refused output leaves no folder in the input.
+        if real_path(parent).starts_with(&real_in) {
             return Err(BulkError::OutputInsideInput(output));
         }
+        // A Job's /out volume exists; a local `out/` often does not.
+        std::fs::create_dir_all(parent).map_err(io_err("cannot create the folder of", &output))?;
         Ok(Plan {
             input_dir,
             output,
@@ -160,6 +156,33 @@ impl Plan {
             decode_threads,
             progress_every: args.progress_every,
         })
+    }
+}
+
+/// `path` with symlinks resolved as far as it exists; the missing tail is appended as written.
+fn real_path(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            // The missing part cannot hold symlinks, so `..` there is plain lexical.
+            return tail.iter().rev().fold(real, |mut p, c| {
+                if c == ".." {
+                    p.pop();
+                } else if c != "." {
+                    p.push(c);
+                }
+                p
+            });
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(up), Some(name)) => {
+                tail.push(name.to_os_string());
+                existing = up;
+            }
+            _ => return abs,
+        }
     }
 }
 

@@ -367,6 +367,16 @@ fn bad_shard_specs_fail_clearly_before_any_work() {
         );
     }
     // The output may not live in the folder being classified.
-    let run = bulk("vit", input.path(), &input.path().join("r.jsonl"), &[]);
-    assert!(String::from_utf8_lossy(&run.stderr).contains("inside --input-dir"));
+    for inside in ["r.jsonl", "new/r.jsonl", "a/../out/r.jsonl"] {
+        let run = bulk("vit", input.path(), &input.path().join(inside), &[]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains("inside --input-dir"),
+            "{inside}: {stderr}"
+        );
+    }
+    assert!(
+        !input.path().join("new").exists() && !input.path().join("out").exists(),
+        "no folder made"
+    );
 }
