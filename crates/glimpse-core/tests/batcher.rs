@@ -264,7 +264,7 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
     let singles: Vec<_> = jobs
         .iter()
         .map(|j| {
-            let px = PixelBatch::stack(&[j.pixels.clone()], 2, 2);
+            let px = PixelBatch::stack(std::slice::from_ref(&j.pixels), 2, 2);
             classify_clip(
                 model.as_ref(),
                 "m",

@@ -84,6 +84,16 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_INFERENCE_WORKERS", default_value_t = 1)]
     pub inference_workers: usize,
 
+    /// Most images one forward pass takes: calls waiting for the same model are batched up to
+    /// this (1 turns batching off).
+    #[arg(long, env = "GLIMPSE_BATCH_SIZE", default_value_t = 8)]
+    pub batch_size: usize,
+
+    /// Milliseconds a model's worker waits, after the first call arrives, for more to batch with
+    /// it (0: batch only what is already queued).
+    #[arg(long, env = "GLIMPSE_BATCH_WINDOW_MS", default_value_t = 2)]
+    pub batch_window_ms: u64,
+
     /// Calls per second allowed per API key (token bucket); 0 turns the limit off.
     #[arg(long, env = "GLIMPSE_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
     pub rate_limit_per_second: f64,
@@ -142,6 +152,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_image_side", &self.max_image_side)
             .field("max_in_flight", &self.max_in_flight)
             .field("inference_workers", &self.inference_workers)
+            .field("batch_size", &self.batch_size)
+            .field("batch_window_ms", &self.batch_window_ms)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("prompt_templates", &self.prompt_templates)
@@ -242,6 +254,20 @@ impl ServerConfig {
                 "must be at least 1".into(),
             ));
         }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(bad(
+                "GLIMPSE_BATCH_SIZE",
+                format!("must be 1 to {MAX_BATCH_SIZE}"),
+            ));
+        }
+        if self.batch_window_ms > MAX_BATCH_WINDOW_MS {
+            return Err(bad(
+                "GLIMPSE_BATCH_WINDOW_MS",
+                format!(
+                    "must be at most {MAX_BATCH_WINDOW_MS} (it is added to a lone call's latency)"
+                ),
+            ));
+        }
         if !self.rate_limit_per_second.is_finite() || self.rate_limit_per_second < 0.0 {
             return Err(bad(
                 "GLIMPSE_RATE_LIMIT_PER_SECOND",
@@ -291,6 +317,10 @@ impl ServerConfig {
     }
 }
 
+/// A batch is one tensor in memory: 256 images of 224² are ~150 MB of pixels alone.
+const MAX_BATCH_SIZE: usize = 256;
+const MAX_BATCH_WINDOW_MS: u64 = 1000;
+
 fn specs(default: &str, extra: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for s in std::iter::once(default).chain(extra.iter().map(String::as_str)) {
@@ -314,7 +344,17 @@ mod tests {
         assert_eq!(c.clip_specs(), vec!["openai/clip-vit-base-patch32"]);
         assert_eq!(c.prompt_templates, vec!["a photo of a {label}."]);
         assert_eq!(c.credits_per_call, 1);
+        assert_eq!((c.batch_size, c.batch_window_ms), (8, 2));
         c.validate().unwrap();
+        let c = ServerConfig {
+            batch_size: 0,
+            ..ServerConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("GLIMPSE_BATCH_SIZE"));
     }
 
     #[test]

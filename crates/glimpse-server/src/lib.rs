@@ -6,6 +6,7 @@
 //! [`serve_state`] or [`app`], which take models and a store that are already open.
 
 mod auth;
+pub mod batch;
 pub mod config;
 mod docs;
 pub mod error;

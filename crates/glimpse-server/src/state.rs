@@ -11,6 +11,7 @@ use glimpse_core::{ImageClassifier, ZeroShotModel};
 use glimpse_store::Store;
 use tokio::sync::Semaphore;
 
+use crate::batch::Batchers;
 use crate::config::ServerConfig;
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::limits::RateLimiter;
@@ -92,10 +93,13 @@ pub struct Inner {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
     pub models: Models,
+    /// One batching queue + worker thread per model: every forward pass runs there.
+    pub batchers: Batchers,
     pub images: Arc<dyn ImageSource>,
     /// Classification calls in progress; `try_acquire` failing means shed with 503.
     pub in_flight: Arc<Semaphore>,
-    /// Forward passes in progress (each already uses all cores).
+    /// Permits of `GLIMPSE_INFERENCE_WORKERS`. Forward passes now run on the batchers' worker
+    /// threads (one per model), so the handlers no longer take these.
     pub inference: Arc<Semaphore>,
     pub rate: Option<RateLimiter>,
     /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
@@ -155,9 +159,11 @@ impl AppState {
         };
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
+        let batchers = Batchers::new(config, &models)?;
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
+            batchers,
             models,
             images,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),

@@ -2,26 +2,27 @@
 //!
 //! key (401) → read and validate input (400, free) → idempotency claim → balance check (402,
 //! before any URL is fetched) → bytes (upload or fetcher) → decode + preprocess on the blocking
-//! pool under a time limit (400 for bad images, free) → debit (402) → forward pass on the blocking
-//! pool → settle; a server-side failure after the debit refunds and answers 500.
+//! pool under a time limit (400 for bad images, free) → debit (402) → forward pass through the
+//! model's batching queue → settle; a server-side failure after the debit (500, or 503 when
+//! the queue is full) refunds.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::pipeline::{classify_clip, classify_vit};
+use glimpse_core::batcher::{BatchError, ClipJob, VitJob};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
 
 use super::input::{read_input, RawInput};
 use crate::auth::{add_credits_header, set_credits_header, ApiKey};
+use crate::batch::submit;
 use crate::error::{ApiError, ErrorCode};
 use crate::fetch::FetchError;
-use crate::state::{AppState, ClipEntry, VitEntry};
+use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -351,7 +352,7 @@ async fn run(
             })
         }
         Err(e) => {
-            if let Err(re) = state.store.refund(&debit.id, 500, ms).await {
+            if let Err(re) = state.store.refund(&debit.id, e.status().as_u16(), ms).await {
                 tracing::error!(error = %re, debit = %debit.id, "refund failed; the reaper will retry");
             }
             Err(e)
@@ -397,41 +398,42 @@ async fn decode(
     }
 }
 
-/// The forward pass on the blocking pool, one at a time per `inference_workers` permit.
+/// The forward pass: the call joins its model's batching queue and waits for its own answer. A
+/// full queue is shed as 503 OVERLOADED (after the debit, so `run` refunds it).
 async fn infer(
     state: &AppState,
     model: &ModelRef,
     pixels: PixelBatch,
     labels: Vec<String>,
 ) -> Result<ClassificationResponse, ApiError> {
-    let _permit = state
-        .inference
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    let job = match model {
+    let (height, width) = (pixels.height, pixels.width);
+    let pixels = pixels.data;
+    let answer = match model {
         ModelRef::Clip(i) => {
-            let ClipEntry { id, model, prompts } = &state.models.clip[*i];
-            let (id, model, prompts) = (id.clone(), Arc::clone(model), Arc::clone(prompts));
-            let templates = state.settings.templates.clone();
-            tokio::task::spawn_blocking(move || {
-                classify_clip(model.as_ref(), &id, &prompts, &pixels, &labels, &templates)
-            })
+            let job = ClipJob {
+                pixels,
+                height,
+                width,
+                labels,
+            };
+            submit(&state.batchers.clip[*i], job).await
         }
         ModelRef::Vit(i) => {
-            let VitEntry { id, model } = &state.models.vit[*i];
-            let (id, model) = (id.clone(), Arc::clone(model));
-            tokio::task::spawn_blocking(move || classify_vit(model.as_ref(), &id, &pixels))
+            let job = VitJob {
+                pixels,
+                height,
+                width,
+            };
+            submit(&state.batchers.vit[*i], job).await
         }
     };
-    match job.await {
-        Ok(Ok(mut answers)) if !answers.is_empty() => Ok(answers.swap_remove(0)),
-        Ok(Ok(_)) => Err(ApiError::internal("the model returned no answer")),
+    answer.map_err(|e| match e {
+        BatchError::Overloaded => {
+            ApiError::overloaded("the inference queue is full; retry shortly", 1)
+        }
         // A model error after a successful decode is ours, whatever its kind.
-        Ok(Err(e)) => Err(ApiError::internal(e)),
-        Err(join) => Err(ApiError::internal(format!("inference panicked: {join}"))),
-    }
+        other => ApiError::internal(other),
+    })
 }
 
 #[cfg(test)]

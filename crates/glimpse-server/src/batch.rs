@@ -1,0 +1,84 @@
+//! One batcher per loaded model (see `glimpse_core::batcher`), built from the config when the
+//! state is, and the async side of a submit: the worker thread's reply lands on a tokio oneshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use glimpse_core::batcher::{
+    clip_batcher, vit_batcher, BatchError, BatchOptions, Batcher, ClipBatcher, VitBatcher,
+};
+
+use crate::config::ServerConfig;
+use crate::state::Models;
+
+/// The batchers, indexed like `Models::clip` / `Models::vit`.
+pub struct Batchers {
+    pub clip: Vec<ClipBatcher>,
+    pub vit: Vec<VitBatcher>,
+}
+
+impl Batchers {
+    pub fn new(config: &ServerConfig, models: &Models) -> std::io::Result<Self> {
+        let options = BatchOptions {
+            max_batch: config.batch_size,
+            window: Duration::from_millis(config.batch_window_ms),
+            // `max_in_flight` already sheds the excess; the queue bound is the last guard when
+            // several models share it.
+            queue_capacity: config.max_in_flight,
+        };
+        let clip = models
+            .clip
+            .iter()
+            .map(|e| {
+                clip_batcher(
+                    Arc::clone(&e.model),
+                    e.id.clone(),
+                    Arc::clone(&e.prompts),
+                    config.prompt_templates.clone(),
+                    options,
+                )
+            })
+            .collect::<std::io::Result<_>>()?;
+        let vit = models
+            .vit
+            .iter()
+            .map(|e| vit_batcher(Arc::clone(&e.model), e.id.clone(), options))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Batchers { clip, vit })
+    }
+
+    /// Jobs waiting over all models (for `/metrics`).
+    pub fn queue_depth(&self) -> usize {
+        self.clip.iter().map(|b| b.queue_depth()).sum::<usize>()
+            + self.vit.iter().map(|b| b.queue_depth()).sum::<usize>()
+    }
+
+    /// Call `hook(endpoint, model_id, batch_size)` for every batch any model runs (for `/metrics`).
+    pub fn on_batch(
+        &self,
+        models: &Models,
+        hook: impl Fn(&str, &str, usize) + Send + Sync + 'static,
+    ) {
+        let hook = Arc::new(hook);
+        for (b, e) in self.clip.iter().zip(&models.clip) {
+            let (h, id) = (Arc::clone(&hook), e.id.clone());
+            b.on_batch(move |n| h("clip", &id, n));
+        }
+        for (b, e) in self.vit.iter().zip(&models.vit) {
+            let (h, id) = (Arc::clone(&hook), e.id.clone());
+            b.on_batch(move |n| h("vit", &id, n));
+        }
+    }
+}
+
+/// Queue `job` and wait for its answer without holding a runtime thread.
+pub async fn submit<R: Send + 'static, S: Send + 'static>(
+    batcher: &Batcher<R, S>,
+    job: R,
+) -> Result<S, BatchError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    batcher.submit(job, move |r| {
+        let _ = tx.send(r);
+    });
+    rx.await.unwrap_or(Err(BatchError::Closed))
+}

@@ -1,0 +1,164 @@
+//! Dynamic batching through the real server: concurrent uploads share forward passes and get the
+//! same answers (scores within 1e-6) as the same uploads sent one at a time.
+
+mod api_support;
+
+use std::sync::Arc;
+
+use api_support::{http_client, image_bytes, test_config};
+use glimpse_server::{load_models, serve_state, AppState, ServerConfig};
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+const IMAGES: [&str; 8] = [
+    "motorcycle.jpg",
+    "astronaut.jpg",
+    "chelsea.jpg",
+    "coffee.jpg",
+    "grace_hopper.jpg",
+    "page.jpg",
+    "astronaut.png",
+    "coffee.webp",
+];
+const LABELS: &str = "cat,person,motorcycle,coffee,text";
+
+/// The fixture models and a temp SQLite store, with the state kept here so the test can read the
+/// batchers' counters (the shared harness does not hand its state out).
+async fn load_test_state(tweak: impl FnOnce(&mut ServerConfig)) -> (AppState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let store = glimpse_store::connect(&config.database_url).await.unwrap();
+    let models = load_models(&config).await.unwrap();
+    (AppState::new(&config, store, models).unwrap(), dir)
+}
+
+/// Serve `state` on 127.0.0.1:0; sending on (or dropping) the sender stops it.
+async fn serve_test_state(state: AppState) -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(serve_state(state, listener, async move {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
+fn form(image: &str) -> Form {
+    Form::new()
+        .part(
+            "image",
+            Part::bytes(image_bytes(image)).file_name(image.to_string()),
+        )
+        .text("labels", LABELS)
+}
+
+async fn call(http: &reqwest::Client, base: &str, key: &str, ep: &str, image: &str) -> Value {
+    let res = http
+        .post(format!("{base}/api/image-classification/{ep}"))
+        .header("X-API-Key", key)
+        .multipart(form(image))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{image}");
+    res.json().await.unwrap()
+}
+
+/// Everything but `timingMs`, with scores compared to 1e-6.
+fn assert_same(got: &Value, want: &Value, what: &str) {
+    assert_eq!(got["result"], want["result"], "{what}");
+    assert_eq!(got["modelId"], want["modelId"], "{what}");
+    for field in ["predictions", "imagenet"] {
+        let (g, w) = (&got[field], &want[field]);
+        if w.is_null() {
+            assert!(g.is_null(), "{what}: {field}");
+            continue;
+        }
+        let (g, w) = (g.as_array().unwrap(), w.as_array().unwrap());
+        assert_eq!(g.len(), w.len(), "{what}: {field}");
+        for (a, b) in g.iter().zip(w) {
+            assert_eq!(a["label"], b["label"], "{what}: {field}");
+            let (sa, sb) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((sa - sb).abs() <= 1e-6, "{what}: {field} {sa} vs {sb}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
+    // A wide window so the 8 concurrent calls surely meet in the queue on a loaded CI machine.
+    let (state, dir) = load_test_state(|c| {
+        c.batch_size = 8;
+        c.batch_window_ms = 300;
+    })
+    .await;
+    let key = state.store.create_key("batch", 100).await.unwrap();
+    let (base, stop) = serve_test_state(state.clone()).await;
+    let http = http_client();
+
+    let mut sequential = Vec::new();
+    for ep in ["clip", "vit"] {
+        for im in IMAGES {
+            sequential.push(call(&http, &base, &key.key, ep, im).await);
+        }
+    }
+    let before_clip = state.batchers.clip[0].stats();
+    let before_vit = state.batchers.vit[0].stats();
+    assert_eq!(
+        before_clip.max_batch_seen, 1,
+        "one at a time: {before_clip:?}"
+    );
+
+    let http = Arc::new(http);
+    let mut tasks = Vec::new();
+    for ep in ["clip", "vit"] {
+        for im in IMAGES {
+            let (http, base, k) = (Arc::clone(&http), base.clone(), key.key.clone());
+            tasks.push(tokio::spawn(
+                async move { call(&http, &base, &k, ep, im).await },
+            ));
+        }
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap();
+        assert_same(&got, &sequential[i], IMAGES[i % IMAGES.len()]);
+    }
+
+    for (name, before, after) in [
+        ("clip", before_clip, state.batchers.clip[0].stats()),
+        ("vit", before_vit, state.batchers.vit[0].stats()),
+    ] {
+        let passes = after.batches - before.batches;
+        assert_eq!(after.jobs - before.jobs, IMAGES.len(), "{name}");
+        assert!(after.max_batch_seen > 1, "{name}: {after:?}");
+        assert!(passes < IMAGES.len(), "{name}: {passes} passes for 8 calls");
+        assert!(after.max_batch_seen <= 8, "{name}: {after:?}");
+    }
+    assert_eq!(state.batchers.queue_depth(), 0);
+    // 32 calls, one credit each, none refunded.
+    assert_eq!(state.store.balance(&key.id).await.unwrap(), 100 - 32);
+    let _ = stop.send(());
+    drop(dir);
+}
+
+#[tokio::test]
+async fn batch_size_one_still_answers_every_call() {
+    let (state, _dir) = load_test_state(|c| c.batch_size = 1).await;
+    let key = state.store.create_key("one", 10).await.unwrap();
+    let (base, _stop) = serve_test_state(state.clone()).await;
+    let http = Arc::new(http_client());
+    let tasks: Vec<_> = IMAGES[..4]
+        .iter()
+        .map(|im| {
+            let (http, base, k) = (Arc::clone(&http), base.clone(), key.key.clone());
+            tokio::spawn(async move { call(&http, &base, &k, "clip", im).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap()["predictions"].is_array());
+    }
+    let s = state.batchers.clip[0].stats();
+    assert_eq!((s.batches, s.jobs, s.max_batch_seen), (4, 4, 1));
+}
