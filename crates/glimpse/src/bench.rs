@@ -16,7 +16,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
     if args.precision != "fp32" {
-        anyhow::bail!("--precision {} is not implemented yet; use fp32", args.precision);
+        anyhow::bail!(
+            "--precision {} is not implemented yet; use fp32",
+            args.precision
+        );
     }
     type Runner = Box<dyn Fn(&PixelBatch) -> anyhow::Result<()>>;
     let (runner, (h, w)): (Runner, (usize, usize)) = match args.arch.as_str() {
@@ -24,18 +27,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let mut m = random_vit(VitPreset::B16);
             m.set_threads(args.threads)?;
             let size = m.preprocess_config().output_size();
-            (Box::new(move |px| m.classify(px).map(|_| ()).map_err(Into::into)), size)
+            (
+                Box::new(move |px| m.classify(px).map(|_| ()).map_err(Into::into)),
+                size,
+            )
         }
         arch => {
             let preset: ClipPreset = arch.parse()?;
             let mut m = random_clip(preset);
             m.set_threads(args.threads)?;
             let size = m.preprocess_config().output_size();
-            (Box::new(move |px| m.embed_images(px).map(|_| ()).map_err(Into::into)), size)
+            (
+                Box::new(move |px| m.embed_images(px).map(|_| ()).map_err(Into::into)),
+                size,
+            )
         }
     };
-    let data: Vec<f32> = (0..args.batch * 3 * h * w).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-    let px = PixelBatch { data, batch: args.batch, height: h, width: w };
+    let data: Vec<f32> = (0..args.batch * 3 * h * w)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let px = PixelBatch {
+        data,
+        batch: args.batch,
+        height: h,
+        width: w,
+    };
     for _ in 0..args.warmup {
         runner(&px)?;
     }

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "glimpse", version, about = "Self-hosted image classification: CLIP zero-shot and ViT ImageNet")]
+#[command(
+    name = "glimpse",
+    version,
+    about = "Self-hosted image classification: CLIP zero-shot and ViT ImageNet"
+)]
 pub struct Cli {
     /// TOML file with settings (keys are the GLIMPSE_* variable names without the prefix, snake case).
     /// Flags beat variables beat the file.
@@ -85,9 +89,19 @@ pub struct ClassifyArgs {
     /// Where pulled models live.
     #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
     pub model_cache: Option<PathBuf>,
-    #[arg(long, env = "GLIMPSE_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32", hide = true)]
+    #[arg(
+        long,
+        env = "GLIMPSE_CLIP_MODEL",
+        default_value = "openai/clip-vit-base-patch32",
+        hide = true
+    )]
     pub default_clip: String,
-    #[arg(long, env = "GLIMPSE_VIT_MODEL", default_value = "google/vit-base-patch16-224", hide = true)]
+    #[arg(
+        long,
+        env = "GLIMPSE_VIT_MODEL",
+        default_value = "google/vit-base-patch16-224",
+        hide = true
+    )]
     pub default_vit: String,
 }
 
@@ -98,9 +112,19 @@ pub enum ModelsCommand {
         ids: Vec<String>,
         #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
         model_cache: Option<PathBuf>,
-        #[arg(long, env = "GLIMPSE_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32", hide = true)]
+        #[arg(
+            long,
+            env = "GLIMPSE_CLIP_MODEL",
+            default_value = "openai/clip-vit-base-patch32",
+            hide = true
+        )]
         default_clip: String,
-        #[arg(long, env = "GLIMPSE_VIT_MODEL", default_value = "google/vit-base-patch16-224", hide = true)]
+        #[arg(
+            long,
+            env = "GLIMPSE_VIT_MODEL",
+            default_value = "google/vit-base-patch16-224",
+            hide = true
+        )]
         default_vit: String,
     },
     /// List the models in the cache.
@@ -115,7 +139,12 @@ pub enum ModelsCommand {
 #[derive(Debug, Args)]
 pub struct KeysArgs {
     /// `sqlite://PATH` or `postgres://…`.
-    #[arg(long, env = "GLIMPSE_DATABASE_URL", default_value = "sqlite://glimpse.db", global = true)]
+    #[arg(
+        long,
+        env = "GLIMPSE_DATABASE_URL",
+        default_value = "sqlite://glimpse.db",
+        global = true
+    )]
     pub database_url: String,
     #[command(subcommand)]
     pub command: KeysCommand,
@@ -163,7 +192,9 @@ pub struct BenchArgs {
 }
 
 pub fn run_serve(config: glimpse_server::ServerConfig) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         glimpse_server::init_tracing(&config);
         let listener = tokio::net::TcpListener::bind(&config.bind)

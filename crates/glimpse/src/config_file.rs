@@ -30,8 +30,8 @@ pub fn apply_from_args(args: impl Iterator<Item = OsString>) -> anyhow::Result<(
 pub fn read(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
     let mut out = Vec::new();
     for (key, value) in table {
         let value = match value {
@@ -47,9 +47,15 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
                 .join(","),
-            _ => bail!("config file {}: key '{key}' must be a string, number, boolean or list", path.display()),
+            _ => bail!(
+                "config file {}: key '{key}' must be a string, number, boolean or list",
+                path.display()
+            ),
         };
-        out.push((format!("GLIMPSE_{}", key.to_ascii_uppercase().replace('-', "_")), value));
+        out.push((
+            format!("GLIMPSE_{}", key.to_ascii_uppercase().replace('-', "_")),
+            value,
+        ));
     }
     Ok(out)
 }

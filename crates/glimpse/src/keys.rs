@@ -8,7 +8,9 @@ use glimpse_store::connect;
 use crate::cli::{KeysArgs, KeysCommand};
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let store = connect(&args.database_url)
             .await

@@ -8,8 +8,17 @@ use crate::cli::ModelsCommand;
 
 pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ModelsCommand::Pull { ids, model_cache, default_clip, default_vit } => {
-            let ids = if ids.is_empty() { vec![default_clip, default_vit] } else { ids };
+        ModelsCommand::Pull {
+            ids,
+            model_cache,
+            default_clip,
+            default_vit,
+        } => {
+            let ids = if ids.is_empty() {
+                vec![default_clip, default_vit]
+            } else {
+                ids
+            };
             let mut opts = HubOptions::from_env(model_cache);
             opts.progress = true;
             if opts.offline {
@@ -30,7 +39,11 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         ModelsCommand::List { model_cache, json } => {
             let opts = HubOptions::from_env(model_cache);

@@ -68,7 +68,10 @@ fn check_clip(model: &str) {
                 .unwrap();
             let diff = (got - want.as_f64().unwrap()).abs();
             worst = worst.max(diff);
-            assert!(diff < 1e-4, "{model} {name} {label}: got {got}, reference {want}");
+            assert!(
+                diff < 1e-4,
+                "{model} {name} {label}: got {got}, reference {want}"
+            );
         }
     }
     eprintln!("{model}: {} images, max |Δp| = {worst:.2e}", images.len());
@@ -100,7 +103,10 @@ fn vit_tiny_top5_matches_transformers_on_every_image() {
             let cats = answer["predictions"].as_array().unwrap();
             assert_eq!(cats.len(), 6, "{name}");
             let total: f64 = cats.iter().map(|c| c["score"].as_f64().unwrap()).sum();
-            assert!((total - 1.0).abs() < 1e-4, "{name}: categories sum to {total}");
+            assert!(
+                (total - 1.0).abs() < 1e-4,
+                "{name}: categories sum to {total}"
+            );
             let top = answer["imagenet"].as_array().unwrap();
             let want = exp["images"][name]["top5"].as_array().unwrap();
             assert_eq!(top.len(), 5);

@@ -20,7 +20,11 @@ fn create_list_topup_revoke() {
     let db = format!("sqlite://{}", dir.path().join("k.db").display());
 
     let out = keys(&db, &["create", "--credits", "5", "--name", "ci", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = made["id"].as_str().unwrap().to_string();
     assert!(made["key"].as_str().unwrap().starts_with("gk_"));
@@ -28,7 +32,11 @@ fn create_list_topup_revoke() {
     assert_eq!(made["credits"], 5);
 
     let out = keys(&db, &["topup", &id, "7"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("12"));
 
     let out = keys(&db, &["revoke", &id]);
@@ -36,7 +44,12 @@ fn create_list_topup_revoke() {
 
     let out = keys(&db, &["list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = list.as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
     assert_eq!(row["credits"], 12);
     assert_eq!(row["revoked"], true);
     // The secret is never listed.
@@ -60,7 +73,11 @@ fn config_file_fills_unset_variables_and_loses_to_them() {
         .env_remove("GLIMPSE_DATABASE_URL")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("from-file.db").exists());
 
     // A variable beats the file.
