@@ -3,22 +3,23 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::init::Init;
-use candle_nn::{layer_norm, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{layer_norm, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::scoring::l2_normalize;
 use glimpse_core::{CoreError, Result};
 
 use crate::config::{self, model_err, ClipConfig, ClipTextConfig, VisionConfig};
+use crate::engine::{Dense, Norm, VisionEncoder};
 use crate::layers::{
-    causal_mask, first_argmax, pixel_tensor, rows, Encoder, PatchEmbedding, CLIP_NAMES,
+    causal_mask, check_pixels, first_argmax, rows, Encoder, PatchEmbedding, CLIP_NAMES,
 };
 use crate::presets::ClipPreset;
 use crate::runtime::Runtime;
 use crate::tokenizer::ClipTokenizer;
-use crate::{LoadOptions, ModelKind};
+use crate::{LoadOptions, ModelKind, Precision};
 
 /// transformers initialises embeddings and class tokens with this standard deviation.
 const INIT_STD: f64 = 0.02;
@@ -90,13 +91,13 @@ impl TextTower {
     }
 }
 
+/// The image tower on the fused engine: the candle modules are built (so loading, names and
+/// random init stay as for the text tower) and converted once.
 #[derive(Debug, Clone)]
 struct VisionTower {
-    embeddings: PatchEmbedding,
-    pre_layrnorm: LayerNorm,
-    encoder: Encoder,
-    post_layernorm: LayerNorm,
-    projection: Linear,
+    engine: VisionEncoder,
+    post_layernorm: Norm,
+    projection: Dense,
 }
 
 impl VisionTower {
@@ -104,6 +105,7 @@ impl VisionTower {
         cfg: &VisionConfig,
         projection_dim: usize,
         vb: &VarBuilder,
+        precision: Precision,
     ) -> candle_core::Result<Self> {
         let v = vb.pp("vision_model");
         let (h, eps) = (cfg.encoder.hidden_size, cfg.encoder.layer_norm_eps);
@@ -118,22 +120,29 @@ impl VisionTower {
             "weight",
             randn,
         )?;
+        let embeddings = PatchEmbedding::new(cfg, false, e.pp("patch_embedding"), cls, pos)?;
+        let pre = layer_norm(h, eps, v.pp("pre_layrnorm"))?;
+        let encoder = Encoder::new(&cfg.encoder, &CLIP_NAMES, v.pp("encoder.layers"))?;
+        let post = layer_norm(h, eps, v.pp("post_layernorm"))?;
+        let projection = linear_no_bias(h, projection_dim, vb.pp("visual_projection"))?;
         Ok(VisionTower {
-            embeddings: PatchEmbedding::new(cfg, false, e.pp("patch_embedding"), cls, pos)?,
-            pre_layrnorm: layer_norm(h, eps, v.pp("pre_layrnorm"))?,
-            encoder: Encoder::new(&cfg.encoder, &CLIP_NAMES, v.pp("encoder.layers"))?,
-            post_layernorm: layer_norm(h, eps, v.pp("post_layernorm"))?,
-            projection: linear_no_bias(h, projection_dim, vb.pp("visual_projection"))?,
+            engine: embeddings.into_engine(cfg, Some(&pre), &encoder, precision)?,
+            post_layernorm: Norm::new(&post)?,
+            // Tiny (batch rows): kept f32.
+            projection: Dense::from_linear(&projection, Precision::F32)?,
         })
     }
 
-    fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = self
-            .pre_layrnorm
-            .forward(&self.embeddings.forward(pixels)?)?;
-        let xs = self.encoder.forward(&xs, None)?;
-        let cls = xs.i((.., 0, ..))?.contiguous()?;
-        self.projection.forward(&self.post_layernorm.forward(&cls)?)
+    /// Projected (not yet normalised) embeddings, one row per image.
+    fn forward(&self, pixels: &[f32], batch: usize) -> Vec<Vec<f32>> {
+        let xs = self.engine.forward(pixels, batch);
+        let cls = self.engine.class_tokens(&xs, batch);
+        let mut normed = vec![0f32; cls.len()];
+        self.post_layernorm.forward(&cls, &mut normed);
+        let n = self.projection.out_features();
+        let mut out = vec![0f32; batch * n];
+        self.projection.forward(&normed, &mut out, false);
+        out.chunks_exact(n).map(|r| r.to_vec()).collect()
     }
 }
 
@@ -153,7 +162,6 @@ pub struct ClipModel {
 /// Load a CLIP model from a Hugging Face folder: `config.json`, `preprocessor_config.json`,
 /// `tokenizer.json` and `model.safetensors` (or `pytorch_model.bin`).
 pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
-    opts.check_precision()?;
     let json = config::read_config_json(dir)?;
     if config::kind_of(&json)? != ModelKind::Clip {
         return Err(model_err(format!(
@@ -167,7 +175,7 @@ pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
     let device = Device::Cpu;
     let (vb, file) = crate::weights::open(dir, &device)?;
     let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
-    let mut model = build(config, &vb, preprocess, device).map_err(bad)?;
+    let mut model = build(config, &vb, preprocess, device, opts.precision).map_err(bad)?;
     model.tokenizer = Some(tokenizer);
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), config = ?model.config, "loaded CLIP");
@@ -177,11 +185,14 @@ pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
 /// A CLIP of the preset's real architecture with random weights, for benchmarks. It has no
 /// tokenizer: `embed_texts` answers with an error, `embed_token_ids` works.
 pub fn random_clip(preset: ClipPreset) -> ClipModel {
+    random_clip_in(preset, Precision::F32)
+}
+
+pub(crate) fn random_clip_in(preset: ClipPreset, precision: Precision) -> ClipModel {
     let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    build(preset.config(), &vb, preset.preprocess(), device)
-        .expect("a preset CLIP always builds from a VarMap")
+    let vb = crate::random::seeded_vb(&device);
+    build(preset.config(), &vb, preset.preprocess(), device, precision)
+        .expect("a preset CLIP always builds from seeded weights")
 }
 
 pub(crate) fn read_preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
@@ -202,9 +213,10 @@ fn build(
     vb: &VarBuilder,
     preprocess: PreprocessConfig,
     device: Device,
+    precision: Precision,
 ) -> candle_core::Result<ClipModel> {
     let text = TextTower::new(&config.text, config.projection_dim, vb)?;
-    let vision = VisionTower::new(&config.vision, config.projection_dim, vb)?;
+    let vision = VisionTower::new(&config.vision, config.projection_dim, vb, precision)?;
     let logit_scale = vb
         .get_with_hints(
             (),
@@ -301,11 +313,10 @@ impl ZeroShotModel for ClipModel {
         if pixels.batch == 0 {
             return Ok(Vec::new());
         }
-        let x = pixel_tensor(pixels, &self.config.vision, &self.device)?;
+        check_pixels(pixels, &self.config.vision)?;
         let out = self
             .runtime
-            .run(|| rows(&self.vision.forward(&x)?))
-            .map_err(internal("image"))?;
+            .run(|| self.vision.forward(&pixels.data, pixels.batch));
         Ok(normalized(out))
     }
 

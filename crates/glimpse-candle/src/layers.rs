@@ -18,6 +18,19 @@ impl Module for Activation {
     }
 }
 
+impl From<Activation> for crate::kernels::Act {
+    fn from(a: Activation) -> Self {
+        use crate::kernels::Act;
+        match a {
+            Activation::QuickGelu => Act::QuickGelu,
+            Activation::Gelu => Act::GeluErf,
+            Activation::GeluTanh => Act::GeluTanh,
+            Activation::Relu => Act::Relu,
+            Activation::Silu => Act::Silu,
+        }
+    }
+}
+
 /// Weight names inside one layer, relative to the layer's prefix.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerNames {
@@ -172,6 +185,27 @@ impl Encoder {
         Ok(Encoder { layers })
     }
 
+    /// The same layers for the fused CPU engine ([`crate::engine`]), weights re-laid out once.
+    pub(crate) fn blocks(&self, precision: crate::Precision) -> Result<Vec<crate::engine::Block>> {
+        use crate::engine::{Block, Dense, Norm};
+        self.layers
+            .iter()
+            .map(|l| {
+                let a = &l.attn;
+                Ok(Block {
+                    ln1: Norm::new(&l.ln1)?,
+                    qkv: Dense::fused_qkv(&a.q, &a.k, &a.v, a.scale as f32, precision)?,
+                    o: Dense::from_linear(&a.o, precision)?,
+                    ln2: Norm::new(&l.ln2)?,
+                    fc1: Dense::from_linear(&l.fc1, precision)?,
+                    act: l.act.into(),
+                    fc2: Dense::from_linear(&l.fc2, precision)?,
+                    heads: a.heads,
+                })
+            })
+            .collect()
+    }
+
     pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let mut xs = xs.clone();
         for layer in &self.layers {
@@ -246,6 +280,27 @@ impl PatchEmbedding {
         })
     }
 
+    /// This embedding, `pre_norm` and `encoder` as one fused-engine image encoder.
+    pub(crate) fn into_engine(
+        self,
+        cfg: &crate::config::VisionConfig,
+        pre_norm: Option<&LayerNorm>,
+        encoder: &Encoder,
+        precision: crate::Precision,
+    ) -> Result<crate::engine::VisionEncoder> {
+        Ok(crate::engine::VisionEncoder {
+            patch: cfg.patch_size.0,
+            channels: cfg.num_channels,
+            image: cfg.image_size,
+            // The patch embedding stays f32 in every mode: it sees raw pixels and costs ~2%.
+            conv: crate::engine::conv_dense(&self.conv, crate::Precision::F32)?,
+            cls: self.cls.flatten_all()?.to_vec1()?,
+            pos: self.pos.flatten_all()?.to_vec1()?,
+            pre_norm: pre_norm.map(crate::engine::Norm::new).transpose()?,
+            blocks: encoder.blocks(precision)?,
+        })
+    }
+
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
         let patches = self
@@ -258,13 +313,12 @@ impl PatchEmbedding {
     }
 }
 
-/// A `PixelBatch` as a `[batch, channels, h, w]` tensor, after checking it has the size the model
-/// was built for (transformers refuses other sizes unless asked to interpolate).
-pub(crate) fn pixel_tensor(
+/// Check a `PixelBatch` has the size the model was built for (transformers refuses other sizes
+/// unless asked to interpolate) and holds `batch × channels × h × w` values.
+pub(crate) fn check_pixels(
     pixels: &glimpse_core::backend::PixelBatch,
     cfg: &crate::config::VisionConfig,
-    device: &candle_core::Device,
-) -> std::result::Result<Tensor, glimpse_core::CoreError> {
+) -> std::result::Result<(), glimpse_core::CoreError> {
     let (h, w) = cfg.image_size;
     let c = cfg.num_channels;
     if pixels.height != h || pixels.width != w {
@@ -280,6 +334,5 @@ pub(crate) fn pixel_tensor(
             pixels.batch
         )));
     }
-    Tensor::from_slice(&pixels.data, (pixels.batch, c, h, w), device)
-        .map_err(|e| glimpse_core::CoreError::Internal(format!("pixel tensor: {e}")))
+    Ok(())
 }

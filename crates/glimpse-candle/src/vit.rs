@@ -3,39 +3,35 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Module};
+use candle_core::Device;
 use candle_nn::init::Init;
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{layer_norm, linear, VarBuilder};
 use glimpse_core::backend::{ImageClassifier, PixelBatch};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::scoring::softmax;
-use glimpse_core::{CoreError, Result};
+use glimpse_core::Result;
 
 use crate::clip::read_preprocess_config;
 use crate::config::{self, model_err, VitConfig};
-use crate::layers::{
-    pixel_tensor, rows, Encoder, LayerNames, PatchEmbedding, VIT_NAMES, VIT_V5_NAMES,
-};
+use crate::engine::{Dense, Norm, VisionEncoder};
+use crate::layers::{check_pixels, Encoder, LayerNames, PatchEmbedding, VIT_NAMES, VIT_V5_NAMES};
 use crate::presets::VitPreset;
 use crate::runtime::Runtime;
-use crate::{LoadOptions, ModelKind};
+use crate::{LoadOptions, ModelKind, Precision};
 
 #[derive(Debug, Clone)]
 pub struct VitModel {
     config: VitConfig,
-    embeddings: PatchEmbedding,
-    encoder: Encoder,
-    layernorm: LayerNorm,
-    classifier: Linear,
+    engine: VisionEncoder,
+    layernorm: Norm,
+    classifier: Dense,
     preprocess: PreprocessConfig,
     runtime: Runtime,
-    device: Device,
 }
 
 /// Load a ViT classifier from a Hugging Face folder: `config.json`, `preprocessor_config.json`
 /// and `model.safetensors` (or `pytorch_model.bin`).
 pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
-    opts.check_precision()?;
     let json = config::read_config_json(dir)?;
     if config::kind_of(&json)? != ModelKind::Vit {
         return Err(model_err(format!(
@@ -48,7 +44,7 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
     let device = Device::Cpu;
     let (vb, file) = crate::weights::open(dir, &device)?;
     let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
-    let mut model = build(config, &vb, preprocess, device).map_err(bad)?;
+    let mut model = build(config, &vb, preprocess, opts.precision).map_err(bad)?;
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), vision = ?model.config.vision,
         classes = model.config.id2label.len(), "loaded ViT");
@@ -57,11 +53,14 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
 
 /// A ViT of the preset's real architecture (1000 classes) with random weights, for benchmarks.
 pub fn random_vit(preset: VitPreset) -> VitModel {
+    random_vit_in(preset, Precision::F32)
+}
+
+pub(crate) fn random_vit_in(preset: VitPreset, precision: Precision) -> VitModel {
     let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    build(preset.config(), &vb, preset.preprocess(), device)
-        .expect("a preset ViT always builds from a VarMap")
+    let vb = crate::random::seeded_vb(&device);
+    build(preset.config(), &vb, preset.preprocess(), precision)
+        .expect("a preset ViT always builds from seeded weights")
 }
 
 /// Hub checkpoints (and `save_pretrained`) use the original names; a raw transformers-5
@@ -81,7 +80,7 @@ fn build(
     config: VitConfig,
     vb: &VarBuilder,
     preprocess: PreprocessConfig,
-    device: Device,
+    precision: Precision,
 ) -> candle_core::Result<VitModel> {
     let cfg = &config.vision;
     let h = cfg.encoder.hidden_size;
@@ -97,15 +96,15 @@ fn build(
     let encoder = Encoder::new(&cfg.encoder, &names, vb.pp(prefix))?;
     let layernorm = layer_norm(h, cfg.encoder.layer_norm_eps, vb.pp("vit.layernorm"))?;
     let classifier = linear(h, config.id2label.len(), vb.pp("classifier"))?;
+    let engine = embeddings.into_engine(cfg, None, &encoder, precision)?;
     Ok(VitModel {
+        engine,
+        layernorm: Norm::new(&layernorm)?,
+        // Batch rows only: kept f32.
+        classifier: Dense::from_linear(&classifier, Precision::F32)?,
         config,
-        embeddings,
-        encoder,
-        layernorm,
-        classifier,
         preprocess,
         runtime: Runtime::default(),
-        device,
     })
 }
 
@@ -125,15 +124,19 @@ impl VitModel {
         if pixels.batch == 0 {
             return Ok(Vec::new());
         }
-        let x = pixel_tensor(pixels, &self.config.vision, &self.device)?;
-        self.runtime
-            .run(|| {
-                let xs = self.encoder.forward(&self.embeddings.forward(&x)?, None)?;
-                // The final layer norm is per token; only the class token is classified.
-                let cls = xs.i((.., 0, ..))?.contiguous()?;
-                rows(&self.classifier.forward(&self.layernorm.forward(&cls)?)?)
-            })
-            .map_err(|e| CoreError::Internal(format!("ViT forward pass failed: {e}")))
+        check_pixels(pixels, &self.config.vision)?;
+        let batch = pixels.batch;
+        Ok(self.runtime.run(|| {
+            let xs = self.engine.forward(&pixels.data, batch);
+            // The final layer norm is per token; only the class token is classified.
+            let cls = self.engine.class_tokens(&xs, batch);
+            let mut normed = vec![0f32; cls.len()];
+            self.layernorm.forward(&cls, &mut normed);
+            let n = self.classifier.out_features();
+            let mut out = vec![0f32; batch * n];
+            self.classifier.forward(&normed, &mut out, false);
+            out.chunks_exact(n).map(|r| r.to_vec()).collect()
+        }))
     }
 }
 

@@ -1,0 +1,364 @@
+//! The image towers' forward pass on plain `[tokens, features]` f32 buffers.
+//!
+//! candle runs a pre-LN block as ~25 separate passes (three Q/K/V matmuls, head split transposes
+//! with `contiguous()` copies, a scale, a softmax, a merge transpose, bias adds, a multi-op
+//! activation, residual adds), most of them single-threaded. Here one block is: layer norm (one
+//! pass), one fused QKV matmul with the bias pre-filled into its output, attention per
+//! (image, head) reading Q/K/V in place with strides (softmax in place over contiguous rows, the
+//! 1/√d scale folded into the Q weights), the output projection accumulated straight into the
+//! residual stream, layer norm, fc1 + activation, fc2 accumulated into the residual stream.
+//! The patch embedding is im2col + one matmul. Weights are re-laid out once at load time.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{LayerNorm, Linear};
+use rayon::prelude::*;
+
+use crate::bf16::{self, Bf16Weight};
+use crate::int8::{self, QuantWeight};
+use crate::kernels::{self, Act, Mat};
+use crate::Precision;
+
+fn vec1(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()
+}
+
+/// A linear layer `y = x·Wᵀ + b` in the chosen precision.
+#[derive(Debug, Clone)]
+pub(crate) struct Dense {
+    k: usize,
+    n: usize,
+    bias: Option<Vec<f32>>,
+    w: DenseWeight,
+}
+
+#[derive(Debug, Clone)]
+enum DenseWeight {
+    /// `[k, n]` row-major (Wᵀ), the layout gemm reads without a transpose.
+    F32(Vec<f32>),
+    Int8(QuantWeight),
+    Bf16(Bf16Weight),
+}
+
+impl Dense {
+    /// `w` is `[n, k]` row-major, as PyTorch stores it.
+    pub(crate) fn from_parts(
+        w: Vec<f32>,
+        n: usize,
+        k: usize,
+        bias: Option<Vec<f32>>,
+        precision: Precision,
+    ) -> Self {
+        let w = match precision {
+            Precision::Int8 => DenseWeight::Int8(QuantWeight::new(&w, n, k)),
+            Precision::Bf16 => DenseWeight::Bf16(Bf16Weight::new(&w, n, k)),
+            Precision::F32 => {
+                let mut t = vec![0f32; n * k];
+                for (r, row) in w.chunks_exact(k).enumerate() {
+                    for (c, &x) in row.iter().enumerate() {
+                        t[c * n + r] = x;
+                    }
+                }
+                DenseWeight::F32(t)
+            }
+        };
+        Dense { k, n, bias, w }
+    }
+
+    pub(crate) fn from_linear(l: &Linear, precision: Precision) -> Result<Self> {
+        let (n, k) = l.weight().dims2()?;
+        let bias = l.bias().map(vec1).transpose()?;
+        Ok(Self::from_parts(vec1(l.weight())?, n, k, bias, precision))
+    }
+
+    /// Q, K and V as one `[3h, h]` layer, Q (weight and bias) pre-multiplied by `q_scale`.
+    pub(crate) fn fused_qkv(
+        q: &Linear,
+        k: &Linear,
+        v: &Linear,
+        q_scale: f32,
+        precision: Precision,
+    ) -> Result<Self> {
+        let (h, kin) = q.weight().dims2()?;
+        let mut w = vec1(q.weight())?;
+        w.iter_mut().for_each(|x| *x *= q_scale);
+        w.extend(vec1(k.weight())?);
+        w.extend(vec1(v.weight())?);
+        let bias = match (q.bias(), k.bias(), v.bias()) {
+            (Some(bq), Some(bk), Some(bv)) => {
+                let mut b = vec1(bq)?;
+                b.iter_mut().for_each(|x| *x *= q_scale);
+                b.extend(vec1(bk)?);
+                b.extend(vec1(bv)?);
+                Some(b)
+            }
+            _ => None,
+        };
+        Ok(Self::from_parts(w, 3 * h, kin, bias, precision))
+    }
+
+    pub(crate) fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// `dst[m×n] = x·Wᵀ + b`, or `dst += x·Wᵀ + b` when `accumulate` (the residual add).
+    pub(crate) fn forward(&self, x: &[f32], dst: &mut [f32], accumulate: bool) {
+        let m = x.len() / self.k;
+        debug_assert_eq!(dst.len(), m * self.n);
+        match &self.w {
+            DenseWeight::F32(w) => {
+                kernels::fill_bias(dst, self.bias.as_deref(), self.n, accumulate);
+                let a = Mat {
+                    ptr: x.as_ptr(),
+                    rs: self.k as isize,
+                    cs: 1,
+                };
+                let b = Mat {
+                    ptr: w.as_ptr(),
+                    rs: self.n as isize,
+                    cs: 1,
+                };
+                let read = accumulate || self.bias.is_some();
+                // SAFETY: shapes checked above; x is [m, k], w is [k, n], dst is [m, n].
+                unsafe {
+                    kernels::gemm(
+                        m,
+                        self.n,
+                        self.k,
+                        dst.as_mut_ptr(),
+                        self.n,
+                        read,
+                        a,
+                        b,
+                        true,
+                    )
+                }
+            }
+            DenseWeight::Int8(w) => {
+                let q = int8::quantize_rows(x, self.k);
+                int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate);
+            }
+            DenseWeight::Bf16(w) => {
+                bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, accumulate);
+            }
+        }
+    }
+}
+
+/// Layer-norm parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    pub(crate) fn new(ln: &LayerNorm) -> Result<Self> {
+        let w = vec1(ln.weight())?;
+        let b = match ln.bias() {
+            Some(b) => vec1(b)?,
+            None => vec![0.0; w.len()],
+        };
+        Ok(Norm {
+            w,
+            b,
+            eps: ln.eps() as f32,
+        })
+    }
+
+    pub(crate) fn forward(&self, src: &[f32], dst: &mut [f32]) {
+        kernels::layer_norm(src, dst, &self.w, &self.b, self.eps);
+    }
+}
+
+/// One pre-LN transformer block.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub(crate) ln1: Norm,
+    pub(crate) qkv: Dense,
+    pub(crate) o: Dense,
+    pub(crate) ln2: Norm,
+    pub(crate) fc1: Dense,
+    pub(crate) act: Act,
+    pub(crate) fc2: Dense,
+    pub(crate) heads: usize,
+}
+
+/// Raw pointer handed to parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: each task writes only its own (image, head) columns.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// A method (not a field access), so closures capture the `Send` wrapper, not the pointer.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl Block {
+    /// `xs`: `[batch·seq, h]`, updated in place.
+    fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch) {
+        let h = self.ln1.w.len();
+        let t = xs.len() / h;
+        self.ln1.forward(xs, &mut s.ln);
+        self.qkv.forward(&s.ln, &mut s.qkv, false);
+        self.attention(&s.qkv, &mut s.ln, t / seq, seq, h);
+        self.o.forward(&s.ln, xs, true);
+        self.ln2.forward(xs, &mut s.ln);
+        self.fc1.forward(&s.ln, &mut s.mid, false);
+        kernels::activate(self.act, &mut s.mid);
+        self.fc2.forward(&s.mid, xs, true);
+    }
+
+    /// softmax(Q·Kᵀ)·V per (image, head), straight out of the fused `[t, 3h]` buffer into
+    /// `out` `[t, h]` (heads side by side, the layout the output projection reads).
+    fn attention(&self, qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize) {
+        let (heads, d) = (self.heads, h / self.heads);
+        let dst = Shared(out.as_mut_ptr());
+        let src = qkv.as_ptr() as usize;
+        (0..batch * heads).into_par_iter().for_each_init(
+            || vec![0f32; seq * seq],
+            |scores, task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = (src as *const f32).wrapping_add(b * seq * 3 * h + hd * d);
+                let row = 3 * h as isize;
+                let q = Mat {
+                    ptr: base,
+                    rs: row,
+                    cs: 1,
+                };
+                // Kᵀ: element (j, i) is K[i][j].
+                let kt = Mat {
+                    ptr: base.wrapping_add(h),
+                    rs: 1,
+                    cs: row,
+                };
+                let v = Mat {
+                    ptr: base.wrapping_add(2 * h),
+                    rs: row,
+                    cs: 1,
+                };
+                // SAFETY: all views stay inside this image's rows of qkv / out.
+                unsafe {
+                    kernels::gemm(seq, seq, d, scores.as_mut_ptr(), seq, false, q, kt, false);
+                    kernels::softmax_rows(scores, seq);
+                    let p = Mat {
+                        ptr: scores.as_ptr(),
+                        rs: seq as isize,
+                        cs: 1,
+                    };
+                    let o = dst.at(b * seq * h + hd * d);
+                    kernels::gemm(seq, d, seq, o, h, false, p, v, false);
+                }
+            },
+        );
+    }
+}
+
+/// Work buffers reused across blocks.
+struct Scratch {
+    ln: Vec<f32>,
+    qkv: Vec<f32>,
+    mid: Vec<f32>,
+}
+
+/// Patch embedding (im2col + one matmul), class token, position embeddings, then the blocks.
+#[derive(Debug, Clone)]
+pub(crate) struct VisionEncoder {
+    pub(crate) patch: usize,
+    pub(crate) channels: usize,
+    pub(crate) image: (usize, usize),
+    /// `[hidden, c·p·p]` → gemm over im2col rows.
+    pub(crate) conv: Dense,
+    pub(crate) cls: Vec<f32>,
+    /// `[1 + patches, hidden]`.
+    pub(crate) pos: Vec<f32>,
+    pub(crate) pre_norm: Option<Norm>,
+    pub(crate) blocks: Vec<Block>,
+}
+
+impl VisionEncoder {
+    pub(crate) fn seq(&self) -> usize {
+        (self.image.0 / self.patch) * (self.image.1 / self.patch) + 1
+    }
+
+    /// `pixels`: `[batch, c, H, W]`. Returns the encoder output `[batch·seq, hidden]`.
+    pub(crate) fn forward(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let (p, c, (ih, iw)) = (self.patch, self.channels, self.image);
+        let (gh, gw) = (ih / p, iw / p);
+        let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len());
+        let kdim = c * p * p;
+        // im2col: one row per patch, columns in the conv weight's (c, ky, kx) order.
+        let mut cols = vec![0f32; batch * np * kdim];
+        cols.par_chunks_mut(kdim).enumerate().for_each(|(r, row)| {
+            let (b, pi) = (r / np, r % np);
+            let (py, px) = (pi / gw, pi % gw);
+            for ch in 0..c {
+                for ky in 0..p {
+                    let src = ((b * c + ch) * ih + py * p + ky) * iw + px * p;
+                    let at = (ch * p + ky) * p;
+                    row[at..at + p].copy_from_slice(&pixels[src..src + p]);
+                }
+            }
+        });
+        let mut emb = vec![0f32; batch * np * hidden];
+        self.conv.forward(&cols, &mut emb, false);
+        drop(cols);
+        let mut xs = vec![0f32; batch * seq * hidden];
+        xs.par_chunks_mut(seq * hidden)
+            .enumerate()
+            .for_each(|(b, img)| {
+                for (t, row) in img.chunks_exact_mut(hidden).enumerate() {
+                    let pos = &self.pos[t * hidden..(t + 1) * hidden];
+                    let src = if t == 0 {
+                        &self.cls[..]
+                    } else {
+                        &emb[(b * np + t - 1) * hidden..(b * np + t) * hidden]
+                    };
+                    row.iter_mut()
+                        .zip(src.iter().zip(pos))
+                        .for_each(|(d, (s, q))| *d = s + q);
+                }
+            });
+        let t = batch * seq;
+        let mut s = Scratch {
+            ln: vec![0f32; t * hidden],
+            qkv: vec![0f32; t * 3 * hidden],
+            mid: vec![0f32; t * self.blocks.first().map_or(0, |b| b.fc1.out_features())],
+        };
+        if let Some(norm) = &self.pre_norm {
+            norm.forward(&xs, &mut s.ln);
+            std::mem::swap(&mut xs, &mut s.ln);
+        }
+        for block in &self.blocks {
+            block.forward(&mut xs, seq, &mut s);
+        }
+        xs
+    }
+
+    /// Rows `0, seq, 2·seq, …` of the encoder output: each image's class token.
+    pub(crate) fn class_tokens(&self, xs: &[f32], batch: usize) -> Vec<f32> {
+        let (seq, h) = (self.seq(), self.cls.len());
+        (0..batch)
+            .flat_map(|b| xs[b * seq * h..b * seq * h + h].iter().copied())
+            .collect()
+    }
+}
+
+/// Convert a candle conv2d (`[hidden, c, p, p]`, optional bias) into the im2col matmul.
+pub(crate) fn conv_dense(conv: &candle_nn::Conv2d, precision: Precision) -> Result<Dense> {
+    let (hidden, c, p, _) = conv.weight().dims4()?;
+    let bias = conv.bias().map(vec1).transpose()?;
+    Ok(Dense::from_parts(
+        vec1(conv.weight())?,
+        hidden,
+        c * p * p,
+        bias,
+        precision,
+    ))
+}

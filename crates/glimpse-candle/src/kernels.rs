@@ -1,0 +1,347 @@
+//! Single-pass CPU kernels over contiguous `[rows, cols]` f32 buffers: layer norm, activations,
+//! softmax, bias adds, and the f32 matmul (the `gemm` crate candle itself uses, called directly so
+//! the bias/residual can be pre-filled into the output and accumulated into in one pass).
+//!
+//! The element-wise loops are plain Rust written so LLVM vectorises them (16 independent
+//! accumulators for reductions, no libm calls: `exp` and `erf` are polynomial). The release build
+//! targets baseline x86-64, so [`multiversion!`] compiles each loop for AVX-512, AVX2+FMA and the
+//! baseline and picks one at run time; the helpers they call are `#[inline(always)]`.
+
+use rayon::prelude::*;
+
+/// Rows per rayon task for the row-wise passes: large enough to amortise the task, small enough
+/// to split a batch-1 pass (50 or 197 tokens) between threads.
+const ROW_CHUNK: usize = 8;
+
+/// Which vector unit [`multiversion!`] functions run on, detected once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+pub(crate) fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    })
+}
+
+/// Define `fn $name(args)` compiled three times (AVX-512, AVX2+FMA, baseline) and dispatching on
+/// [`isa`]. Helpers it calls are `#[inline(always)]`, so they are compiled into each version.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+            unsafe fn v4($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v3($($arg: $ty),*) $(-> $ret)? $body
+            fn v0($($arg: $ty),*) $(-> $ret)? $body
+            match $crate::kernels::isa() {
+                // SAFETY: `isa()` detected these features at run time.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx512 => unsafe { v4($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx2 => unsafe { v3($($arg),*) },
+                _ => v0($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// `e^x` to about 2 ulp for the range that matters (inputs are clamped to f32's finite range),
+/// without a libm call so it vectorises: `2^k · p(r)`, `r = x − k·ln2`, degree-6 polynomial.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round-to-nearest by the 1.5·2^23 trick (no `round()` call on baseline x86-64).
+    const MAGIC: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67 + r * (0.041_666_42 + r * (0.008_333_63 + r * 0.001_398_2)))));
+    // SAFETY: k is a whole number in [-126, 127] after the clamp (a plain `as` would add
+    // saturation checks that stop vectorisation).
+    let k: i32 = unsafe { k.to_int_unchecked() };
+    p * f32::from_bits(((k + 127) as u32) << 23)
+}
+
+/// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let y = 1.0
+        - t * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))))
+            * exp(-a * a);
+    y.copysign(x)
+}
+
+/// The activations the two model families use, applied in place to a contiguous buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// `x · σ(1.702x)` (openai CLIP).
+    QuickGelu,
+    /// `0.5x(1 + erf(x/√2))` (ViT, and CLIP configs that say "gelu").
+    GeluErf,
+    /// `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+#[inline(always)]
+fn act_one(a: Act, x: f32) -> f32 {
+    match a {
+        Act::QuickGelu => x / (1.0 + exp(-1.702 * x)),
+        Act::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Act::GeluTanh => {
+            let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+            // tanh(u) = 1 − 2/(e^{2u} + 1)
+            0.5 * x * (2.0 - 2.0 / (exp(2.0 * u) + 1.0))
+        }
+        Act::Relu => x.max(0.0),
+        Act::Silu => x / (1.0 + exp(-x)),
+    }
+}
+
+multiversion! {
+    fn activate_chunk(act: Act, c: &mut [f32]) {
+        // One loop per variant so each is a straight-line vectorised body.
+        match act {
+            Act::QuickGelu => c.iter_mut().for_each(|x| *x = act_one(Act::QuickGelu, *x)),
+            Act::GeluErf => c.iter_mut().for_each(|x| *x = act_one(Act::GeluErf, *x)),
+            Act::GeluTanh => c.iter_mut().for_each(|x| *x = act_one(Act::GeluTanh, *x)),
+            Act::Relu => c.iter_mut().for_each(|x| *x = act_one(Act::Relu, *x)),
+            Act::Silu => c.iter_mut().for_each(|x| *x = act_one(Act::Silu, *x)),
+        }
+    }
+}
+
+/// Apply `act` in place, in parallel over chunks.
+pub(crate) fn activate(act: Act, xs: &mut [f32]) {
+    xs.par_chunks_mut(16 * 1024)
+        .for_each(|c| activate_chunk(act, c));
+}
+
+/// Sum with 16 independent lanes, so it vectorises without reassociation licence.
+#[inline(always)]
+fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += f(c[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|&x| f(x)).sum::<f32>()
+}
+
+multiversion! {
+    fn layer_norm_rows(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        let cols = w.len();
+        for (d, s) in dst.chunks_exact_mut(cols).zip(src.chunks_exact(cols)) {
+            let mean = sum16(s, |x| x) / cols as f32;
+            let var = sum16(s, |x| (x - mean) * (x - mean)) / cols as f32;
+            let r = 1.0 / (var + eps).sqrt();
+            for i in 0..cols {
+                d[i] = (s[i] - mean) * r * w[i] + b[i];
+            }
+        }
+    }
+}
+
+/// Layer norm of each `cols`-wide row of `src` into `dst` (two passes over a row that sits in L1).
+pub(crate) fn layer_norm(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let cols = w.len();
+    dst.par_chunks_mut(cols * ROW_CHUNK)
+        .zip(src.par_chunks(cols * ROW_CHUNK))
+        .for_each(|(d, s)| layer_norm_rows(s, d, w, b, eps));
+}
+
+multiversion! {
+    /// Softmax of each `cols`-wide row, in place.
+    pub(crate) fn softmax_rows(xs: &mut [f32], cols: usize) {
+        for row in xs.chunks_exact_mut(cols) {
+            let mut m16 = [f32::NEG_INFINITY; 16];
+            let chunks = row.chunks_exact(16);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for i in 0..16 {
+                    m16[i] = m16[i].max(c[i]);
+                }
+            }
+            let m = m16.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            for x in row.iter_mut() {
+                *x = exp(*x - m);
+            }
+            let inv = 1.0 / sum16(row, |x| x);
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
+}
+
+/// `dst[r] = bias` (or `dst[r] += bias` when `add`) for every `bias.len()`-wide row.
+pub(crate) fn fill_bias(dst: &mut [f32], bias: Option<&[f32]>, cols: usize, add: bool) {
+    match (bias, add) {
+        (None, true) => {}
+        (None, false) => dst.par_chunks_mut(cols * 64).for_each(|c| c.fill(0.0)),
+        (Some(b), _) => dst
+            .par_chunks_mut(cols * ROW_CHUNK)
+            .for_each(|c| bias_rows(c, b, add)),
+    }
+}
+
+multiversion! {
+    fn bias_rows(c: &mut [f32], b: &[f32], add: bool) {
+        for row in c.chunks_exact_mut(b.len()) {
+            if add {
+                row.iter_mut().zip(b).for_each(|(d, b)| *d += b);
+            } else {
+                row.copy_from_slice(b);
+            }
+        }
+    }
+}
+
+/// A strided f32 matrix view for [`gemm`].
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    /// Distance between rows and between columns, in elements.
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: a `Mat` is only read, from buffers that outlive the call it is passed to.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+/// `dst[m×n] (+)= a[m×k] · b[k×n]`; `accumulate` adds to what `dst` holds. `threads`: split the
+/// product on the current rayon pool (false inside an already-parallel loop).
+///
+/// # Safety
+/// `a`, `b` and `dst` (row stride `dst_rs`, column stride 1) must cover the shapes given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: bool,
+) {
+    let par = if threads {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_match_libm() {
+        for i in -2000..2000 {
+            let x = i as f32 / 50.0;
+            let (e, want) = (exp(x), x.exp());
+            assert!(
+                (e - want).abs() <= 3e-7 * want,
+                "exp({x}) = {e}, want {want}"
+            );
+            let g = act_one(Act::GeluErf, x);
+            let want = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / 2f64.sqrt()));
+            assert!(
+                (g as f64 - want).abs() < 2e-6 * (1.0 + x.abs() as f64),
+                "gelu({x})"
+            );
+        }
+    }
+
+    /// erf by its Taylor/continued series in f64, as an independent reference.
+    fn libm_erf(x: f64) -> f64 {
+        // erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n!(2n+1)) converges fast enough for |x| ≤ 3;
+        // beyond, erf is 1 to f32 precision.
+        if x.abs() > 3.5 {
+            return x.signum();
+        }
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn layer_norm_and_softmax_rows() {
+        let src: Vec<f32> = (0..3 * 37).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let w: Vec<f32> = (0..37).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..37).map(|i| i as f32 * -0.02).collect();
+        let mut dst = vec![0.0; src.len()];
+        layer_norm(&src, &mut dst, &w, &b, 1e-5);
+        for (s, d) in src.chunks(37).zip(dst.chunks(37)) {
+            let mean = s.iter().sum::<f32>() / 37.0;
+            let var = s.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 37.0;
+            for i in 0..37 {
+                let want = (s[i] - mean) / (var + 1e-5).sqrt() * w[i] + b[i];
+                assert!((d[i] - want).abs() < 1e-5);
+            }
+        }
+        let mut sm = src.clone();
+        softmax_rows(&mut sm, 37);
+        for (s, p) in src.chunks(37).zip(sm.chunks(37)) {
+            let z: f32 = s.iter().map(|x| x.exp()).sum();
+            for i in 0..37 {
+                assert!((p[i] - s[i].exp() / z).abs() < 1e-6);
+            }
+        }
+    }
+}
