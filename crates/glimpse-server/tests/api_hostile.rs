@@ -333,3 +333,72 @@ async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
     assert!(sent < 2_000_000, "read far past the limit");
     s.assert_uncharged("declared 1 GB multipart").await;
 }
+
+/// The fuzz targets' seed corpora (`fuzz/corpus/`) through the same checks on stable, so CI keeps
+/// every seed (and any crash a fuzz run adds there) as a regression test without nightly.
+#[test]
+fn fuzz_seed_corpora_hold_the_targets_invariants() {
+    use glimpse_core::image::{decode, DecodeLimits};
+    use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget, CLIP_MEAN, CLIP_STD};
+    use glimpse_server::fetch::{check_url, forbidden_reason, AddressPolicy};
+
+    let corpus = |t: &str| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus")
+            .join(t);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 5, "{t}: seed corpus too small");
+        files
+            .into_iter()
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+    };
+    let limits = DecodeLimits {
+        max_pixels: 4_000_000,
+        max_side: 4_096,
+    };
+    let cfg = PreprocessConfig {
+        do_resize: true,
+        size: ResizeTarget::ShortestEdge(224),
+        resample: 3,
+        do_center_crop: true,
+        crop_size: (224, 224),
+        do_rescale: true,
+        rescale_factor: 1.0 / 255.0,
+        do_normalize: true,
+        image_mean: CLIP_MEAN,
+        image_std: CLIP_STD,
+    };
+    let mut decoded = 0;
+    for (name, bytes) in corpus("decode_preprocess") {
+        if let Ok(img) = decode(&bytes, &limits) {
+            let px = cfg.preprocess(&img);
+            assert_eq!(px.len(), 3 * 224 * 224, "{name}");
+            assert!(px.iter().all(|v| v.is_finite()), "{name}");
+            decoded += 1;
+        } else {
+            assert!(!name.contains("8x6"), "{name}: a valid seed did not decode");
+        }
+    }
+    assert!(decoded >= 5, "only {decoded} seeds decoded");
+    let policy = AddressPolicy::public_only();
+    for (name, bytes) in corpus("url_check") {
+        let raw = String::from_utf8(bytes).unwrap();
+        if let Ok(url) = check_url(&raw, &policy) {
+            assert!(matches!(url.scheme(), "http" | "https"), "{name}: {url}");
+            assert!(
+                url.username().is_empty() && url.password().is_none(),
+                "{name}"
+            );
+            if let Some(url::Host::Ipv4(a)) = url.host() {
+                assert!(forbidden_reason(a.into()).is_none(), "{name}: {url}");
+            }
+            if let Some(url::Host::Ipv6(a)) = url.host() {
+                assert!(forbidden_reason(a.into()).is_none(), "{name}: {url}");
+            }
+        }
+    }
+}
