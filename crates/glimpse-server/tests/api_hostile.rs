@@ -402,3 +402,55 @@ fn fuzz_seed_corpora_hold_the_targets_invariants() {
         }
     }
 }
+
+/// A client that sends its headers and part of the multipart body, then stops, must not hold an
+/// in-flight slot forever (slowloris on the body; the header timeout does not cover it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upload_body_is_cut_off() {
+    let s = start(
+        CREDITS,
+        |c| {
+            c.header_timeout_secs = 1;
+            c.max_in_flight = 1;
+        },
+        None,
+    )
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {VIT} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nPNGDATA",
+        s.key
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // While it stalls it holds the only slot: others are shed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = s
+        .http
+        .post(s.url(VIT))
+        .header("X-API-Key", &s.key)
+        .multipart(form(png(1, 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), sock.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a stalled body was still held after 8 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("VALIDATION_ERROR"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    s.assert_uncharged("stalled body").await;
+    // The slot is free again.
+    let res = s
+        .http
+        .post(s.url(VIT))
+        .header("X-API-Key", &s.key)
+        .multipart(form(png(1, 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

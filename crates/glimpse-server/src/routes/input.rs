@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The whole multipart body must arrive within this many header timeouts (120 s by default).
+const BODY_TIME_FACTOR: u32 = 12;
+
 /// Longest text field accepted (64 labels of 100 characters fit; so does any sane URL).
 const MAX_TEXT_FIELD: usize = 16 * 1024;
 
@@ -75,7 +78,15 @@ pub async fn read_input(
         let mp = Multipart::from_request(req, state)
             .await
             .map_err(|_| ApiError::validation("malformed multipart/form-data body"))?;
-        read_form(mp, &mut input, &mut hash, model_param, max_upload).await?;
+        // The header timeout does not cover the body: without these limits a client that stops
+        // (or drips) mid-upload holds an in-flight slot forever. No gap may exceed the header
+        // timeout, and the whole form must arrive within BODY_TIME_FACTOR times it.
+        let idle = state.settings.header_timeout;
+        let total = idle.saturating_mul(BODY_TIME_FACTOR);
+        let form = read_form(mp, &mut input, &mut hash, model_param, max_upload, idle);
+        tokio::time::timeout(total, form)
+            .await
+            .map_err(|_| slow_body())??;
     }
     input.fingerprint = hex(&hash.finalize());
     Ok(input)
@@ -120,11 +131,16 @@ async fn read_form(
     hash: &mut Sha256,
     model_param: &str,
     max_upload: usize,
+    idle: std::time::Duration,
 ) -> Result<(), ApiError> {
     let mut form_labels = None;
     let mut form_url = None;
     let mut form_model = None;
-    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = tokio::time::timeout(idle, mp.next_field())
+        .await
+        .map_err(|_| slow_body())?
+        .map_err(multipart_error)?
+    {
         let name = field.name().unwrap_or("").to_string();
         let file_name = field.file_name().map(str::to_string);
         let is_file = name == "image" || file_name.is_some();
@@ -132,7 +148,11 @@ async fn read_form(
         hash_part(hash, file_name.as_deref().unwrap_or("").as_bytes());
         let limit = if is_file { max_upload } else { MAX_TEXT_FIELD };
         let mut data: Vec<u8> = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
+            .await
+            .map_err(|_| slow_body())?
+            .map_err(multipart_error)?
+        {
             if data.len() + chunk.len() > limit {
                 return Err(if is_file {
                     ApiError::too_large(format!(
@@ -176,6 +196,10 @@ async fn read_form(
     input.url = input.url.take().or(form_url);
     input.model = input.model.take().or(form_model);
     Ok(())
+}
+
+fn slow_body() -> ApiError {
+    ApiError::validation("the request body arrived too slowly")
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
