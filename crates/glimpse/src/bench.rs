@@ -1,11 +1,14 @@
 //! `glimpse bench`: the real model path (preprocessed tensor → scores) on random weights at real
-//! dimensions. Speed does not depend on weight values. Human-readable lines go to stderr; the last
-//! line on stdout is the JSON the contract names.
+//! dimensions (seeded, so every run and precision gets the same model). Speed does not depend on
+//! weight values. Human-readable lines go to stderr; the last line on stdout is the JSON the
+//! contract names.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use glimpse_candle::{random_clip, random_vit, ClipPreset, VitPreset};
+use glimpse_candle::{
+    random_clip_with, random_vit_with, ClipPreset, LoadOptions, Precision, VitPreset,
+};
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::{ImageClassifier, ZeroShotModel};
 
@@ -15,17 +18,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.batch == 0 || args.iters == 0 {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
-    if args.precision != "fp32" {
-        anyhow::bail!(
-            "--precision {} is not implemented yet; use fp32",
-            args.precision
-        );
-    }
+    let precision: Precision = args.precision.parse()?;
+    let opts = LoadOptions {
+        precision,
+        threads: args.threads,
+    };
     type Runner = Box<dyn Fn(&PixelBatch) -> anyhow::Result<()>>;
     let (runner, (h, w)): (Runner, (usize, usize)) = match args.arch.as_str() {
         "vit-b16" => {
-            let mut m = random_vit(VitPreset::B16);
-            m.set_threads(args.threads)?;
+            let m = random_vit_with(VitPreset::B16, &opts)?;
             let size = m.preprocess_config().output_size();
             (
                 Box::new(move |px| m.classify(px).map(|_| ()).map_err(Into::into)),
@@ -34,8 +35,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         arch => {
             let preset: ClipPreset = arch.parse()?;
-            let mut m = random_clip(preset);
-            m.set_threads(args.threads)?;
+            let m = random_clip_with(preset, &opts)?;
             let size = m.preprocess_config().output_size();
             (
                 Box::new(move |px| m.embed_images(px).map(|_| ()).map_err(Into::into)),
