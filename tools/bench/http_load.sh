@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Serving over HTTP vs the bare model: start `glimpse serve` on loopback with a real-size CLIP
+# folder, then measure (bounded in time) one sequential client and N concurrent clients with the
+# http_bench example, next to `glimpse bench` at batch 1 and batch N on the same machine.
+#
+#   tools/bench/http_load.sh CLIP_DIR [SECONDS] [CLIENTS]
+#
+# CLIP_DIR: a Hugging Face CLIP folder (random real-size weights are fine, see docs/BENCHMARKS.md).
+# Env: GLIMPSE (glimpse binary, default target/release/glimpse), HTTP_BENCH (the example binary),
+# IMAGE (default tests/fixtures/images/coffee.jpg), PORT (default 18080), and any GLIMPSE_* setting
+# for the server (GLIMPSE_BATCH_SIZE, GLIMPSE_BATCH_WINDOW_MS, ...).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CLIP_DIR=${1:?usage: http_load.sh CLIP_DIR [SECONDS] [CLIENTS]}
+SECS=${2:-20}
+CLIENTS=${3:-8}
+GLIMPSE=${GLIMPSE:-target/release/glimpse}
+HTTP_BENCH=${HTTP_BENCH:-target/release/examples/http_bench}
+IMAGE=${IMAGE:-tests/fixtures/images/coffee.jpg}
+PORT=${PORT:-18080}
+work=$(mktemp -d)
+export GLIMPSE_DATABASE_URL="sqlite://$work/glimpse.db"
+export GLIMPSE_BIND="127.0.0.1:$PORT"
+export GLIMPSE_CLIP_MODEL="$CLIP_DIR"
+export GLIMPSE_VIT_MODEL=${GLIMPSE_VIT_MODEL:-tests/fixtures/models/vit-tiny}
+export GLIMPSE_MAX_UPLOAD_BYTES=${GLIMPSE_MAX_UPLOAD_BYTES:-20000000}
+
+key=$("$GLIMPSE" keys create --credits 1000000 --name bench --json | sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+"$GLIMPSE" serve >"$work/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { cat "$work/serve.log"; exit 1; }
+  sleep 0.5
+done
+
+echo "# load: $(uptime)"
+echo "# glimpse bench, batch 1 and batch $CLIENTS"
+"$GLIMPSE" bench --arch clip-b32 --batch 1 | tail -n 1
+"$GLIMPSE" bench --arch clip-b32 --batch "$CLIENTS" | tail -n 1
+echo "# HTTP, 1 client sequential (labels cached after the warm-up)"
+"$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients 1 --seconds "$SECS"
+echo "# HTTP, $CLIENTS concurrent clients"
+"$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients "$CLIENTS" --seconds "$SECS"
+echo "# load: $(uptime)"
