@@ -104,6 +104,8 @@ pub struct Inner {
     pub rate: Option<RateLimiter>,
     /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
     pub ready: AtomicBool,
+    /// What `/metrics` reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Cheap to clone; the router's state.
@@ -170,6 +172,7 @@ impl AppState {
             inference: Arc::new(Semaphore::new(config.inference_workers)),
             rate,
             ready: AtomicBool::new(true),
+            metrics: Arc::default(),
         })))
     }
 

@@ -16,12 +16,14 @@ use glimpse_core::batcher::{BatchError, ClipJob, VitJob};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
+use tracing::Instrument;
 
 use super::input::{read_input, RawInput};
 use crate::auth::{add_credits_header, set_credits_header, ApiKey};
 use crate::batch::submit;
 use crate::error::{ApiError, ErrorCode};
 use crate::fetch::FetchError;
+use crate::metrics::{timed, Stage};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +105,10 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
     // and its settle/refund, nor leave an idempotency claim half-written.
     let task_state = state.clone();
     let task_key = key.clone();
-    let task = tokio::spawn(async move {
-        run_claimed(&task_state, &task_key, plan, idem, fingerprint, started).await
-    });
+    let task = tokio::spawn(
+        async move { run_claimed(&task_state, &task_key, plan, idem, fingerprint, started).await }
+            .in_current_span(),
+    );
     let outcome = match task.await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => return with_balance(&state, &key, e.into_response()).await,
@@ -307,7 +310,9 @@ async fn run(
     }
     let bytes = match plan.source {
         Source::Upload(b) => b,
-        Source::Url(u) => state.images.fetch(&u).await.map_err(fetch_error)?,
+        Source::Url(u) => timed(&state.metrics, Stage::Fetch, state.images.fetch(&u))
+            .await
+            .map_err(fetch_error)?,
     };
     let (preprocess, model_id) = match plan.model {
         ModelRef::Clip(i) => {
@@ -319,7 +324,13 @@ async fn run(
             (e.model.preprocess_config().clone(), e.id.clone())
         }
     };
-    let pixels = decode(state, bytes, preprocess).await?;
+    let _queued = state.metrics.queued(&model_id);
+    let pixels = timed(
+        &state.metrics,
+        Stage::Decode,
+        decode(state, bytes, preprocess),
+    )
+    .await?;
     let debit = state
         .store
         .debit(&DebitRequest {
@@ -333,6 +344,7 @@ async fn run(
             StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
             other => ApiError::from(other),
         })?;
+    state.metrics.credits_debited(cost);
     let answer = infer(state, &plan.model, pixels, plan.labels).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match answer.and_then(|mut r| {
@@ -354,6 +366,8 @@ async fn run(
         Err(e) => {
             if let Err(re) = state.store.refund(&debit.id, e.status().as_u16(), ms).await {
                 tracing::error!(error = %re, debit = %debit.id, "refund failed; the reaper will retry");
+            } else {
+                state.metrics.credits_refunded(cost);
             }
             Err(e)
         }
@@ -408,25 +422,28 @@ async fn infer(
 ) -> Result<ClassificationResponse, ApiError> {
     let (height, width) = (pixels.height, pixels.width);
     let pixels = pixels.data;
-    let answer = match model {
-        ModelRef::Clip(i) => {
-            let job = ClipJob {
-                pixels,
-                height,
-                width,
-                labels,
-            };
-            submit(&state.batchers.clip[*i], job).await
+    let answer = timed(&state.metrics, Stage::Inference, async {
+        match model {
+            ModelRef::Clip(i) => {
+                let job = ClipJob {
+                    pixels,
+                    height,
+                    width,
+                    labels,
+                };
+                submit(&state.batchers.clip[*i], job).await
+            }
+            ModelRef::Vit(i) => {
+                let job = VitJob {
+                    pixels,
+                    height,
+                    width,
+                };
+                submit(&state.batchers.vit[*i], job).await
+            }
         }
-        ModelRef::Vit(i) => {
-            let job = VitJob {
-                pixels,
-                height,
-                width,
-            };
-            submit(&state.batchers.vit[*i], job).await
-        }
-    };
+    })
+    .await;
     answer.map_err(|e| match e {
         BatchError::Overloaded => {
             ApiError::overloaded("the inference queue is full; retry shortly", 1)

@@ -1,7 +1,7 @@
-//! Liveness, readiness and the front page.
+//! Liveness and readiness (the front page is the playground, `crate::playground`).
 
 use axum::extract::State;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -37,19 +37,3 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     })
     .into_response()
 }
-
-pub async fn index() -> Html<&'static str> {
-    Html(INDEX)
-}
-
-const INDEX: &str = r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Glimpse</title></head>
-<body>
-<h1>Glimpse</h1>
-<p>Self-hosted image classification: CLIP zero-shot and ViT ImageNet.</p>
-<ul>
-<li><a href="/docs">API documentation (Swagger UI)</a></li>
-<li><a href="/openapi.json">OpenAPI document</a></li>
-</ul>
-</body></html>
-"#;

@@ -9,7 +9,7 @@ pub mod input;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
-use axum::middleware::{from_fn_with_state, map_response};
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -19,6 +19,7 @@ use crate::docs;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::shed_load;
 use crate::state::AppState;
+use crate::{metrics, playground, request_id};
 
 /// Multipart framing around the image: boundaries, part headers, the small text fields.
 const MULTIPART_SLACK: usize = 64 * 1024;
@@ -39,7 +40,10 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(classify)
         .route("/api/account", get(account::account))
-        .route("/", get(health::index))
+        .route("/", get(playground::index))
+        .route("/playground.js", get(playground::js))
+        .route("/playground.css", get(playground::css))
+        .route("/metrics", get(metrics::scrape))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(docs::openapi))
@@ -68,6 +72,10 @@ pub fn app(state: AppState) -> Router {
             ApiError::internal("a request handler panicked").into_response()
         }))
         .layer(map_response(normalize_errors))
+        // Outside the error normaliser, so they see final statuses; the request id outermost,
+        // so every answer has it and everything inside logs within its span.
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn(request_id::layer))
         .with_state(state)
 }
 

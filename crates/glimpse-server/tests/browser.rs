@@ -1,0 +1,80 @@
+//! The playground in a real browser: `tests/browser/playground.mjs` drives headless Debian
+//! chromium (via playwright-core) against a live server: key, upload, Classify, chart, credits.
+//!
+//! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `npm ci` run in `tests/browser/`. With
+//! `CI` set a missing piece is a failure; without it the test says so loudly and passes.
+
+mod api_support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use api_support::*;
+
+fn missing_tools(dir: &std::path::Path, chromium: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !std::path::Path::new(chromium).exists() {
+        missing.push(format!(
+            "chromium at {chromium} (apt-get install -y chromium)"
+        ));
+    }
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        missing.push(format!("{}/node_modules (npm ci there)", dir.display()));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        missing.push("node".into());
+    }
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playground_classifies_in_chromium() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let missing = missing_tools(&dir, &chromium);
+    if !missing.is_empty() {
+        let what = missing.join(", ");
+        if std::env::var_os("CI").is_some() {
+            panic!("browser test cannot run in CI, missing: {what}");
+        }
+        eprintln!("\n!!!! SKIPPING the playground browser test, missing: {what} !!!!\n");
+        return;
+    }
+
+    let credits = 50;
+    let s = start(credits, |c| c.credits_per_call = 2).await;
+    let expect = credits - s.config.credits_per_call;
+    let screenshot = std::env::var("GLIMPSE_SCREENSHOT").unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/playground.png")
+            .display()
+            .to_string()
+    });
+    let (base, key) = (s.base.clone(), s.key.clone());
+    let shot = screenshot.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("playground.mjs"))
+            .arg(&base)
+            .arg(&key)
+            .current_dir(&dir)
+            .env("CHROMIUM", &chromium)
+            .env("GLIMPSE_SCREENSHOT", &shot)
+            .env("GLIMPSE_EXPECT_CREDITS", expect.to_string())
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{log}");
+    assert!(out.status.success(), "playground.mjs failed:\n{log}");
+    // The page's one good call was charged once; the wrong-key call was free.
+    assert_eq!(s.balance().await, expect);
+    assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 1000));
+    s.stop().await.unwrap();
+}
