@@ -40,6 +40,7 @@ fn main() {
     for _ in 0..2 {
         runner(&px);
     }
+    let cpu0 = cpu_ms();
     let mut ms: Vec<f64> = (0..iters)
         .map(|_| {
             let t = Instant::now();
@@ -47,13 +48,28 @@ fn main() {
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
+    // CPU time per forward pass (all threads): unlike wall time, barely moved by other load.
+    let cpu = (cpu_ms() - cpu0) / iters as f64;
     ms.sort_by(f64::total_cmp);
     let p50 = ms[ms.len() / 2];
     println!(
-        "{arch} b{batch} t{threads} {}: p50 {p50:.1} ms (p10 {:.1}, p90 {:.1}), {:.2} img/s",
+        "{arch} b{batch} t{threads} {}: p50 {p50:.1} ms (p10 {:.1}, p90 {:.1}), {:.2} img/s, \
+         cpu {cpu:.0} ms/iter",
         precision.as_str(),
         ms[(ms.len() - 1) / 10],
         ms[(ms.len() - 1) * 9 / 10],
         batch as f64 * 1000.0 / p50
     );
+}
+
+/// utime + stime of this process from /proc/self/stat, in ms (0 where there is no procfs).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) are 11 and 12 after the ")"; ticks of 10 ms.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * 10.0
 }

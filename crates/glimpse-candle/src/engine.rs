@@ -14,6 +14,7 @@ use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
 use crate::bf16::{self, Bf16Weight};
+use crate::f32mm::{self, PackedWeight};
 use crate::int8::{self, QuantWeight};
 use crate::kernels::{self, Act, Mat};
 use crate::Precision;
@@ -37,6 +38,8 @@ pub(crate) struct Dense {
 enum DenseWeight {
     /// `[k, n]` row-major (Wᵀ), the layout gemm reads without a transpose.
     F32(Vec<f32>),
+    /// Packed once for the AVX-512 kernel ([`crate::f32mm`]).
+    F32Packed(PackedWeight),
     Int8(QuantWeight),
     Bf16(Bf16Weight),
 }
@@ -53,17 +56,23 @@ impl Dense {
         let w = match precision {
             Precision::Int8 => DenseWeight::Int8(QuantWeight::new(&w, n, k)),
             Precision::Bf16 => DenseWeight::Bf16(Bf16Weight::new(&w, n, k)),
-            Precision::F32 => {
-                let mut t = vec![0f32; n * k];
-                for (r, row) in w.chunks_exact(k).enumerate() {
-                    for (c, &x) in row.iter().enumerate() {
-                        t[c * n + r] = x;
-                    }
-                }
-                DenseWeight::F32(t)
+            Precision::F32 if PackedWeight::available() => {
+                DenseWeight::F32Packed(PackedWeight::new(&w, n, k))
             }
+            Precision::F32 => Self::gemm_layout(&w, n, k),
         };
         Dense { k, n, bias, w }
+    }
+
+    /// Wᵀ for gemm (CPUs without AVX-512).
+    fn gemm_layout(w: &[f32], n: usize, k: usize) -> DenseWeight {
+        let mut t = vec![0f32; n * k];
+        for (r, row) in w.chunks_exact(k).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                t[c * n + r] = x;
+            }
+        }
+        DenseWeight::F32(t)
     }
 
     pub(crate) fn from_linear(l: &Linear, precision: Precision) -> Result<Self> {
@@ -138,6 +147,9 @@ impl Dense {
             DenseWeight::Int8(w) => {
                 let q = int8::quantize_rows(x, self.k);
                 int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate);
+            }
+            DenseWeight::F32Packed(w) => {
+                f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate);
             }
             DenseWeight::Bf16(w) => {
                 bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, accumulate);
@@ -361,4 +373,50 @@ pub(crate) fn conv_dense(conv: &candle_nn::Conv2d, precision: Precision) -> Resu
         bias,
         precision,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gemm fallback and the packed kernel (where the CPU has AVX-512) agree, with and without
+    /// bias and accumulation.
+    #[test]
+    fn f32_layouts_agree() {
+        let (m, k, n) = (11, 70, 96);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        for (bias, acc) in [(None, false), (Some(b.clone()), false), (Some(b), true)] {
+            let packed = Dense::from_parts(w.clone(), n, k, bias.clone(), Precision::F32);
+            let gemm = Dense {
+                k,
+                n,
+                bias,
+                w: Dense::gemm_layout(&w, n, k),
+            };
+            let mut a = vec![0.5f32; m * n];
+            let mut g = a.clone();
+            packed.forward(&x, &mut a, acc);
+            gemm.forward(&x, &mut g, acc);
+            for r in 0..m {
+                for c in 0..n {
+                    let naive: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
+                    assert!((g[r * n + c] - a[r * n + c]).abs() < 1e-3);
+                    let want = naive
+                        + gemm.bias.as_ref().map_or(0.0, |b| b[c])
+                        + if acc { 0.5 } else { 0.0 };
+                    assert!(
+                        (g[r * n + c] - want).abs() < 1e-3,
+                        "{} vs {want}",
+                        g[r * n + c]
+                    );
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod bf16;
 pub mod clip;
 pub mod config;
 mod engine;
+mod f32mm;
 mod int8;
 mod kernels;
 pub mod layers;
