@@ -70,6 +70,41 @@ pub struct BatchStats {
     pub max_batch_seen: usize,
 }
 
+/// A counting semaphore shared by several batchers: at most `permits` of their forward passes run
+/// at once (each pass already uses every core, so two models at once only fight over them).
+pub struct PassGate {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl PassGate {
+    pub fn new(permits: usize) -> Self {
+        PassGate {
+            free: Mutex::new(permits.max(1)),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> PassPermit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        PassPermit(self)
+    }
+}
+
+/// Gives its permit back when dropped, also when the model panics.
+struct PassPermit<'a>(&'a PassGate);
+
+impl Drop for PassPermit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 type Reply<S> = Box<dyn FnOnce(Result<S, BatchError>) + Send>;
 type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 
@@ -94,6 +129,19 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
     where
         F: FnMut(&[R]) -> Result<Vec<Result<S, BatchError>>, BatchError> + Send + 'static,
     {
+        Self::gated(name, options, None, run)
+    }
+
+    /// As `new`, each forward pass holding a permit of `gate` while it runs.
+    pub fn gated<F>(
+        name: &str,
+        options: BatchOptions,
+        gate: Option<Arc<PassGate>>,
+        run: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(&[R]) -> Result<Vec<Result<S, BatchError>>, BatchError> + Send + 'static,
+    {
         let options = BatchOptions {
             max_batch: options.max_batch.max(1),
             queue_capacity: options.queue_capacity.max(1),
@@ -108,7 +156,7 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
         let worker_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("batch-{name}"))
-            .spawn(move || worker(rx, worker_shared, options, run))?;
+            .spawn(move || worker(rx, worker_shared, options, gate, run))?;
         Ok(Batcher {
             tx,
             shared,
@@ -170,6 +218,7 @@ fn worker<R, S, F>(
     rx: mpsc::Receiver<(R, Reply<S>)>,
     shared: Arc<Shared>,
     options: BatchOptions,
+    gate: Option<Arc<PassGate>>,
     mut run: F,
 ) where
     F: FnMut(&[R]) -> Result<Vec<Result<S, BatchError>>, BatchError>,
@@ -202,6 +251,7 @@ fn worker<R, S, F>(
             h(n);
         }
         let (jobs, replies): (Vec<R>, Vec<Reply<S>>) = batch.into_iter().unzip();
+        let permit = gate.as_deref().map(PassGate::acquire);
         // A panicking model must not take the worker (and every later caller) down with it.
         let outcome = match catch_unwind(AssertUnwindSafe(|| run(&jobs))) {
             Ok(Ok(results)) if results.len() == n => Ok(results),
@@ -212,6 +262,7 @@ fn worker<R, S, F>(
             Ok(Err(e)) => Err(e),
             Err(_) => Err(BatchError::Model("the model panicked".into())),
         };
+        drop(permit);
         match outcome {
             Ok(results) => {
                 for (reply, r) in replies.into_iter().zip(results) {
@@ -289,36 +340,42 @@ pub fn clip_batcher(
     prompts: Arc<PromptCache>,
     templates: Vec<String>,
     options: BatchOptions,
+    gate: Option<Arc<PassGate>>,
 ) -> std::io::Result<ClipBatcher> {
-    Batcher::new(&model_id.clone(), options, move |jobs: &[ClipJob]| {
-        let pixels = stack(
-            jobs.iter()
-                .map(|j| (j.pixels.as_slice(), j.height, j.width)),
-        )?;
-        let images = model.embed_images(&pixels).map_err(model_error)?;
-        if images.len() != jobs.len() {
-            return Err(BatchError::Model(format!(
-                "the model embedded {} of {} images",
-                images.len(),
-                jobs.len()
-            )));
-        }
-        let scale = model.logit_scale();
-        Ok(jobs
-            .iter()
-            .zip(&images)
-            .map(|(job, img)| {
-                let text = label_embeddings(model.as_ref(), &prompts, &job.labels, &templates)
-                    .map_err(model_error)?;
-                let probs = clip_probabilities(img, &text, scale);
-                Ok(ClassificationResponse::new(
-                    "clip",
-                    &model_id,
-                    clip_predictions(&job.labels, &probs),
-                ))
-            })
-            .collect())
-    })
+    Batcher::gated(
+        &model_id.clone(),
+        options,
+        gate,
+        move |jobs: &[ClipJob]| {
+            let pixels = stack(
+                jobs.iter()
+                    .map(|j| (j.pixels.as_slice(), j.height, j.width)),
+            )?;
+            let images = model.embed_images(&pixels).map_err(model_error)?;
+            if images.len() != jobs.len() {
+                return Err(BatchError::Model(format!(
+                    "the model embedded {} of {} images",
+                    images.len(),
+                    jobs.len()
+                )));
+            }
+            let scale = model.logit_scale();
+            Ok(jobs
+                .iter()
+                .zip(&images)
+                .map(|(job, img)| {
+                    let text = label_embeddings(model.as_ref(), &prompts, &job.labels, &templates)
+                        .map_err(model_error)?;
+                    let probs = clip_probabilities(img, &text, scale);
+                    Ok(ClassificationResponse::new(
+                        "clip",
+                        &model_id,
+                        clip_predictions(&job.labels, &probs),
+                    ))
+                })
+                .collect())
+        },
+    )
 }
 
 /// A batcher for a ViT classifier: one `classify` on the stacked batch.
@@ -326,21 +383,27 @@ pub fn vit_batcher(
     model: Arc<dyn ImageClassifier>,
     model_id: String,
     options: BatchOptions,
+    gate: Option<Arc<PassGate>>,
 ) -> std::io::Result<VitBatcher> {
-    Batcher::new(&model_id.clone(), options, move |jobs: &[VitJob]| {
-        let pixels = stack(
-            jobs.iter()
-                .map(|j| (j.pixels.as_slice(), j.height, j.width)),
-        )?;
-        let probs = model.classify(&pixels).map_err(model_error)?;
-        Ok(probs
-            .iter()
-            .map(|p| {
-                let mut r =
-                    ClassificationResponse::new("vit", &model_id, vit_category_predictions(p));
-                r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
-                Ok(r)
-            })
-            .collect())
-    })
+    Batcher::gated(
+        &model_id.clone(),
+        options,
+        gate,
+        move |jobs: &[VitJob]| {
+            let pixels = stack(
+                jobs.iter()
+                    .map(|j| (j.pixels.as_slice(), j.height, j.width)),
+            )?;
+            let probs = model.classify(&pixels).map_err(model_error)?;
+            Ok(probs
+                .iter()
+                .map(|p| {
+                    let mut r =
+                        ClassificationResponse::new("vit", &model_id, vit_category_predictions(p));
+                    r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
+                    Ok(r)
+                })
+                .collect())
+        },
+    )
 }

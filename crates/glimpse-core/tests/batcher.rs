@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
-use glimpse_core::batcher::{clip_batcher, BatchError, BatchOptions, Batcher, ClipJob};
+use glimpse_core::batcher::{clip_batcher, BatchError, BatchOptions, Batcher, ClipJob, PassGate};
 use glimpse_core::pipeline::{classify_clip, PromptCache};
 use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
 use glimpse_core::Result;
@@ -179,6 +179,40 @@ fn dropping_the_batcher_still_answers_queued_jobs() {
     assert!(got.iter().all(|r| r.is_ok()), "{got:?}");
 }
 
+#[test]
+fn a_shared_gate_keeps_passes_of_two_batchers_apart() {
+    let gate = Arc::new(PassGate::new(1));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let make = |name: &str| {
+        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        Arc::new(
+            Batcher::gated(
+                name,
+                opts(1, 0, 64),
+                Some(Arc::clone(&gate)),
+                move |xs: &[u8]| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(xs.iter().map(|x| Ok(*x)).collect())
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let (a, b) = (make("a"), make("b"));
+    let jobs: Vec<u8> = (0..6).collect();
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| submit_all(&a, &jobs));
+        let tb = s.spawn(|| submit_all(&b, &jobs));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(ra.iter().chain(&rb).all(|r| r.is_ok()));
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two passes ran at once");
+}
+
 /// A CLIP stand-in: the image embedding is the normalised mean of each channel, so different
 /// images score differently; text embeddings depend on the prompt; encoder calls are counted.
 struct FakeClip {
@@ -288,6 +322,7 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
             Arc::clone(&cache),
             templates.clone(),
             opts(8, 200, 64),
+            None,
         )
         .unwrap(),
     );

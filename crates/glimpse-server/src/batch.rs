@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glimpse_core::batcher::{
-    clip_batcher, vit_batcher, BatchError, BatchOptions, Batcher, ClipBatcher, VitBatcher,
+    clip_batcher, vit_batcher, BatchError, BatchOptions, Batcher, ClipBatcher, PassGate, VitBatcher,
 };
 
 use crate::config::ServerConfig;
@@ -26,6 +26,8 @@ impl Batchers {
             // several models share it.
             queue_capacity: config.max_in_flight,
         };
+        // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
+        let gate = Some(Arc::new(PassGate::new(config.inference_workers)));
         let clip = models
             .clip
             .iter()
@@ -36,13 +38,14 @@ impl Batchers {
                     Arc::clone(&e.prompts),
                     config.prompt_templates.clone(),
                     options,
+                    gate.clone(),
                 )
             })
             .collect::<std::io::Result<_>>()?;
         let vit = models
             .vit
             .iter()
-            .map(|e| vit_batcher(Arc::clone(&e.model), e.id.clone(), options))
+            .map(|e| vit_batcher(Arc::clone(&e.model), e.id.clone(), options, gate.clone()))
             .collect::<std::io::Result<_>>()?;
         Ok(Batchers { clip, vit })
     }

@@ -80,7 +80,8 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
-    /// Forward passes run at once (each already uses every core); the rest wait their turn.
+    /// Forward passes run at once over all models (each already uses every core); a model's
+    /// batcher runs one pass at a time, the others' wait their turn.
     #[arg(long, env = "GLIMPSE_INFERENCE_WORKERS", default_value_t = 1)]
     pub inference_workers: usize,
 

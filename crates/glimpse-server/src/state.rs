@@ -98,8 +98,8 @@ pub struct Inner {
     pub images: Arc<dyn ImageSource>,
     /// Classification calls in progress; `try_acquire` failing means shed with 503.
     pub in_flight: Arc<Semaphore>,
-    /// Permits of `GLIMPSE_INFERENCE_WORKERS`. Forward passes now run on the batchers' worker
-    /// threads (one per model), so the handlers no longer take these.
+    /// Sized by `GLIMPSE_INFERENCE_WORKERS`, no longer taken by the handlers: forward passes run
+    /// on the batchers' worker threads, which share a `PassGate` of that size instead.
     pub inference: Arc<Semaphore>,
     pub rate: Option<RateLimiter>,
     /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
