@@ -162,6 +162,9 @@ impl AppState {
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
         let batchers = Batchers::new(config, &models)?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let m = Arc::clone(&metrics);
+        batchers.on_batch(&models, move |_, _, n| m.observe_batch_size(n));
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
@@ -172,7 +175,7 @@ impl AppState {
             inference: Arc::new(Semaphore::new(config.inference_workers)),
             rate,
             ready: AtomicBool::new(true),
-            metrics: Arc::default(),
+            metrics,
         })))
     }
 

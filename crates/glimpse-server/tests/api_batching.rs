@@ -137,6 +137,34 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
         assert!(after.max_batch_seen <= 8, "{name}: {after:?}");
     }
     assert_eq!(state.batchers.queue_depth(), 0);
+    // /metrics sees every batch: its histogram counts the passes and sums the images.
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    let (clip, vit) = (
+        state.batchers.clip[0].stats(),
+        state.batchers.vit[0].stats(),
+    );
+    assert_eq!(
+        series("glimpse_batch_size_count"),
+        (clip.batches + vit.batches) as f64
+    );
+    assert_eq!(
+        series("glimpse_batch_size_sum"),
+        (clip.jobs + vit.jobs) as f64
+    );
     // 32 calls, one credit each, none refunded.
     assert_eq!(state.store.balance(&key.id).await.unwrap(), 100 - 32);
     let _ = stop.send(());
