@@ -32,8 +32,9 @@ pub use clip::{load_clip, random_clip, ClipModel};
 pub use presets::{ClipPreset, VitPreset};
 pub use vit::{load_vit, random_vit, VitModel};
 
-/// Numeric format of the image towers' encoder layers (the patch embedding, the final norm and
-/// projection / classifier, and the CLIP text tower stay f32).
+/// Numeric format of the image towers' encoder layers (the patch embedding runs bf16 in both
+/// reduced modes; the final norm and projection / classifier, attention's softmax(QKᵀ)V, and the
+/// CLIP text tower stay f32).
 ///
 /// - `F32`: within 1e-4 of transformers.
 /// - `Bf16`: weights rounded to bf16 at load, activations per matmul, f32 accumulation
