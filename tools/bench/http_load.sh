@@ -7,7 +7,8 @@
 #
 # CLIP_DIR: a Hugging Face CLIP folder (random real-size weights are fine, see docs/BENCHMARKS.md).
 # Env: GLIMPSE (glimpse binary, default target/release/glimpse), HTTP_BENCH (the example binary),
-# IMAGE (default tests/fixtures/images/coffee.jpg), PORT (default 18080), and any GLIMPSE_* setting
+# IMAGE (default tests/fixtures/images/coffee.jpg), PORT (default 18080), METRICS_OUT (a file for
+# the server's /metrics after the runs), and any GLIMPSE_* setting
 # for the server (GLIMPSE_BATCH_SIZE, GLIMPSE_BATCH_WINDOW_MS, ...).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,3 +45,5 @@ echo "# HTTP, 1 client sequential (labels cached after the warm-up)"
 echo "# HTTP, $CLIENTS concurrent clients"
 "$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients "$CLIENTS" --seconds "$SECS"
 echo "# load: $(uptime)"
+# Where the time went (stage histograms, batch sizes), when asked for.
+if [ -n "${METRICS_OUT:-}" ]; then curl -sf "http://127.0.0.1:$PORT/metrics" >"$METRICS_OUT"; fi
