@@ -98,9 +98,6 @@ pub struct Inner {
     pub images: Arc<dyn ImageSource>,
     /// Classification calls in progress; `try_acquire` failing means shed with 503.
     pub in_flight: Arc<Semaphore>,
-    /// Sized by `GLIMPSE_INFERENCE_WORKERS`, no longer taken by the handlers: forward passes run
-    /// on the batchers' worker threads, which share a `PassGate` of that size instead.
-    pub inference: Arc<Semaphore>,
     pub rate: Option<RateLimiter>,
     /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
     pub ready: AtomicBool,
@@ -172,7 +169,6 @@ impl AppState {
             models,
             images,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            inference: Arc::new(Semaphore::new(config.inference_workers)),
             rate,
             ready: AtomicBool::new(true),
             metrics,
