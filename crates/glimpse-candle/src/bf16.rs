@@ -6,12 +6,12 @@
 use rayon::prelude::*;
 
 const PANEL: usize = 64;
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 const MB: usize = 96;
 
 /// Round to nearest even (finite inputs; weights and activations here are finite).
 #[inline(always)]
-fn to_bf16(x: f32) -> u16 {
+pub(crate) fn to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
@@ -48,15 +48,29 @@ impl Bf16Weight {
 }
 
 crate::kernels::multiversion! {
-    fn round_row(x: &[f32], q: &mut [u16]) {
+    pub(crate) fn round_row(x: &[f32], q: &mut [u16]) {
         for (q, &x) in q.iter_mut().zip(x) {
             *q = to_bf16(x);
         }
     }
 }
 
+crate::kernels::multiversion! {
+    /// Two f32 rows to one row of bf16 pairs: `out[i] = bf16(lo[i]) | bf16(hi[i]) << 16`.
+    pub(crate) fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+        for ((o, &a), &b) in out.iter_mut().zip(lo).zip(hi) {
+            *o = to_bf16(a) as u32 | (to_bf16(b) as u32) << 16;
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
+impl Out {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: each task writes its own rows × panel block.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
@@ -78,38 +92,43 @@ pub(crate) fn matmul(
     let out = Out(dst.as_mut_ptr());
     let panels = w.np / PANEL;
     let fast = has_bf16();
-    (0..m.div_ceil(MB) * panels).into_par_iter().for_each(|t| {
-        let (b, p) = (t / panels, t % panels);
-        let rows = b * MB..((b + 1) * MB).min(m);
-        let ctx = Tile {
-            a: &a,
-            w,
-            bias,
-            out,
-            accumulate,
-            panel: p,
-        };
-        let mut r = rows.start;
-        while r < rows.end {
-            let h = (rows.end - r).min(MR);
-            // SAFETY: rows and panel in range; the BF16 kernel only when detected.
-            unsafe {
-                match (fast, h) {
-                    (true, 6) => ctx.avx512::<6>(r),
-                    (true, 5) => ctx.avx512::<5>(r),
-                    (true, 4) => ctx.avx512::<4>(r),
-                    (true, 3) => ctx.avx512::<3>(r),
-                    (true, 2) => ctx.avx512::<2>(r),
-                    (true, _) => ctx.avx512::<1>(r),
-                    (false, _) => ctx.portable(r, h),
+    (0..m.div_ceil(MB) * panels)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(|t| {
+            let (b, p) = (t / panels, t % panels);
+            let rows = b * MB..((b + 1) * MB).min(m);
+            let c0 = p * PANEL;
+            let live = (w.n - c0).min(PANEL);
+            let mut r = rows.start;
+            while r < rows.end {
+                let h = (rows.end - r).min(MR);
+                let t = Tile {
+                    a: a[r * kp..].as_ptr(),
+                    lda: kp,
+                    b: w.data[p * PANEL * kp..].as_ptr(),
+                    ldb: PANEL * 2,
+                    pairs: kp / 2,
+                    c: out.ptr().wrapping_add(r * w.n + c0),
+                    ldc: w.n,
+                    live,
+                    bias: bias.map(|b| b[c0..].as_ptr()),
+                    add_dst: accumulate,
+                };
+                // SAFETY: rows and panel in range; the BF16 kernel only when detected.
+                unsafe {
+                    if fast {
+                        t.run_rows(h);
+                    } else {
+                        t.portable(h);
+                    }
                 }
+                r += h;
             }
-            r += h;
-        }
-    });
+        });
 }
 
-fn has_bf16() -> bool {
+pub(crate) fn has_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -119,44 +138,61 @@ fn has_bf16() -> bool {
     false
 }
 
-struct Tile<'a> {
-    a: &'a [u16],
-    w: &'a Bf16Weight,
-    bias: Option<&'a [f32]>,
-    out: Out,
-    accumulate: bool,
-    panel: usize,
+/// One register tile of at most [`MR`] rows × 64 columns over bf16 pairs:
+/// `c[i·ldc + j] = (c[i·ldc + j] if add_dst) + bias[j] + Σ_kk a[i·lda + kk] · B[kk][j]` for
+/// `j < live`, with `B[kk][j]` at `b[(kk / 2)·ldb + 2j + kk % 2]` (the panel layout) and `kk` over
+/// `2·pairs`. All 64 columns of `b` are read; only `live` are stored.
+pub(crate) struct Tile {
+    pub a: *const u16,
+    pub lda: usize,
+    pub b: *const u16,
+    pub ldb: usize,
+    pub pairs: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub live: usize,
+    pub bias: Option<*const f32>,
+    pub add_dst: bool,
 }
 
-impl Tile<'_> {
-    unsafe fn portable(&self, r0: usize, h: usize) {
-        let (k, n) = (self.w.kp, self.w.n);
-        let base = &self.w.data[self.panel * PANEL * k..(self.panel + 1) * PANEL * k];
-        for r in r0..r0 + h {
-            let a = &self.a[r * k..(r + 1) * k];
-            for j in 0..PANEL.min(n - self.panel * PANEL) {
+impl Tile {
+    /// Scalar path for CPUs without AVX-512 BF16.
+    unsafe fn portable(&self, h: usize) {
+        for i in 0..h {
+            for j in 0..self.live {
                 let mut acc = 0f32;
-                for (kk, &av) in a.iter().enumerate() {
-                    acc += from_bf16(av) * from_bf16(base[(kk / 2) * PANEL * 2 + j * 2 + kk % 2]);
+                for kk in 0..2 * self.pairs {
+                    let b = *self.b.add((kk / 2) * self.ldb + j * 2 + kk % 2);
+                    acc += from_bf16(*self.a.add(i * self.lda + kk)) * from_bf16(b);
                 }
-                let c = self.panel * PANEL + j;
-                let v = acc + self.bias.map_or(0.0, |b| b[c]);
-                let d = self.out.0.add(r * n + c);
-                *d = if self.accumulate { *d + v } else { v };
+                let v = acc + self.bias.map_or(0.0, |b| *b.add(j));
+                let d = self.c.add(i * self.ldc + j);
+                *d = if self.add_dst { *d + v } else { v };
             }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 BF16 present; `h ≤ MR` rows of `a` and `c` and `pairs` pair-rows of `b` in bounds.
+    #[inline]
+    pub(crate) unsafe fn run_rows(&self, h: usize) {
+        match h {
+            6 => self.avx512::<6>(),
+            5 => self.avx512::<5>(),
+            4 => self.avx512::<4>(),
+            3 => self.avx512::<3>(),
+            2 => self.avx512::<2>(),
+            _ => self.avx512::<1>(),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn avx512<const H: usize>(&self, r0: usize) {
+    unsafe fn avx512<const H: usize>(&self) {
         use std::arch::x86_64::*;
-        let (k, n) = (self.w.kp, self.w.n);
-        let wp = self.w.data.as_ptr().add(self.panel * PANEL * k);
-        let a0 = self.a.as_ptr().add(r0 * k);
         let mut acc = [[_mm512_setzero_ps(); 4]; H];
-        for kk in 0..k / 2 {
-            let w = wp.add(kk * PANEL * 2);
+        for kk in 0..self.pairs {
+            let w = self.b.add(kk * self.ldb);
             let wv: [__m512bh; 4] = [
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w as *const _)),
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(32) as *const _)),
@@ -164,27 +200,26 @@ impl Tile<'_> {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(96) as *const _)),
             ];
             for (i, row) in acc.iter_mut().enumerate() {
-                let pair = (a0.add(i * k + kk * 2) as *const i32).read_unaligned();
+                let pair = (self.a.add(i * self.lda + kk * 2) as *const i32).read_unaligned();
                 let a = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
                 for j in 0..4 {
                     row[j] = _mm512_dpbf16_ps(row[j], a, wv[j]);
                 }
             }
         }
-        let c0 = self.panel * PANEL;
         for (i, row) in acc.iter().enumerate() {
-            let d = self.out.0.add((r0 + i) * n + c0);
+            let d = self.c.add(i * self.ldc);
             for (j, &v) in row.iter().enumerate() {
-                let live = n.saturating_sub(c0 + 16 * j).min(16);
+                let live = self.live.saturating_sub(16 * j).min(16);
                 if live == 0 {
                     break;
                 }
                 let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
                 let mut y = v;
                 if let Some(b) = self.bias {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0 + 16 * j)));
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.add(16 * j)));
                 }
-                if self.accumulate {
+                if self.add_dst {
                     y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, d.add(16 * j)));
                 }
                 _mm512_mask_storeu_ps(d.add(16 * j), mask, y);
@@ -193,8 +228,8 @@ impl Tile<'_> {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn avx512<const H: usize>(&self, r0: usize) {
-        self.portable(r0, H)
+    unsafe fn avx512<const H: usize>(&self) {
+        self.portable(H)
     }
 }
 

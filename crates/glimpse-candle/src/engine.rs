@@ -196,6 +196,8 @@ pub(crate) struct Block {
     pub(crate) act: Act,
     pub(crate) fc2: Dense,
     pub(crate) heads: usize,
+    /// Q·Kᵀ and P·V in bf16 (the reduced-precision modes, on CPUs with AVX-512 BF16).
+    pub(crate) bf16_attention: bool,
 }
 
 /// Raw pointer handed to parallel tasks that write disjoint parts of one buffer.
@@ -231,9 +233,26 @@ impl Block {
     /// `out` `[t, h]` (heads side by side, the layout the output projection reads).
     fn attention(&self, qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize) {
         let (heads, d) = (self.heads, h / self.heads);
-        let dst = Shared(out.as_mut_ptr());
-        let src = qkv.as_ptr() as usize;
-        (0..batch * heads).into_par_iter().for_each_init(
+        if d == f32mm::PANEL && self.bf16_attention {
+            attention_bf16_d64(qkv, out, batch, seq, h, heads);
+        } else if d == f32mm::PANEL && PackedWeight::available() {
+            attention_d64(qkv, out, batch, seq, h, heads);
+        } else {
+            attention_gemm(qkv, out, batch, seq, h, heads);
+        }
+    }
+}
+
+/// Attention for any head size, with gemm.
+fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
+    let d = h / heads;
+    assert!(qkv.len() >= batch * seq * 3 * h && out.len() >= batch * seq * h);
+    let dst = Shared(out.as_mut_ptr());
+    let src = qkv.as_ptr() as usize;
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each_init(
             || vec![0f32; seq * seq],
             |scores, task| {
                 let (b, hd) = (task / heads, task % heads);
@@ -269,7 +288,210 @@ impl Block {
                 }
             },
         );
-    }
+}
+
+/// [`Block::attention`] for 64-wide heads on AVX-512, with the f32 matmul's register tile: per
+/// (image, head), Kᵀ is packed into 64-column panels (zero-padded), Q·Kᵀ and P·V run as tiles of
+/// 6 rows × 64 columns; V is copied out contiguous (read in place at its row stride of 3h, its
+/// rows fall on few L1 sets and evict each other).
+fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
+    const D: usize = f32mm::PANEL;
+    let panels = seq.div_ceil(D);
+    let dst = Shared(out.as_mut_ptr());
+    let src = qkv.as_ptr() as usize;
+    let row = 3 * h;
+    assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each_init(
+            || {
+                (
+                    vec![0f32; seq * seq],
+                    vec![0f32; panels * D * D],
+                    vec![0f32; seq * D],
+                )
+            },
+            |(scores, kt, vp), task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = (src as *const f32).wrapping_add(b * seq * row + hd * D);
+                // SAFETY: every read stays inside this image's `seq` rows of qkv (row stride 3h, the
+                // head's 64 columns of Q, K or V); every write inside this image's rows of `out` (the
+                // head's 64 columns) or the task's own buffers; AVX-512 checked by the caller.
+                unsafe {
+                    for t in 0..seq {
+                        let vrow = std::slice::from_raw_parts(base.add(t * row + 2 * h), D);
+                        vp[t * D..(t + 1) * D].copy_from_slice(vrow);
+                        let krow = base.add(t * row + h);
+                        let (p, j) = (t / D, t % D);
+                        for kk in 0..D {
+                            kt[p * D * D + kk * D + j] = *krow.add(kk);
+                        }
+                    }
+                    for p in 0..panels {
+                        let live = (seq - p * D).min(D);
+                        let mut r = 0;
+                        while r < seq {
+                            let rows = (seq - r).min(f32mm::MR);
+                            f32mm::Tile {
+                                a: base.add(r * row),
+                                lda: row,
+                                b: kt.as_ptr().add(p * D * D),
+                                ldb: D,
+                                k: D,
+                                c: scores.as_mut_ptr().add(r * seq + p * D),
+                                ldc: seq,
+                                live,
+                                bias: None,
+                                add_dst: false,
+                            }
+                            .run_rows(rows);
+                            r += rows;
+                        }
+                    }
+                    kernels::softmax_rows(scores, seq);
+                    let o = dst.at(b * seq * h + hd * D);
+                    let mut r = 0;
+                    while r < seq {
+                        let rows = (seq - r).min(f32mm::MR);
+                        f32mm::Tile {
+                            a: scores.as_ptr().add(r * seq),
+                            lda: seq,
+                            b: vp.as_ptr(),
+                            ldb: D,
+                            k: seq,
+                            c: o.add(r * h),
+                            ldc: h,
+                            live: D,
+                            bias: None,
+                            add_dst: false,
+                        }
+                        .run_rows(rows);
+                        r += rows;
+                    }
+                }
+            },
+        );
+}
+
+/// [`attention_d64`] with bf16 products (f32 sums and softmax), for the reduced-precision modes:
+/// Q, Kᵀ, the probabilities and V are rounded to bf16 in the pair layout of [`bf16::Tile`].
+fn attention_bf16_d64(
+    qkv: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    seq: usize,
+    h: usize,
+    heads: usize,
+) {
+    const D: usize = f32mm::PANEL;
+    let panels = seq.div_ceil(D);
+    // Sequence length as a `k`: whole pairs, the odd one meets a zero.
+    let sp = seq.div_ceil(2) * 2;
+    let row = 3 * h;
+    assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
+    let dst = Shared(out.as_mut_ptr());
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each_init(
+            || Bf16Scratch {
+                q: vec![0u16; seq * D],
+                kt: vec![0u32; panels * D * D / 2],
+                scores: vec![0f32; seq * seq],
+                p: vec![0u16; seq * sp],
+                v: vec![0u32; sp / 2 * D],
+            },
+            |s, task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = b * seq * row + hd * D;
+                let zeros = [0f32; D];
+                let mut krow = [0u16; D];
+                for t in 0..seq {
+                    let r = &qkv[base + t * row..];
+                    bf16::round_row(&r[..D], &mut s.q[t * D..(t + 1) * D]);
+                    // Kᵀ: token t is column t % 64 of panel t / 64; one u32 holds the pair (kk, kk+1).
+                    bf16::round_row(&r[h..h + D], &mut krow);
+                    let (p, j) = (t / D, t % D);
+                    for kk2 in 0..D / 2 {
+                        s.kt[p * D * D / 2 + kk2 * D + j] =
+                            krow[2 * kk2] as u32 | (krow[2 * kk2 + 1] as u32) << 16;
+                    }
+                    // V: tokens t and t+1 pair up in every column.
+                    if t % 2 == 0 {
+                        let next = if t + 1 < seq {
+                            &qkv[base + (t + 1) * row + 2 * h..][..D]
+                        } else {
+                            &zeros[..]
+                        };
+                        bf16::interleave_pairs(
+                            &r[2 * h..2 * h + D],
+                            next,
+                            &mut s.v[(t / 2) * D..][..D],
+                        );
+                    }
+                }
+                // SAFETY: the tiles read the task's own buffers in bounds (Kᵀ panels are whole,
+                // zero-padded; P rows and V hold `sp` entries) and write `scores` or this image's rows
+                // of `out` in the head's 64 columns; AVX-512 BF16 checked when the block was built.
+                unsafe {
+                    for p in 0..panels {
+                        let mut r = 0;
+                        while r < seq {
+                            let rows = (seq - r).min(bf16::MR);
+                            bf16::Tile {
+                                a: s.q.as_ptr().add(r * D),
+                                lda: D,
+                                b: (s.kt.as_ptr() as *const u16).add(p * D * D),
+                                ldb: 2 * D,
+                                pairs: D / 2,
+                                c: s.scores.as_mut_ptr().add(r * seq + p * D),
+                                ldc: seq,
+                                live: (seq - p * D).min(D),
+                                bias: None,
+                                add_dst: false,
+                            }
+                            .run_rows(rows);
+                            r += rows;
+                        }
+                    }
+                    kernels::softmax_rows(&mut s.scores, seq);
+                    for (pr, sr) in s.p.chunks_exact_mut(sp).zip(s.scores.chunks_exact(seq)) {
+                        bf16::round_row(sr, &mut pr[..seq]);
+                    }
+                    let o = dst.at(b * seq * h + hd * D);
+                    let mut r = 0;
+                    while r < seq {
+                        let rows = (seq - r).min(bf16::MR);
+                        bf16::Tile {
+                            a: s.p.as_ptr().add(r * sp),
+                            lda: sp,
+                            b: s.v.as_ptr() as *const u16,
+                            ldb: 2 * D,
+                            pairs: sp / 2,
+                            c: o.add(r * h),
+                            ldc: h,
+                            live: D,
+                            bias: None,
+                            add_dst: false,
+                        }
+                        .run_rows(rows);
+                        r += rows;
+                    }
+                }
+            },
+        );
+}
+
+struct Bf16Scratch {
+    q: Vec<u16>,
+    /// Kᵀ panels, bf16 pairs as u32.
+    kt: Vec<u32>,
+    scores: Vec<f32>,
+    /// Probabilities, rows padded to an even length with zeros.
+    p: Vec<u16>,
+    /// V, bf16 pairs of tokens as u32.
+    v: Vec<u32>,
 }
 
 /// Work buffers reused across blocks.
@@ -416,6 +638,34 @@ mod tests {
                         g[r * n + c]
                     );
                 }
+            }
+        }
+    }
+
+    /// The AVX-512 attention (f32, and bf16 where the CPU has it) against the gemm one, with a
+    /// sequence over two key panels (the second partial) and an odd length (the bf16 pad).
+    #[test]
+    fn attention_paths_agree() {
+        let (batch, seq, heads) = (2, 77, 3);
+        let h = heads * f32mm::PANEL;
+        let qkv: Vec<f32> = (0..batch * seq * 3 * h)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
+            .collect();
+        let mut want = vec![f32::NAN; batch * seq * h];
+        attention_gemm(&qkv, &mut want, batch, seq, h, heads);
+        assert!(want.iter().all(|x| x.is_finite()));
+        if PackedWeight::available() {
+            let mut got = vec![f32::NAN; batch * seq * h];
+            attention_d64(&qkv, &mut got, batch, seq, h, heads);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "f32 attention {g} vs {w}");
+            }
+        }
+        if crate::bf16::has_bf16() {
+            let mut got = vec![f32::NAN; batch * seq * h];
+            attention_bf16_d64(&qkv, &mut got, batch, seq, h, heads);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 2e-2, "bf16 attention {g} vs {w}");
             }
         }
     }
