@@ -7,7 +7,8 @@ use rayon::prelude::*;
 
 const PANEL: usize = 64;
 pub(crate) const MR: usize = 6;
-const MB: usize = 96;
+/// Most rows per cache block (see [`crate::f32mm::row_blocks`]).
+const MB: usize = 128;
 
 /// Round to nearest even (finite inputs; weights and activations here are finite).
 #[inline(always)]
@@ -92,12 +93,13 @@ pub(crate) fn matmul(
     let out = Out(dst.as_mut_ptr());
     let panels = w.np / PANEL;
     let fast = has_bf16();
-    (0..m.div_ceil(MB) * panels)
+    let (blocks, mb) = crate::f32mm::row_blocks(m, MB);
+    (0..blocks * panels)
         .into_par_iter()
         .with_max_len(1)
         .for_each(|t| {
             let (b, p) = (t / panels, t % panels);
-            let rows = b * MB..((b + 1) * MB).min(m);
+            let rows = b * mb..((b + 1) * mb).min(m);
             let c0 = p * PANEL;
             let live = (w.n - c0).min(PANEL);
             let mut r = rows.start;

@@ -13,8 +13,9 @@ use rayon::prelude::*;
 pub(crate) const PANEL: usize = 64;
 /// Rows per register tile (6 rows × 4 registers = 24 accumulators of the 32).
 const MR: usize = 6;
-/// Rows per cache block: 96 rows of 3072 u8 plus one 3072-deep panel fit in a 1 MiB L2.
-const MB: usize = 96;
+/// Most rows per cache block: 128 rows of 3072 u8 plus one 3072-deep panel fit in a 1 MiB L2
+/// (see [`crate::f32mm::row_blocks`]).
+const MB: usize = 128;
 
 /// A `[k, n]` weight in VNNI panel order: for each 64-column panel, for each group of 4 `k`,
 /// 64 columns × 4 consecutive `k` bytes (one 256-byte stretch per step of the inner loop).
@@ -174,14 +175,14 @@ pub(crate) fn matmul(
     assert!(dst.len() >= m * w.n && x.kp == w.kp);
     let out = Out(dst.as_mut_ptr());
     let panels = w.np / PANEL;
-    let blocks = m.div_ceil(MB);
+    let (blocks, mb) = crate::f32mm::row_blocks(m, MB);
     let vnni = has_vnni();
     (0..blocks * panels)
         .into_par_iter()
         .with_max_len(1)
         .for_each(|t| {
             let (b, p) = (t / panels, t % panels);
-            let rows = b * MB..((b + 1) * MB).min(m);
+            let rows = b * mb..((b + 1) * mb).min(m);
             let ctx = Tile {
                 x,
                 w,
