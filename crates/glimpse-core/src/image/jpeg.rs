@@ -1,5 +1,7 @@
 //! JPEG pixels through libjpeg-turbo's decoder (vendored in the `mozjpeg` crate, built with the C
-//! compiler only: no cmake, no nasm), because that is the decoder PIL uses: with the same accurate
+//! compiler, plus its SIMD code when `nasm` is on the build machine: libjpeg-turbo's SIMD paths give
+//! the C paths' bytes, and `tests/preprocess_parity.rs` holds both to PIL's output), because that is
+//! the decoder PIL uses: with the same accurate
 //! integer IDCT and "fancy" chroma upsampling the RGB8 output is bit-identical to PIL's, where the
 //! `image` crate's zune-jpeg differs by up to 5 per sample on 10–16% of samples of ordinary photos.
 //! The `image` crate still reads the header (dimensions, EXIF orientation) before we get here.
