@@ -47,6 +47,10 @@ pub struct BatchOptions {
     pub window: Duration,
     /// Jobs that may wait in the queue; one more is [`BatchError::Overloaded`].
     pub queue_capacity: usize,
+    /// Wait (up to `window`) only while some job is announced ([`Batcher::announce`]) and not
+    /// yet queued: a lone call then runs at once instead of paying the window, and a burst waits
+    /// for the calls still being decoded for it. Off: always wait the window.
+    pub wait_for_announced: bool,
 }
 
 impl Default for BatchOptions {
@@ -55,6 +59,7 @@ impl Default for BatchOptions {
             max_batch: 8,
             window: Duration::from_millis(2),
             queue_capacity: 64,
+            wait_for_announced: false,
         }
     }
 }
@@ -110,6 +115,8 @@ type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 
 struct Shared {
     depth: AtomicUsize,
+    /// Announced jobs not yet queued.
+    incoming: AtomicUsize,
     stats: Mutex<BatchStats>,
     on_batch: Mutex<Option<Hook>>,
 }
@@ -150,6 +157,7 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
         let (tx, rx) = mpsc::sync_channel::<(R, Reply<S>)>(options.queue_capacity);
         let shared = Arc::new(Shared {
             depth: AtomicUsize::new(0),
+            incoming: AtomicUsize::new(0),
             stats: Mutex::new(BatchStats::default()),
             on_batch: Mutex::new(None),
         });
@@ -179,6 +187,15 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
                 self.shared.depth.fetch_sub(1, Ordering::SeqCst);
                 reply(Err(BatchError::Closed));
             }
+        }
+    }
+
+    /// Say a job is on its way (its image is being decoded). Drop the guard once the job is
+    /// submitted (or abandoned); see [`BatchOptions::wait_for_announced`].
+    pub fn announce(&self) -> Incoming {
+        self.shared.incoming.fetch_add(1, Ordering::SeqCst);
+        Incoming {
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -214,6 +231,20 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
     }
 }
 
+/// An announced job: counted as on its way to the batcher until dropped.
+pub struct Incoming {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.shared.incoming.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How often a worker waiting for announced jobs re-checks that some are still on their way.
+const ANNOUNCE_POLL: Duration = Duration::from_micros(500);
+
 fn worker<R, S, F>(
     rx: mpsc::Receiver<(R, Reply<S>)>,
     shared: Arc<Shared>,
@@ -228,10 +259,26 @@ fn worker<R, S, F>(
         let mut batch = vec![first];
         let deadline = Instant::now() + options.window;
         while batch.len() < options.max_batch {
+            if let Ok(job) = rx.try_recv() {
+                batch.push(job);
+                continue;
+            }
+            if options.wait_for_announced && shared.incoming.load(Ordering::SeqCst) == 0 {
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            if left.is_zero() {
+                break;
+            }
+            let slice = if options.wait_for_announced {
+                left.min(ANNOUNCE_POLL)
+            } else {
+                left
+            };
+            match rx.recv_timeout(slice) {
                 Ok(job) => batch.push(job),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         shared.depth.fetch_sub(batch.len(), Ordering::SeqCst);

@@ -19,6 +19,7 @@ fn opts(max_batch: usize, window_ms: u64, queue: usize) -> BatchOptions {
         max_batch,
         window: Duration::from_millis(window_ms),
         queue_capacity: queue,
+        wait_for_announced: false,
     }
 }
 
@@ -64,6 +65,61 @@ fn concurrent_jobs_share_forward_passes_and_keep_their_answers() {
     assert_eq!(s.batches, n);
     assert!(s.max_batch_seen > 1, "{s:?}");
     assert_eq!(b.queue_depth(), 0);
+}
+
+/// With `wait_for_announced`, a lone job does not sit out the window; a job announced while the
+/// first is queued is waited for and shares its pass.
+#[test]
+fn the_window_waits_only_for_announced_jobs() {
+    let long = BatchOptions {
+        wait_for_announced: true,
+        ..opts(8, 20_000, 64)
+    };
+    let b = Arc::new(
+        Batcher::new("announced", long, |xs: &[i64]| {
+            Ok(xs.iter().map(|x| Ok(x + 1)).collect())
+        })
+        .unwrap(),
+    );
+    // Nothing announced: answered long before the 20 s window would end.
+    let (tx, rx) = mpsc::channel();
+    b.submit(1, move |r| {
+        let _ = tx.send(r);
+    });
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), 2);
+    assert_eq!(b.stats().batches, 1);
+
+    // One job queued while a second is announced: the worker holds the first for the second.
+    let incoming = b.announce();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    b.submit(10, move |r| {
+        let _ = tx.send(r);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "the first job ran without waiting");
+    b.submit(20, move |r| {
+        let _ = tx2.send(r);
+    });
+    drop(incoming);
+    let mut got = vec![
+        rx.recv_timeout(WAIT).unwrap().unwrap(),
+        rx.recv_timeout(WAIT).unwrap().unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, vec![11, 21]);
+    let s = b.stats();
+    assert_eq!((s.batches, s.jobs, s.max_batch_seen), (2, 3, 2), "{s:?}");
+
+    // An announced job that never comes (its decode failed) stops the wait when dropped.
+    let incoming = b.announce();
+    let (tx, rx) = mpsc::channel();
+    b.submit(5, move |r| {
+        let _ = tx.send(r);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(incoming);
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), 6);
 }
 
 #[test]
