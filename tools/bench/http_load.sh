@@ -5,11 +5,13 @@
 #
 #   tools/bench/http_load.sh CLIP_DIR [SECONDS] [CLIENTS]
 #
-# CLIP_DIR: a Hugging Face CLIP folder (random real-size weights are fine, see docs/BENCHMARKS.md).
+# CLIP_DIR: a Hugging Face CLIP folder (random real-size weights are fine:
+# tools/bench/make_random_clip.py writes one).
 # Env: GLIMPSE (glimpse binary, default target/release/glimpse), HTTP_BENCH (the example binary),
 # IMAGE (default tests/fixtures/images/coffee.jpg), PORT (default 18080), METRICS_OUT (a file for
 # the server's /metrics after the runs), and any GLIMPSE_* setting
-# for the server (GLIMPSE_BATCH_SIZE, GLIMPSE_BATCH_WINDOW_MS, ...).
+# for the server (GLIMPSE_BATCH_SIZE, GLIMPSE_BATCH_WINDOW_MS, GLIMPSE_PRECISION — the bench
+# rows use the same precision, ...).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIP_DIR=${1:?usage: http_load.sh CLIP_DIR [SECONDS] [CLIENTS]}
@@ -38,8 +40,9 @@ done
 
 echo "# load: $(uptime)"
 echo "# glimpse bench, batch 1 and batch $CLIENTS"
-"$GLIMPSE" bench --arch clip-b32 --batch 1 | tail -n 1
-"$GLIMPSE" bench --arch clip-b32 --batch "$CLIENTS" | tail -n 1
+PRECISION=${GLIMPSE_PRECISION:-fp32}
+"$GLIMPSE" bench --arch clip-b32 --precision "$PRECISION" --batch 1 | tail -n 1
+"$GLIMPSE" bench --arch clip-b32 --precision "$PRECISION" --batch "$CLIENTS" | tail -n 1
 echo "# HTTP, 1 client sequential (labels cached after the warm-up)"
 "$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients 1 --seconds "$SECS"
 echo "# HTTP, $CLIENTS concurrent clients"

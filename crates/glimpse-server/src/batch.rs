@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glimpse_core::batcher::{
-    clip_batcher, vit_batcher, BatchError, BatchOptions, Batcher, ClipBatcher, PassGate, VitBatcher,
+    clip_batcher, vit_batcher, BatchError, BatchOptions, Batcher, ClipBatcher, Incoming, PassGate,
+    VitBatcher,
 };
 
 use crate::config::ServerConfig;
@@ -25,6 +26,8 @@ impl Batchers {
             // `max_in_flight` already sheds the excess; the queue bound is the last guard when
             // several models share it.
             queue_capacity: config.max_in_flight,
+            // Calls announce themselves before decoding: a lone call never waits the window.
+            wait_for_announced: true,
         };
         // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
         let gate = Some(Arc::new(PassGate::new(config.inference_workers)));
@@ -74,14 +77,17 @@ impl Batchers {
     }
 }
 
-/// Queue `job` and wait for its answer without holding a runtime thread.
+/// Queue `job` and wait for its answer without holding a runtime thread. `incoming` (the call's
+/// announcement, see [`Batcher::announce`]) is dropped once the job is queued.
 pub async fn submit<R: Send + 'static, S: Send + 'static>(
     batcher: &Batcher<R, S>,
     job: R,
+    incoming: Incoming,
 ) -> Result<S, BatchError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     batcher.submit(job, move |r| {
         let _ = tx.send(r);
     });
+    drop(incoming);
     rx.await.unwrap_or(Err(BatchError::Closed))
 }

@@ -81,6 +81,11 @@ pub async fn serve_state(
 pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
     let hub = HubOptions::from_env(config.model_cache.clone());
     let templates = config.prompt_templates.clone();
+    let opts = LoadOptions {
+        precision: config.precision.parse()?,
+        threads: None,
+    };
+    let precision = opts.precision;
     let mut clip: Vec<(String, Arc<dyn ZeroShotModel>)> = Vec::new();
     for spec in config.clip_specs() {
         let id = unique_id(
@@ -88,16 +93,16 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
             clip.iter().map(|(i, _)| i.as_str()),
             "GLIMPSE_CLIP_MODELS",
         )?;
-        let (hub, templates) = (hub.clone(), templates.clone());
+        let (hub, templates, opts) = (hub.clone(), templates.clone(), opts.clone());
         let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = resolve(&spec, &hub, "GLIMPSE_CLIP_MODEL")?;
-            let m = load_clip(&dir, &LoadOptions::default())
+            let m = load_clip(&dir, &opts)
                 .map_err(|e| anyhow!("cannot load CLIP model '{spec}': {e}"))?;
             warm_clip(&m, &templates).with_context(|| format!("warm-up of '{spec}' failed"))?;
             Ok(m)
         })
         .await??;
-        tracing::info!(model = %id, "CLIP model ready");
+        tracing::info!(model = %id, precision = precision.as_str(), "CLIP model ready");
         clip.push((id, Arc::new(model)));
     }
     let mut vit: Vec<(String, Arc<dyn ImageClassifier>)> = Vec::new();
@@ -107,16 +112,16 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
             vit.iter().map(|(i, _)| i.as_str()),
             "GLIMPSE_VIT_MODELS",
         )?;
-        let hub = hub.clone();
+        let (hub, opts) = (hub.clone(), opts.clone());
         let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = resolve(&spec, &hub, "GLIMPSE_VIT_MODEL")?;
-            let m = load_vit(&dir, &LoadOptions::default())
+            let m = load_vit(&dir, &opts)
                 .map_err(|e| anyhow!("cannot load ViT model '{spec}': {e}"))?;
             warm_vit(&m).with_context(|| format!("warm-up of '{spec}' failed"))?;
             Ok(m)
         })
         .await??;
-        tracing::info!(model = %id, "ViT model ready");
+        tracing::info!(model = %id, precision = precision.as_str(), "ViT model ready");
         vit.push((id, Arc::new(model)));
     }
     Ok(Models::new(clip, vit))

@@ -190,3 +190,58 @@ async fn batch_size_one_still_answers_every_call() {
     let s = state.batchers.clip[0].stats();
     assert_eq!((s.batches, s.jobs, s.max_batch_seen), (4, 4, 1));
 }
+
+/// `GLIMPSE_PRECISION` reaches the models: bf16 and int8 servers answer like the fp32 one (same
+/// labels, scores within 0.05 on the tiny fixtures) but not bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reduced_precision_servers_answer_close_to_fp32() {
+    let mut answers = Vec::new();
+    for precision in ["fp32", "bf16", "int8"] {
+        let (state, _dir) = load_test_state(|c| c.precision = precision.into()).await;
+        let key = state.store.create_key("p", 100).await.unwrap();
+        let (base, stop) = serve_test_state(state).await;
+        let http = http_client();
+        // (endpoint, image) → labels and scores, in the answer's order.
+        let mut calls = Vec::new();
+        for ep in ["clip", "vit"] {
+            for im in ["motorcycle.jpg", "coffee.jpg"] {
+                let v = call(&http, &base, &key.key, ep, im).await;
+                let field = if ep == "clip" {
+                    "predictions"
+                } else {
+                    "imagenet"
+                };
+                let preds: Vec<(String, f64)> = v[field]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p["label"].to_string(), p["score"].as_f64().unwrap()))
+                    .collect();
+                calls.push((format!("{ep} {im}"), preds));
+            }
+        }
+        let _ = stop.send(());
+        answers.push(calls);
+    }
+    for (name, got) in [("bf16", &answers[1]), ("int8", &answers[2])] {
+        let mut max_diff = 0f64;
+        for ((what, g), (_, w)) in got.iter().zip(&answers[0]) {
+            assert_eq!(g.len(), w.len(), "{name} {what}");
+            // The tiny random ViT has near-ties, so labels are matched by name, not position.
+            let mut matched = 0;
+            for a in g {
+                if let Some(b) = w.iter().find(|b| b.0 == a.0) {
+                    max_diff = max_diff.max((a.1 - b.1).abs());
+                    matched += 1;
+                }
+            }
+            assert!(matched * 2 > g.len(), "{name} {what}: {g:?} vs {w:?}");
+        }
+        eprintln!("{name}: largest score difference to fp32 {max_diff}");
+        assert!(max_diff <= 0.05, "{name}: scores differ by {max_diff}");
+        assert!(
+            max_diff > 0.0,
+            "{name}: answers identical to fp32, precision not applied"
+        );
+    }
+}

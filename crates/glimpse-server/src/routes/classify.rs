@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::batcher::{BatchError, ClipJob, VitJob};
+use glimpse_core::batcher::{BatchError, ClipJob, Incoming, VitJob};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
@@ -325,6 +325,11 @@ async fn run(
         }
     };
     let _queued = state.metrics.queued(&model_id);
+    // From here the model's batcher counts this call as on its way (see `wait_for_announced`).
+    let incoming = match plan.model {
+        ModelRef::Clip(i) => state.batchers.clip[i].announce(),
+        ModelRef::Vit(i) => state.batchers.vit[i].announce(),
+    };
     let pixels = timed(
         &state.metrics,
         Stage::Decode,
@@ -345,7 +350,7 @@ async fn run(
             other => ApiError::from(other),
         })?;
     state.metrics.credits_debited(cost);
-    let answer = infer(state, &plan.model, pixels, plan.labels).await;
+    let answer = infer(state, &plan.model, pixels, plan.labels, incoming).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match answer.and_then(|mut r| {
         r.timing_ms = (ms * 10.0).round() / 10.0;
@@ -419,6 +424,7 @@ async fn infer(
     model: &ModelRef,
     pixels: PixelBatch,
     labels: Vec<String>,
+    incoming: Incoming,
 ) -> Result<ClassificationResponse, ApiError> {
     let (height, width) = (pixels.height, pixels.width);
     let pixels = pixels.data;
@@ -431,7 +437,7 @@ async fn infer(
                     width,
                     labels,
                 };
-                submit(&state.batchers.clip[*i], job).await
+                submit(&state.batchers.clip[*i], job, incoming).await
             }
             ModelRef::Vit(i) => {
                 let job = VitJob {
@@ -439,7 +445,7 @@ async fn infer(
                     height,
                     width,
                 };
-                submit(&state.batchers.vit[*i], job).await
+                submit(&state.batchers.vit[*i], job, incoming).await
             }
         }
     })
