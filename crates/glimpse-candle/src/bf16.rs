@@ -28,7 +28,7 @@ pub(crate) struct Bf16Weight {
     n: usize,
     kp: usize,
     np: usize,
-    data: Vec<u16>,
+    data: crate::aligned::Aligned<u16>,
 }
 
 impl Bf16Weight {
@@ -36,7 +36,7 @@ impl Bf16Weight {
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
         let (kp, np) = (k.div_ceil(2) * 2, n.div_ceil(PANEL) * PANEL);
-        let mut data = vec![0u16; np * kp];
+        let mut data = crate::aligned::Aligned::zeroed(np * kp);
         for c in 0..n {
             let (p, j) = (c / PANEL, c % PANEL);
             for kk in 0..k {

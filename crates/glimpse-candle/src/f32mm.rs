@@ -28,7 +28,7 @@ pub(crate) struct PackedWeight {
     n: usize,
     k: usize,
     np: usize,
-    data: Vec<f32>,
+    data: crate::aligned::Aligned<f32>,
 }
 
 impl PackedWeight {
@@ -40,7 +40,7 @@ impl PackedWeight {
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
         let np = n.div_ceil(PANEL) * PANEL;
-        let mut data = vec![0f32; np * k];
+        let mut data = crate::aligned::Aligned::zeroed(np * k);
         for c in 0..n {
             let (p, j) = (c / PANEL, c % PANEL);
             for kk in 0..k {

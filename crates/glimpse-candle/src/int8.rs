@@ -26,7 +26,7 @@ pub(crate) struct QuantWeight {
     /// Padded sizes.
     kp: usize,
     np: usize,
-    data: Vec<i8>,
+    data: crate::aligned::Aligned<i8>,
     scale: Vec<f32>,
     col_sum: Vec<i32>,
 }
@@ -36,7 +36,7 @@ impl QuantWeight {
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
         let (kp, np) = (k.div_ceil(4) * 4, n.div_ceil(PANEL) * PANEL);
-        let mut data = vec![0i8; np * kp];
+        let mut data = crate::aligned::Aligned::zeroed(np * kp);
         let mut scale = vec![1f32; np];
         let mut col_sum = vec![0i32; np];
         for c in 0..n {

@@ -9,6 +9,7 @@
 //! `model.safetensors` / `pytorch_model.bin`, [`layers`] is the pre-LN transformer block both
 //! models share, [`clip`] and [`vit`] are the models, [`tokenizer`] the CLIP tokenizer.
 
+mod aligned;
 mod bf16;
 pub mod clip;
 pub mod config;
