@@ -39,7 +39,10 @@ impl Runtime {
     pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         match &self.pool {
             Some(p) => p.install(f),
-            None => f(),
+            // The global pool's `install`: from a thread outside the pool, every parallel loop of
+            // the pass would be a cross-thread hand-off and wait of its own (a few hundred per
+            // pass); run inside a worker, they are cheap joins. Inside a worker this runs inline.
+            None => rayon::join(f, || ()).0,
         }
     }
 }
