@@ -102,9 +102,7 @@ pub(crate) fn matmul(
             let rows = b * mb..((b + 1) * mb).min(m);
             let c0 = p * PANEL;
             let live = (w.n - c0).min(PANEL);
-            let mut r = rows.start;
-            while r < rows.end {
-                let h = (rows.end - r).min(MR);
+            for (r, h) in crate::f32mm::row_tiles(rows, MR) {
                 let t = Tile {
                     a: a[r * kp..].as_ptr(),
                     lda: kp,
@@ -125,7 +123,6 @@ pub(crate) fn matmul(
                         t.portable(h);
                     }
                 }
-                r += h;
             }
         });
 }
@@ -209,24 +206,7 @@ impl Tile {
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate() {
-            let d = self.c.add(i * self.ldc);
-            for (j, &v) in row.iter().enumerate() {
-                let live = self.live.saturating_sub(16 * j).min(16);
-                if live == 0 {
-                    break;
-                }
-                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
-                let mut y = v;
-                if let Some(b) = self.bias {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.add(16 * j)));
-                }
-                if self.add_dst {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, d.add(16 * j)));
-                }
-                _mm512_mask_storeu_ps(d.add(16 * j), mask, y);
-            }
-        }
+        crate::f32mm::store_rows(&acc, self.c, self.ldc, self.live, self.bias, self.add_dst);
     }
 
     #[cfg(not(target_arch = "x86_64"))]

@@ -330,9 +330,7 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
                     }
                     for p in 0..panels {
                         let live = (seq - p * D).min(D);
-                        let mut r = 0;
-                        while r < seq {
-                            let rows = (seq - r).min(f32mm::MR);
+                        for (r, rows) in f32mm::row_tiles(0..seq, f32mm::MR) {
                             f32mm::Tile {
                                 a: base.add(r * row),
                                 lda: row,
@@ -346,14 +344,11 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
                                 add_dst: false,
                             }
                             .run_rows(rows);
-                            r += rows;
                         }
                     }
                     kernels::softmax_rows(scores, seq);
                     let o = dst.at(b * seq * h + hd * D);
-                    let mut r = 0;
-                    while r < seq {
-                        let rows = (seq - r).min(f32mm::MR);
+                    for (r, rows) in f32mm::row_tiles(0..seq, f32mm::MR) {
                         f32mm::Tile {
                             a: scores.as_ptr().add(r * seq),
                             lda: seq,
@@ -367,7 +362,6 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
                             add_dst: false,
                         }
                         .run_rows(rows);
-                        r += rows;
                     }
                 }
             },
@@ -436,9 +430,7 @@ fn attention_bf16_d64(
                 // of `out` in the head's 64 columns; AVX-512 BF16 checked when the block was built.
                 unsafe {
                     for p in 0..panels {
-                        let mut r = 0;
-                        while r < seq {
-                            let rows = (seq - r).min(bf16::MR);
+                        for (r, rows) in f32mm::row_tiles(0..seq, bf16::MR) {
                             bf16::Tile {
                                 a: s.q.as_ptr().add(r * D),
                                 lda: D,
@@ -452,7 +444,6 @@ fn attention_bf16_d64(
                                 add_dst: false,
                             }
                             .run_rows(rows);
-                            r += rows;
                         }
                     }
                     kernels::softmax_rows(&mut s.scores, seq);
@@ -460,9 +451,7 @@ fn attention_bf16_d64(
                         bf16::round_row(sr, &mut pr[..seq]);
                     }
                     let o = dst.at(b * seq * h + hd * D);
-                    let mut r = 0;
-                    while r < seq {
-                        let rows = (seq - r).min(bf16::MR);
+                    for (r, rows) in f32mm::row_tiles(0..seq, bf16::MR) {
                         bf16::Tile {
                             a: s.p.as_ptr().add(r * sp),
                             lda: sp,
@@ -476,7 +465,6 @@ fn attention_bf16_d64(
                             add_dst: false,
                         }
                         .run_rows(rows);
-                        r += rows;
                     }
                 }
             },

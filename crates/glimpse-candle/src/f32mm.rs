@@ -13,6 +13,15 @@ pub(crate) const MR: usize = 6;
 /// batch 1: 197 rows as 96 + 96 + 5 was ~8 % slower than one block).
 const MB: usize = 252;
 
+/// `(first row, rows)` of each register tile of at most `mr` rows covering `rows`.
+pub(crate) fn row_tiles(
+    rows: std::ops::Range<usize>,
+    mr: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let end = rows.end;
+    rows.step_by(mr).map(move |r| (r, (end - r).min(mr)))
+}
+
 /// `(blocks, rows per block)` for `m` rows and blocks of at most `max` rows.
 pub(crate) fn row_blocks(m: usize, max: usize) -> (usize, usize) {
     let blocks = m.div_ceil(max).max(1);
@@ -97,9 +106,7 @@ pub(crate) fn matmul(
                     None
                 };
                 let add_dst = accumulate || k0 > 0;
-                let mut r = rows.start;
-                while r < rows.end {
-                    let h = (rows.end - r).min(MR);
+                for (r, h) in row_tiles(rows.clone(), MR) {
                     // SAFETY: rows, panel and k range in bounds; AVX-512 checked above.
                     unsafe {
                         let a = x.as_ptr().add(r * w.k + k0);
@@ -119,7 +126,6 @@ pub(crate) fn matmul(
                         };
                         t.run_rows(h);
                     }
-                    r += h;
                 }
                 k0 = k1;
             }
@@ -184,29 +190,49 @@ impl Tile {
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate() {
-            let d = self.c.add(i * self.ldc);
-            for (j, &v) in row.iter().enumerate() {
-                let live = self.live.saturating_sub(16 * j).min(16);
-                if live == 0 {
-                    break;
-                }
-                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
-                let mut y = v;
-                if let Some(b) = self.bias {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.add(16 * j)));
-                }
-                if self.add_dst {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, d.add(16 * j)));
-                }
-                _mm512_mask_storeu_ps(d.add(16 * j), mask, y);
-            }
-        }
+        store_rows(&acc, self.c, self.ldc, self.live, self.bias, self.add_dst);
     }
 
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn run<const H: usize, const V: usize>(&self) {
         unreachable!("PackedWeight::available() is false off x86-64")
+    }
+}
+
+/// The epilogue of the f32 and bf16 tiles: row `i` of `acc` plus `bias` (plus `c` itself when
+/// `add_dst`) into `c[i·ldc ..]`, the first `live` columns only.
+///
+/// # Safety
+/// AVX-512 present; `acc.len()` rows of `c` (and `live` entries of `bias`) in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn store_rows<const V: usize>(
+    acc: &[[std::arch::x86_64::__m512; V]],
+    c: *mut f32,
+    ldc: usize,
+    live: usize,
+    bias: Option<*const f32>,
+    add_dst: bool,
+) {
+    use std::arch::x86_64::*;
+    for (i, row) in acc.iter().enumerate() {
+        let d = c.add(i * ldc);
+        for (j, &v) in row.iter().enumerate() {
+            let live = live.saturating_sub(16 * j).min(16);
+            if live == 0 {
+                break;
+            }
+            let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+            let mut y = v;
+            if let Some(b) = bias {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.add(16 * j)));
+            }
+            if add_dst {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, d.add(16 * j)));
+            }
+            _mm512_mask_storeu_ps(d.add(16 * j), mask, y);
+        }
     }
 }
 

@@ -191,9 +191,7 @@ pub(crate) fn matmul(
                 accumulate,
                 panel: p,
             };
-            let mut r = rows.start;
-            while r < rows.end {
-                let h = (rows.end - r).min(MR);
+            for (r, h) in crate::f32mm::row_tiles(rows, MR) {
                 // SAFETY: `r..r + h` and panel `p` are in range; VNNI only when detected.
                 unsafe {
                     match (vnni, h) {
@@ -206,7 +204,6 @@ pub(crate) fn matmul(
                         (false, _) => ctx.portable(r, h),
                     }
                 }
-                r += h;
             }
         });
 }
