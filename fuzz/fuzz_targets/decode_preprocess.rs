@@ -3,7 +3,7 @@
 #![no_main]
 
 use glimpse_core::image::{decode, DecodeLimits};
-use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget, CLIP_MEAN, CLIP_STD};
+use glimpse_core::preprocess::PreprocessConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,18 +17,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(img.width() as u64 * img.height() as u64 <= limits.max_pixels);
-    let cfg = PreprocessConfig {
-        do_resize: true,
-        size: ResizeTarget::ShortestEdge(224),
-        resample: 3,
-        do_center_crop: true,
-        crop_size: (224, 224),
-        do_rescale: true,
-        rescale_factor: 1.0 / 255.0,
-        do_normalize: true,
-        image_mean: CLIP_MEAN,
-        image_std: CLIP_STD,
-    };
+    let cfg = PreprocessConfig::clip(224);
     let px = cfg.preprocess(&img);
     assert_eq!(px.len(), 3 * 224 * 224);
     assert!(px.iter().all(|v| v.is_finite()));

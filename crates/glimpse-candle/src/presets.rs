@@ -2,8 +2,7 @@
 //! openai/clip-vit-base-patch32, openai/clip-vit-base-patch16 and google/vit-base-patch16-224.
 
 use glimpse_core::preprocess::{
-    PreprocessConfig, ResizeTarget, CLIP_MEAN, CLIP_STD, IMAGENET_STANDARD_MEAN,
-    IMAGENET_STANDARD_STD,
+    PreprocessConfig, ResizeTarget, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
 };
 use glimpse_core::CoreError;
 
@@ -67,18 +66,7 @@ impl ClipPreset {
     /// `preprocessor_config.json` of the openai checkpoints: shortest edge 224 (bicubic), centre
     /// crop 224, OpenAI's mean/std.
     pub fn preprocess(self) -> PreprocessConfig {
-        PreprocessConfig {
-            do_resize: true,
-            size: ResizeTarget::ShortestEdge(224),
-            resample: 3,
-            do_center_crop: true,
-            crop_size: (224, 224),
-            do_rescale: true,
-            rescale_factor: 1.0 / 255.0,
-            do_normalize: true,
-            image_mean: CLIP_MEAN,
-            image_std: CLIP_STD,
-        }
+        PreprocessConfig::clip(224)
     }
 }
 

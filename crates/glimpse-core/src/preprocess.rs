@@ -248,6 +248,24 @@ impl PreprocessConfig {
         })
     }
 
+    /// The openai CLIP checkpoints' processor at `side` pixels: shortest edge `side` (bicubic),
+    /// centre crop `side`², rescale 1/255, OpenAI's mean/std — what `from_json_str` gives a
+    /// `CLIPImageProcessor` config that names only its sizes.
+    pub fn clip(side: u32) -> Self {
+        PreprocessConfig {
+            do_resize: true,
+            size: ResizeTarget::ShortestEdge(side),
+            resample: 3,
+            do_center_crop: true,
+            crop_size: (side, side),
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
+        }
+    }
+
     /// Read and parse a `preprocessor_config.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path)

@@ -339,7 +339,7 @@ async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
 #[test]
 fn fuzz_seed_corpora_hold_the_targets_invariants() {
     use glimpse_core::image::{decode, DecodeLimits};
-    use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget, CLIP_MEAN, CLIP_STD};
+    use glimpse_core::preprocess::PreprocessConfig;
     use glimpse_server::fetch::{check_url, forbidden_reason, AddressPolicy};
 
     let corpus = |t: &str| {
@@ -365,18 +365,7 @@ fn fuzz_seed_corpora_hold_the_targets_invariants() {
         max_pixels: 4_000_000,
         max_side: 4_096,
     };
-    let cfg = PreprocessConfig {
-        do_resize: true,
-        size: ResizeTarget::ShortestEdge(224),
-        resample: 3,
-        do_center_crop: true,
-        crop_size: (224, 224),
-        do_rescale: true,
-        rescale_factor: 1.0 / 255.0,
-        do_normalize: true,
-        image_mean: CLIP_MEAN,
-        image_std: CLIP_STD,
-    };
+    let cfg = PreprocessConfig::clip(224);
     let mut decoded = 0;
     for (name, bytes) in corpus("decode_preprocess") {
         if let Ok(img) = decode(&bytes, &limits) {

@@ -36,6 +36,8 @@ fn clip_new_and_old_styles_agree() {
     assert_eq!(new.resample, 3);
     assert!(new.do_center_crop);
     assert_eq!(new.output_size(), (224, 224));
+    // The real openai processor configs are what the `clip` constructor builds.
+    assert_eq!(new, PreprocessConfig::clip(224));
 }
 
 #[test]
