@@ -65,17 +65,6 @@ crate::kernels::multiversion! {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-impl Out {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: each task writes its own rows × panel block.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
 /// `dst[m×n] (+)= x·W + bias`.
 pub(crate) fn matmul(
     x: &[f32],
@@ -90,7 +79,7 @@ pub(crate) fn matmul(
     a.par_chunks_mut(kp)
         .zip(x.par_chunks(k))
         .for_each(|(q, x)| round_row(x, &mut q[..k]));
-    let out = Out(dst.as_mut_ptr());
+    let out = crate::kernels::SharedOut::new(dst);
     let panels = w.np / PANEL;
     let fast = has_bf16();
     let (blocks, mb) = crate::f32mm::row_blocks(m, MB);
@@ -109,7 +98,7 @@ pub(crate) fn matmul(
                     b: w.data[p * PANEL * kp..].as_ptr(),
                     ldb: PANEL * 2,
                     pairs: kp / 2,
-                    c: out.ptr().wrapping_add(r * w.n + c0),
+                    c: out.at(r * w.n + c0),
                     ldc: w.n,
                     live,
                     bias: bias.map(|b| b[c0..].as_ptr()),

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::bf16::{self, Bf16Weight};
 use crate::f32mm::{self, PackedWeight};
 use crate::int8::{self, QuantWeight};
-use crate::kernels::{self, Act, Mat};
+use crate::kernels::{self, Act, Mat, SharedOut};
 use crate::Precision;
 
 fn vec1(t: &Tensor) -> Result<Vec<f32>> {
@@ -200,20 +200,6 @@ pub(crate) struct Block {
     pub(crate) bf16_attention: bool,
 }
 
-/// Raw pointer handed to parallel tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: each task writes only its own (image, head) columns.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// A method (not a field access), so closures capture the `Send` wrapper, not the pointer.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 impl Block {
     /// `xs`: `[batch·seq, h]`, updated in place.
     fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch) {
@@ -247,7 +233,7 @@ impl Block {
 fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
     let d = h / heads;
     assert!(qkv.len() >= batch * seq * 3 * h && out.len() >= batch * seq * h);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SharedOut::new(out);
     let src = qkv.as_ptr() as usize;
     (0..batch * heads)
         .into_par_iter()
@@ -297,7 +283,7 @@ fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usi
 fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
     const D: usize = f32mm::PANEL;
     let panels = seq.div_ceil(D);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SharedOut::new(out);
     let src = qkv.as_ptr() as usize;
     let row = 3 * h;
     assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
@@ -384,7 +370,7 @@ fn attention_bf16_d64(
     let sp = seq.div_ceil(2) * 2;
     let row = 3 * h;
     assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SharedOut::new(out);
     (0..batch * heads)
         .into_par_iter()
         .with_max_len(1)

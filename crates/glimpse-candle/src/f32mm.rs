@@ -60,17 +60,6 @@ impl PackedWeight {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-impl Out {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: each task writes its own rows × panel block.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
 /// `dst[m×n] (+)= x·W + bias`. Only call when [`PackedWeight::available`].
 pub(crate) fn matmul(
     x: &[f32],
@@ -82,7 +71,7 @@ pub(crate) fn matmul(
     assert!(PackedWeight::available());
     let m = x.len() / w.k;
     assert!(dst.len() >= m * w.n && x.len() == m * w.k);
-    let out = Out(dst.as_mut_ptr());
+    let out = crate::kernels::SharedOut::new(dst);
     let panels = w.np / PANEL;
     // One task per (row block, panel): rayon's default splitting leaves a thread with a run of
     // tasks it cannot hand off, and the other idle at the end of every matmul (16 % of the
@@ -111,7 +100,7 @@ pub(crate) fn matmul(
                     unsafe {
                         let a = x.as_ptr().add(r * w.k + k0);
                         let b = w.data.as_ptr().add(p * PANEL * w.k + k0 * PANEL);
-                        let c = out.ptr().add(r * w.n + c0);
+                        let c = out.at(r * w.n + c0);
                         let t = Tile {
                             a,
                             lda: w.k,

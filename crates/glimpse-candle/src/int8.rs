@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::SharedOut;
+
 /// Columns per panel: four 16-lane registers.
 pub(crate) const PANEL: usize = 64;
 /// Rows per register tile (6 rows × 4 registers = 24 accumulators of the 32).
@@ -156,13 +158,6 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> (f32, i32) {
     quantize_row(x, q)
 }
 
-/// Shared output pointer for disjoint tiles written from several threads.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes its own rows × panel block of the output.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
 /// `dst[m×n] (+)= x·W + bias`, `x` already quantised.
 pub(crate) fn matmul(
     x: &QuantRows,
@@ -173,7 +168,7 @@ pub(crate) fn matmul(
 ) {
     let m = x.scale.len();
     assert!(dst.len() >= m * w.n && x.kp == w.kp);
-    let out = Out(dst.as_mut_ptr());
+    let out = SharedOut::new(dst);
     let panels = w.np / PANEL;
     let (blocks, mb) = crate::f32mm::row_blocks(m, MB);
     let vnni = has_vnni();
@@ -223,7 +218,7 @@ struct Tile<'a> {
     x: &'a QuantRows,
     w: &'a QuantWeight,
     bias: Option<&'a [f32]>,
-    out: Out,
+    out: SharedOut,
     accumulate: bool,
     panel: usize,
 }
@@ -250,7 +245,7 @@ impl Tile<'_> {
                 }
                 let c = self.panel * PANEL + j;
                 let v = self.finish(r, c, acc);
-                let d = self.out.0.add(r * n + c);
+                let d = self.out.at(r * n + c);
                 *d = if self.accumulate { *d + v } else { v };
             }
         }
@@ -286,7 +281,7 @@ impl Tile<'_> {
             let r = r0 + i;
             let zp = _mm512_set1_epi32(self.x.zero[r]);
             let sa = _mm512_set1_ps(self.x.scale[r]);
-            let d = self.out.0.add(r * n + c0);
+            let d = self.out.at(r * n + c0);
             for (j, &v) in row.iter().enumerate() {
                 // Columns past `n` (padding) are not written.
                 let live = n.saturating_sub(c0 + 16 * j).min(16);
@@ -341,7 +336,7 @@ mod tests {
                 x: &qx,
                 w: &qw,
                 bias: Some(&bias),
-                out: Out(scalar.as_mut_ptr()),
+                out: SharedOut::new(&mut scalar),
                 accumulate: true,
                 panel: p,
             };

@@ -202,6 +202,25 @@ multiversion! {
     }
 }
 
+/// An output buffer's pointer handed to parallel tasks that each write their own disjoint part
+/// (a rows × panel block of a matmul, an (image, head) block of attention).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: users only write disjoint elements from different tasks.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        SharedOut(buf.as_mut_ptr())
+    }
+
+    /// A method (not a field access), so closures capture the `Send` wrapper, not the pointer.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `dst[r] = bias` (or `dst[r] += bias` when `add`) for every `bias.len()`-wide row.
 pub(crate) fn fill_bias(dst: &mut [f32], bias: Option<&[f32]>, cols: usize, add: bool) {
     match (bias, add) {
