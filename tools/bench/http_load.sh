@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving over HTTP vs the bare model: start `glimpse serve` on loopback with a real-size CLIP
 # folder, then measure (bounded in time) one sequential client and N concurrent clients with the
-# http_bench example, next to `glimpse bench` at batch 1 and batch N on the same machine.
+# http_bench example, next to `glimpse bench` at batch 1 and batch N on the same machine (batch N
+# before and after the concurrent run), and print the two ratios the performance targets use.
 #
 #   tools/bench/http_load.sh CLIP_DIR [SECONDS] [CLIENTS]
 #
@@ -39,14 +40,31 @@ for _ in $(seq 1 120); do
 done
 
 echo "# load: $(uptime)"
-echo "# glimpse bench, batch 1 and batch $CLIENTS"
 PRECISION=${GLIMPSE_PRECISION:-fp32}
-"$GLIMPSE" bench --arch clip-b32 --precision "$PRECISION" --batch 1 | tail -n 1
-"$GLIMPSE" bench --arch clip-b32 --precision "$PRECISION" --batch "$CLIENTS" | tail -n 1
+bench() { "$GLIMPSE" bench --arch clip-b32 --precision "$PRECISION" --batch "$1" | tail -n 1; }
+http() {
+  "$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients "$1" --seconds "$SECS"
+}
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+echo "# glimpse bench, batch 1"
+b1=$(bench 1); echo "$b1"
 echo "# HTTP, 1 client sequential (labels cached after the warm-up)"
-"$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients 1 --seconds "$SECS"
+h1=$(http 1); echo "$h1"
+# The bench at batch N runs before and after the HTTP run and the ratio uses their mean: other
+# load on the machine drifts over a minute, and one side measured alone can catch it.
+echo "# glimpse bench, batch $CLIENTS (before)"
+b8a=$(bench "$CLIENTS"); echo "$b8a"
 echo "# HTTP, $CLIENTS concurrent clients"
-"$HTTP_BENCH" --url "http://127.0.0.1:$PORT" --key "$key" --image "$IMAGE" --clients "$CLIENTS" --seconds "$SECS"
+h8=$(http "$CLIENTS"); echo "$h8"
+echo "# glimpse bench, batch $CLIENTS (after)"
+b8b=$(bench "$CLIENTS"); echo "$b8b"
+awk -v b1="$(echo "$b1" | field ms_p50)" -v h1="$(echo "$h1" | field ms_p50)" \
+  -v b8a="$(echo "$b8a" | field img_per_s)" -v b8b="$(echo "$b8b" | field img_per_s)" \
+  -v h8="$(echo "$h8" | field img_per_s)" -v n="$CLIENTS" 'BEGIN {
+    printf "# 1 client: HTTP p50 %.1f ms = bench batch 1 p50 %.1f + %.1f ms\n", h1, b1, h1 - b1
+    printf "# %d clients: HTTP %.2f img/s = %.1f %% of bench batch %d %.2f img/s (mean of %.2f and %.2f)\n",
+      n, h8, 100 * h8 / ((b8a + b8b) / 2), n, (b8a + b8b) / 2, b8a, b8b
+  }'
 echo "# load: $(uptime)"
 # Where the time went (stage histograms, batch sizes), when asked for.
 if [ -n "${METRICS_OUT:-}" ]; then curl -sf "http://127.0.0.1:$PORT/metrics" >"$METRICS_OUT"; fi

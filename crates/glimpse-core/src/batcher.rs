@@ -51,6 +51,12 @@ pub struct BatchOptions {
     /// yet queued: a lone call then runs at once instead of paying the window, and a burst waits
     /// for the calls still being decoded for it. Off: always wait the window.
     pub wait_for_announced: bool,
+    /// Balance back-to-back passes: when callers were already waiting as the last pass ended
+    /// and more are queued than it held, take only the mean of the two sizes (rounded up), so
+    /// two alternating groups of callers settle at equal halves (5 + 3 becomes 4 + 4) instead
+    /// of keeping a small, less efficient pass forever. Off: take everything queued, up to
+    /// `max_batch`.
+    pub balance: bool,
 }
 
 impl Default for BatchOptions {
@@ -60,6 +66,7 @@ impl Default for BatchOptions {
             window: Duration::from_millis(2),
             queue_capacity: 64,
             wait_for_announced: false,
+            balance: false,
         }
     }
 }
@@ -254,11 +261,26 @@ fn worker<R, S, F>(
 ) where
     F: FnMut(&[R]) -> Result<Vec<Result<S, BatchError>>, BatchError>,
 {
+    // The size of the last pass, when callers were already queued as it ended.
+    let mut back_to_back: Option<usize> = None;
     // `recv` fails only once every sender is dropped and the queue is empty.
     while let Ok(first) = rx.recv() {
+        let limit = match back_to_back {
+            Some(last) if options.balance => {
+                // Queued now, `first` included (the depth drops once the batch is taken).
+                let queued = shared.depth.load(Ordering::SeqCst);
+                if queued > last {
+                    (queued + last).div_ceil(2)
+                } else {
+                    options.max_batch
+                }
+            }
+            _ => options.max_batch,
+        }
+        .min(options.max_batch);
         let mut batch = vec![first];
         let deadline = Instant::now() + options.window;
-        while batch.len() < options.max_batch {
+        while batch.len() < limit {
             if let Ok(job) = rx.try_recv() {
                 batch.push(job);
                 continue;
@@ -322,6 +344,7 @@ fn worker<R, S, F>(
                 }
             }
         }
+        back_to_back = (shared.depth.load(Ordering::SeqCst) > 0).then_some(n);
     }
 }
 

@@ -20,6 +20,7 @@ fn opts(max_batch: usize, window_ms: u64, queue: usize) -> BatchOptions {
         window: Duration::from_millis(window_ms),
         queue_capacity: queue,
         wait_for_announced: false,
+        balance: false,
     }
 }
 
@@ -65,6 +66,53 @@ fn concurrent_jobs_share_forward_passes_and_keep_their_answers() {
     assert_eq!(s.batches, n);
     assert!(s.max_batch_seen > 1, "{s:?}");
     assert_eq!(b.queue_depth(), 0);
+}
+
+/// Pass sizes when 5 jobs queue up behind a running pass of 1: all 5 at once, or, balanced,
+/// the mean of 5 and 1 (3) and then the other 2.
+fn pass_sizes_behind_a_pass_of_one(balance: bool) -> Vec<usize> {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+    let s = Arc::clone(&sizes);
+    let options = BatchOptions {
+        balance,
+        ..opts(8, 0, 64)
+    };
+    let b = Arc::new(
+        Batcher::new("balance", options, move |xs: &[i64]| {
+            s.lock().unwrap().push(xs.len());
+            if xs == [0] {
+                started_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
+            }
+            Ok(xs.iter().map(|x| Ok(x + 1)).collect())
+        })
+        .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let t = tx.clone();
+    b.submit(0, move |r| t.send(r).unwrap());
+    started_rx.recv_timeout(WAIT).unwrap();
+    for x in 1..=5 {
+        let t = tx.clone();
+        b.submit(x, move |r| t.send(r).unwrap());
+    }
+    release_tx.send(()).unwrap();
+    let mut answers: Vec<i64> = (0..6)
+        .map(|_| rx.recv_timeout(WAIT).unwrap().unwrap())
+        .collect();
+    answers.sort();
+    assert_eq!(answers, vec![1, 2, 3, 4, 5, 6]);
+    let sizes = sizes.lock().unwrap().clone();
+    sizes
+}
+
+#[test]
+fn balanced_passes_split_a_queue_behind_a_smaller_pass() {
+    assert_eq!(pass_sizes_behind_a_pass_of_one(false), vec![1, 5]);
+    assert_eq!(pass_sizes_behind_a_pass_of_one(true), vec![1, 3, 2]);
 }
 
 /// With `wait_for_announced`, a lone job does not sit out the window; a job announced while the

@@ -28,6 +28,8 @@ impl Batchers {
             queue_capacity: config.max_in_flight,
             // Calls announce themselves before decoding: a lone call never waits the window.
             wait_for_announced: true,
+            // Closed-loop clients split into alternating groups; keep the groups equal.
+            balance: true,
         };
         // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
         let gate = Some(Arc::new(PassGate::new(config.inference_workers)));

@@ -61,6 +61,8 @@ struct Plan {
     model: ModelRef,
     labels: Vec<String>,
     source: Source,
+    /// The call announced to its endpoint's default model from its arrival (see `classify`).
+    early: Option<Incoming>,
 }
 
 enum ModelRef {
@@ -92,15 +94,23 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
         Ok(k) => k,
         Err(e) => return with_balance(&state, &key, e.into_response()).await,
     };
+    // Announced from arrival, while the body is still being read, so a batch about to start
+    // waits (up to the window) for the calls right behind it; `run` hands over to the chosen
+    // model's own announcement.
+    let early = match kind {
+        Kind::Clip => state.batchers.clip.first().map(|b| b.announce()),
+        Kind::Vit => state.batchers.vit.first().map(|b| b.announce()),
+    };
     let max_upload = state.settings.max_upload_bytes;
     let planned = match read_input(req, &state, kind.model_param(), max_upload).await {
         Ok(input) => validate(kind, &state, input),
         Err(e) => Err(e),
     };
-    let (plan, fingerprint) = match planned {
+    let (mut plan, fingerprint) = match planned {
         Ok(p) => p,
         Err(e) => return with_balance(&state, &key, e.into_response()).await,
     };
+    plan.early = early;
     // The rest runs in its own task: a client hanging up must not cancel it between the debit
     // and its settle/refund, nor leave an idempotency claim half-written.
     let task_state = state.clone();
@@ -200,6 +210,7 @@ fn validate(kind: Kind, state: &AppState, input: RawInput) -> Result<(Plan, Stri
             model,
             labels,
             source,
+            early: None,
         },
         input.fingerprint,
     ))
@@ -308,11 +319,16 @@ async fn run(
     if state.store.balance(&key.id).await? < cost {
         return Err(ApiError::insufficient_credits());
     }
+    let mut early = plan.early;
     let bytes = match plan.source {
         Source::Upload(b) => b,
-        Source::Url(u) => timed(&state.metrics, Stage::Fetch, state.images.fetch(&u))
-            .await
-            .map_err(fetch_error)?,
+        // A fetch can take seconds: no batch should wait for it.
+        Source::Url(u) => timed(&state.metrics, Stage::Fetch, {
+            early = None;
+            state.images.fetch(&u)
+        })
+        .await
+        .map_err(fetch_error)?,
     };
     let (preprocess, model_id) = match plan.model {
         ModelRef::Clip(i) => {
@@ -330,6 +346,7 @@ async fn run(
         ModelRef::Clip(i) => state.batchers.clip[i].announce(),
         ModelRef::Vit(i) => state.batchers.vit[i].announce(),
     };
+    drop(early);
     let pixels = timed(
         &state.metrics,
         Stage::Decode,
