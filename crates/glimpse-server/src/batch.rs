@@ -26,7 +26,7 @@ impl Batchers {
             // `max_in_flight` already sheds the excess; the queue bound is the last guard when
             // several models share it.
             queue_capacity: config.max_in_flight,
-            // Calls announce themselves before decoding: a lone call never waits the window.
+            // Calls announce themselves on arrival: a lone call never waits the window.
             wait_for_announced: true,
             // Closed-loop clients split into alternating groups; keep the groups equal.
             balance: true,

@@ -322,13 +322,13 @@ async fn run(
     let mut early = plan.early;
     let bytes = match plan.source {
         Source::Upload(b) => b,
-        // A fetch can take seconds: no batch should wait for it.
-        Source::Url(u) => timed(&state.metrics, Stage::Fetch, {
-            early = None;
-            state.images.fetch(&u)
-        })
-        .await
-        .map_err(fetch_error)?,
+        Source::Url(u) => {
+            // A fetch can take seconds: no batch should wait for it.
+            drop(early.take());
+            timed(&state.metrics, Stage::Fetch, state.images.fetch(&u))
+                .await
+                .map_err(fetch_error)?
+        }
     };
     let (preprocess, model_id) = match plan.model {
         ModelRef::Clip(i) => {
