@@ -14,6 +14,17 @@ pub struct PixelBatch {
 }
 
 impl PixelBatch {
+    /// One image (`[3, h, w]`) as a batch of one, without copying it.
+    pub fn single(data: Vec<f32>, height: usize, width: usize) -> Self {
+        debug_assert_eq!(data.len(), 3 * height * width);
+        PixelBatch {
+            data,
+            batch: 1,
+            height,
+            width,
+        }
+    }
+
     /// Stack single images (each `[3, h, w]`) into one batch.
     pub fn stack(images: &[Vec<f32>], height: usize, width: usize) -> Self {
         let mut data = Vec::with_capacity(images.len() * 3 * height * width);

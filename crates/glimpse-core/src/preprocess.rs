@@ -315,11 +315,16 @@ impl PreprocessConfig {
         let (oh, ow) = self.output_size();
         let rgb = self.resize_and_crop(img);
         let plane = oh * ow;
+        // A channel's value depends only on its byte: 3 × 256 normalisations, then lookups.
+        let lut: [[f32; 256]; 3] =
+            std::array::from_fn(|c| std::array::from_fn(|v| self.normalize(v as u8, c)));
         let mut out = vec![0f32; 3 * plane];
-        for (i, px) in rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = self.normalize(px[c], c);
-            }
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (((px, r), g), b) in rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
+            *r = lut[0][px[0] as usize];
+            *g = lut[1][px[1] as usize];
+            *b = lut[2][px[2] as usize];
         }
         out
     }

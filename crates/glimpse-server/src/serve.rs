@@ -152,7 +152,7 @@ fn unique_id<'a>(
 fn blank(cfg: &PreprocessConfig) -> PixelBatch {
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
     let (h, w) = cfg.output_size();
-    PixelBatch::stack(&[cfg.preprocess(&img)], h, w)
+    PixelBatch::single(cfg.preprocess(&img), h, w)
 }
 
 fn warm_clip(m: &dyn ZeroShotModel, templates: &[String]) -> anyhow::Result<()> {

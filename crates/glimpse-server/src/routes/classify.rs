@@ -421,7 +421,7 @@ async fn decode(
                 data.len()
             )));
         }
-        Ok(PixelBatch::stack(&[data], h, w))
+        Ok(PixelBatch::single(data, h, w))
     });
     match tokio::time::timeout(state.settings.decode_timeout, job).await {
         Ok(Ok(Ok(px))) => Ok(px),
