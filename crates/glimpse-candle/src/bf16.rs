@@ -80,40 +80,33 @@ pub(crate) fn matmul(
         .zip(x.par_chunks(k))
         .for_each(|(q, x)| round_row(x, &mut q[..k]));
     let out = crate::kernels::SharedOut::new(dst);
-    let panels = w.np / PANEL;
     let fast = has_bf16();
-    let (blocks, mb) = crate::f32mm::row_blocks(m, MB);
-    (0..blocks * panels)
-        .into_par_iter()
-        .with_max_len(1)
-        .for_each(|t| {
-            let (b, p) = (t / panels, t % panels);
-            let rows = b * mb..((b + 1) * mb).min(m);
-            let c0 = p * PANEL;
-            let live = (w.n - c0).min(PANEL);
-            for (r, h) in crate::f32mm::row_tiles(rows, MR) {
-                let t = Tile {
-                    a: a[r * kp..].as_ptr(),
-                    lda: kp,
-                    b: w.data[p * PANEL * kp..].as_ptr(),
-                    ldb: PANEL * 2,
-                    pairs: kp / 2,
-                    c: out.at(r * w.n + c0),
-                    ldc: w.n,
-                    live,
-                    bias: bias.map(|b| b[c0..].as_ptr()),
-                    add_dst: accumulate,
-                };
-                // SAFETY: rows and panel in range; the BF16 kernel only when detected.
-                unsafe {
-                    if fast {
-                        t.run_rows(h);
-                    } else {
-                        t.portable(h);
-                    }
+    crate::f32mm::par_tiles(m, MB, w.np / PANEL, |rows, p| {
+        let c0 = p * PANEL;
+        let live = (w.n - c0).min(PANEL);
+        for (r, h) in crate::f32mm::row_tiles(rows, MR) {
+            let t = Tile {
+                a: a[r * kp..].as_ptr(),
+                lda: kp,
+                b: w.data[p * PANEL * kp..].as_ptr(),
+                ldb: PANEL * 2,
+                pairs: kp / 2,
+                c: out.at(r * w.n + c0),
+                ldc: w.n,
+                live,
+                bias: bias.map(|b| b[c0..].as_ptr()),
+                add_dst: accumulate,
+            };
+            // SAFETY: rows and panel in range; the BF16 kernel only when detected.
+            unsafe {
+                if fast {
+                    t.run_rows(h);
+                } else {
+                    t.portable(h);
                 }
             }
-        });
+        }
+    });
 }
 
 pub(crate) fn has_bf16() -> bool {

@@ -72,52 +72,63 @@ pub(crate) fn matmul(
     let m = x.len() / w.k;
     assert!(dst.len() >= m * w.n && x.len() == m * w.k);
     let out = crate::kernels::SharedOut::new(dst);
-    let panels = w.np / PANEL;
-    // One task per (row block, panel): rayon's default splitting leaves a thread with a run of
-    // tasks it cannot hand off, and the other idle at the end of every matmul (16 % of the
-    // threads' time in matmul, measured on CLIP B/32 at batch 8).
-    let (blocks, mb) = row_blocks(m, MB);
+    par_tiles(m, MB, w.np / PANEL, |rows, p| {
+        let mut k0 = 0;
+        while k0 < w.k {
+            let k1 = (k0 + KC).min(w.k);
+            let c0 = p * PANEL;
+            let live = (w.n - c0).min(PANEL);
+            // The first block starts from the bias (and the residual); later ones add on.
+            let b0 = if k0 == 0 {
+                bias.map(|b| b[c0..].as_ptr())
+            } else {
+                None
+            };
+            let add_dst = accumulate || k0 > 0;
+            for (r, h) in row_tiles(rows.clone(), MR) {
+                // SAFETY: rows, panel and k range in bounds; AVX-512 checked above.
+                unsafe {
+                    let a = x.as_ptr().add(r * w.k + k0);
+                    let b = w.data.as_ptr().add(p * PANEL * w.k + k0 * PANEL);
+                    let c = out.at(r * w.n + c0);
+                    let t = Tile {
+                        a,
+                        lda: w.k,
+                        b,
+                        ldb: PANEL,
+                        k: k1 - k0,
+                        c,
+                        ldc: w.n,
+                        live,
+                        bias: b0,
+                        add_dst,
+                    };
+                    t.run_rows(h);
+                }
+            }
+            k0 = k1;
+        }
+    });
+}
+
+/// Run `tile(rows, panel)` for every (row block, panel) of an `m`-row matmul with `panels`
+/// weight panels, rows cut by [`row_blocks`] with blocks of at most `max_rows`. One rayon task
+/// per tile: rayon's default splitting leaves a thread with a run of tasks it cannot hand off,
+/// and the other idle at the end of every matmul (16 % of the threads' time in matmul, measured
+/// on CLIP B/32 at batch 8).
+pub(crate) fn par_tiles(
+    m: usize,
+    max_rows: usize,
+    panels: usize,
+    tile: impl Fn(std::ops::Range<usize>, usize) + Sync + Send,
+) {
+    let (blocks, mb) = row_blocks(m, max_rows);
     (0..blocks * panels)
         .into_par_iter()
         .with_max_len(1)
         .for_each(|t| {
             let (b, p) = (t / panels, t % panels);
-            let rows = b * mb..((b + 1) * mb).min(m);
-            let mut k0 = 0;
-            while k0 < w.k {
-                let k1 = (k0 + KC).min(w.k);
-                let c0 = p * PANEL;
-                let live = (w.n - c0).min(PANEL);
-                // The first block starts from the bias (and the residual); later ones add on.
-                let b0 = if k0 == 0 {
-                    bias.map(|b| b[c0..].as_ptr())
-                } else {
-                    None
-                };
-                let add_dst = accumulate || k0 > 0;
-                for (r, h) in row_tiles(rows.clone(), MR) {
-                    // SAFETY: rows, panel and k range in bounds; AVX-512 checked above.
-                    unsafe {
-                        let a = x.as_ptr().add(r * w.k + k0);
-                        let b = w.data.as_ptr().add(p * PANEL * w.k + k0 * PANEL);
-                        let c = out.at(r * w.n + c0);
-                        let t = Tile {
-                            a,
-                            lda: w.k,
-                            b,
-                            ldb: PANEL,
-                            k: k1 - k0,
-                            c,
-                            ldc: w.n,
-                            live,
-                            bias: b0,
-                            add_dst,
-                        };
-                        t.run_rows(h);
-                    }
-                }
-                k0 = k1;
-            }
+            tile(b * mb..((b + 1) * mb).min(m), p)
         });
 }
 

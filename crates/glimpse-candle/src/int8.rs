@@ -169,38 +169,31 @@ pub(crate) fn matmul(
     let m = x.scale.len();
     assert!(dst.len() >= m * w.n && x.kp == w.kp);
     let out = SharedOut::new(dst);
-    let panels = w.np / PANEL;
-    let (blocks, mb) = crate::f32mm::row_blocks(m, MB);
     let vnni = has_vnni();
-    (0..blocks * panels)
-        .into_par_iter()
-        .with_max_len(1)
-        .for_each(|t| {
-            let (b, p) = (t / panels, t % panels);
-            let rows = b * mb..((b + 1) * mb).min(m);
-            let ctx = Tile {
-                x,
-                w,
-                bias,
-                out,
-                accumulate,
-                panel: p,
-            };
-            for (r, h) in crate::f32mm::row_tiles(rows, MR) {
-                // SAFETY: `r..r + h` and panel `p` are in range; VNNI only when detected.
-                unsafe {
-                    match (vnni, h) {
-                        (true, 6) => ctx.vnni::<6>(r),
-                        (true, 5) => ctx.vnni::<5>(r),
-                        (true, 4) => ctx.vnni::<4>(r),
-                        (true, 3) => ctx.vnni::<3>(r),
-                        (true, 2) => ctx.vnni::<2>(r),
-                        (true, _) => ctx.vnni::<1>(r),
-                        (false, _) => ctx.portable(r, h),
-                    }
+    crate::f32mm::par_tiles(m, MB, w.np / PANEL, |rows, p| {
+        let ctx = Tile {
+            x,
+            w,
+            bias,
+            out,
+            accumulate,
+            panel: p,
+        };
+        for (r, h) in crate::f32mm::row_tiles(rows, MR) {
+            // SAFETY: `r..r + h` and panel `p` are in range; VNNI only when detected.
+            unsafe {
+                match (vnni, h) {
+                    (true, 6) => ctx.vnni::<6>(r),
+                    (true, 5) => ctx.vnni::<5>(r),
+                    (true, 4) => ctx.vnni::<4>(r),
+                    (true, 3) => ctx.vnni::<3>(r),
+                    (true, 2) => ctx.vnni::<2>(r),
+                    (true, _) => ctx.vnni::<1>(r),
+                    (false, _) => ctx.portable(r, h),
                 }
             }
-        });
+        }
+    });
 }
 
 fn has_vnni() -> bool {
