@@ -9,6 +9,8 @@ const PANEL: usize = 64;
 pub(crate) const MR: usize = 6;
 /// Most rows per cache block (see [`crate::f32mm::row_blocks`]).
 const MB: usize = 128;
+/// `k` is padded (with zero weights) to whole AMX tile steps: 32 bf16.
+const K_ALIGN: usize = crate::amx::K_BYTES / 2;
 
 /// Round to nearest even (finite inputs; weights and activations here are finite).
 #[inline(always)]
@@ -22,7 +24,8 @@ fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// `[k, n]` in panel order: per 64-column panel, per pair of `k`, 64 columns × 2 bf16.
+/// `[k, n]` in panel order: per 64-column panel, per pair of `k`, 64 columns × 2 bf16 (the
+/// AMX B-tile order too). `k` is padded to [`K_ALIGN`].
 #[derive(Debug, Clone)]
 pub(crate) struct Bf16Weight {
     n: usize,
@@ -35,7 +38,7 @@ impl Bf16Weight {
     /// `w` is `[n, k]` row-major.
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
-        let (kp, np) = (k.div_ceil(2) * 2, n.div_ceil(PANEL) * PANEL);
+        let (kp, np) = (k.div_ceil(K_ALIGN) * K_ALIGN, n.div_ceil(PANEL) * PANEL);
         let mut data = crate::aligned::Aligned::zeroed(np * kp);
         for c in 0..n {
             let (p, j) = (c / PANEL, c % PANEL);
@@ -65,7 +68,8 @@ crate::kernels::multiversion! {
     }
 }
 
-/// `dst[m×n] (+)= x·W + bias`.
+/// `dst[m×n] (+)= x·W + bias`: AMX tiles where [`crate::amx::available`], else AVX-512 BF16,
+/// else scalar.
 pub(crate) fn matmul(
     x: &[f32],
     k: usize,
@@ -74,14 +78,41 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
 ) {
+    matmul_on(x, k, w, bias, dst, accumulate, crate::amx::available())
+}
+
+/// [`matmul`] with the AMX choice made by the caller (the tests run both paths).
+fn matmul_on(
+    x: &[f32],
+    k: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+    accumulate: bool,
+    amx: bool,
+) {
     let (m, kp) = (x.len() / k, w.kp);
-    let mut a = vec![0u16; m * kp];
+    // AMX reads whole 32-row blocks: the rows past `m` are zeros whose results are dropped.
+    let rows = if amx {
+        m.next_multiple_of(crate::amx::ROWS)
+    } else {
+        m
+    };
+    let mut a = vec![0u16; rows * kp];
     a.par_chunks_mut(kp)
         .zip(x.par_chunks(k))
         .for_each(|(q, x)| round_row(x, &mut q[..k]));
     let out = crate::kernels::SharedOut::new(dst);
+    if amx {
+        crate::f32mm::par_tiles(m, MB, crate::amx::ROWS, w.np / PANEL, |rows, p| {
+            // SAFETY: AMX available; blocks of 32 rows of `a` exist (padded above), the panel
+            // is `kp / 2` pair rows of 256 bytes, and `kp · 2` is whole 64-byte steps.
+            unsafe { amx_tile(&a, w, bias, out, accumulate, rows, p) }
+        });
+        return;
+    }
     let fast = has_bf16();
-    crate::f32mm::par_tiles(m, MB, w.np / PANEL, |rows, p| {
+    crate::f32mm::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
         let live = (w.n - c0).min(PANEL);
         for (r, h) in crate::f32mm::row_tiles(rows, MR) {
@@ -107,6 +138,73 @@ pub(crate) fn matmul(
             }
         }
     });
+}
+
+/// Rows `rows` × panel `p` with AMX tiles: per 32-row block and 32-column half of the panel,
+/// one [`crate::amx::Block`] over all of `k`, then bias and residual on the way out.
+///
+/// # Safety
+/// [`crate::amx::available`]; `a` holds `rows.end` rounded up to 32 rows of `w.kp`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn amx_tile(
+    a: &[u16],
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    out: crate::kernels::SharedOut,
+    accumulate: bool,
+    rows: std::ops::Range<usize>,
+    p: usize,
+) {
+    use crate::amx::{Block, Op, Tiles, ROWS};
+    use std::arch::x86_64::*;
+    let kp = w.kp;
+    let _tiles = Tiles::configure();
+    let mut acc = [[0u32; 256]; 4];
+    for r in rows.clone().step_by(ROWS) {
+        let h = (rows.end - r).min(ROWS);
+        for half in 0..2 {
+            let c0 = p * PANEL + half * 32;
+            if c0 >= w.n {
+                break;
+            }
+            Block {
+                a: a.as_ptr().add(r * kp) as *const u8,
+                lda: kp * 2,
+                b: w.data.as_ptr().add(p * PANEL * kp + half * 64) as *const u8,
+                steps: kp * 2 / crate::amx::K_BYTES,
+            }
+            .run(Op::Bf16, &mut acc);
+            for i in 0..h {
+                let t = (i / 16) * 2;
+                let row = [[
+                    _mm512_loadu_ps(acc[t][(i % 16) * 16..].as_ptr() as *const f32),
+                    _mm512_loadu_ps(acc[t + 1][(i % 16) * 16..].as_ptr() as *const f32),
+                ]];
+                crate::f32mm::store_rows(
+                    &row,
+                    out.at((r + i) * w.n + c0),
+                    w.n,
+                    (w.n - c0).min(32),
+                    bias.map(|b| b[c0..].as_ptr()),
+                    accumulate,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn amx_tile(
+    _: &[u16],
+    _: &Bf16Weight,
+    _: Option<&[f32]>,
+    _: crate::kernels::SharedOut,
+    _: bool,
+    _: std::ops::Range<usize>,
+    _: usize,
+) {
+    unreachable!("AMX is x86-64 only")
 }
 
 pub(crate) fn has_bf16() -> bool {
@@ -221,6 +319,33 @@ mod tests {
                 let g = got[r * n + c];
                 assert!((g - want).abs() < 0.05, "[{r},{c}] {g} vs {want}");
             }
+        }
+        if crate::amx::available() && has_bf16() {
+            // AMX and AVX-512 BF16 multiply the same bf16 values; only the f32 summation order
+            // differs.
+            for accumulate in [false, true] {
+                for (m, k, n) in [(m, k, n), (70, 200, 64), (33, 768, 100)] {
+                    let x: Vec<f32> = (0..m * k)
+                        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
+                        .collect();
+                    let w: Vec<f32> = (0..n * k)
+                        .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
+                        .collect();
+                    let bw = Bf16Weight::new(&w, n, k);
+                    let mut tiles = vec![0.5f32; m * n];
+                    let mut avx = tiles.clone();
+                    matmul_on(&x, k, &bw, Some(&bias[..n]), &mut tiles, accumulate, true);
+                    matmul_on(&x, k, &bw, Some(&bias[..n]), &mut avx, accumulate, false);
+                    for (t, a) in tiles.iter().zip(&avx) {
+                        assert!(
+                            (t - a).abs() <= 1e-4 * a.abs().max(1.0),
+                            "{t} vs {a} ({m}×{k}×{n})"
+                        );
+                    }
+                }
+            }
+        } else {
+            eprintln!("no AMX here: the AVX-512 path only");
         }
         assert_eq!(to_bf16(1.0), 0x3f80);
         assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);

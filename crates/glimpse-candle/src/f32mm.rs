@@ -22,10 +22,12 @@ pub(crate) fn row_tiles(
     rows.step_by(mr).map(move |r| (r, (end - r).min(mr)))
 }
 
-/// `(blocks, rows per block)` for `m` rows and blocks of at most `max` rows.
-pub(crate) fn row_blocks(m: usize, max: usize) -> (usize, usize) {
+/// `(blocks, rows per block)` for `m` rows and blocks of at most `max` rows, each a multiple of
+/// `align` rows (the register tile, or [`crate::amx::ROWS`]).
+pub(crate) fn row_blocks(m: usize, max: usize, align: usize) -> (usize, usize) {
     let blocks = m.div_ceil(max).max(1);
-    (blocks, m.div_ceil(blocks).div_ceil(MR) * MR)
+    let mb = m.div_ceil(blocks).div_ceil(align) * align;
+    (m.div_ceil(mb).max(1), mb)
 }
 /// `k` per block: 96 rows × 256 × 4 B = 96 KiB of activations, 64 KiB of panel (384 measured
 /// ~3 % slower on a 1 MiB-L2 Zen 5; 128 to 512 otherwise within noise).
@@ -72,7 +74,7 @@ pub(crate) fn matmul(
     let m = x.len() / w.k;
     assert!(dst.len() >= m * w.n && x.len() == m * w.k);
     let out = crate::kernels::SharedOut::new(dst);
-    par_tiles(m, MB, w.np / PANEL, |rows, p| {
+    par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let mut k0 = 0;
         while k0 < w.k {
             let k1 = (k0 + KC).min(w.k);
@@ -112,17 +114,19 @@ pub(crate) fn matmul(
 }
 
 /// Run `tile(rows, panel)` for every (row block, panel) of an `m`-row matmul with `panels`
-/// weight panels, rows cut by [`row_blocks`] with blocks of at most `max_rows`. One rayon task
+/// weight panels, rows cut by [`row_blocks`] into blocks of at most `max_rows` (multiples of
+/// `align` rows). One rayon task
 /// per tile: rayon's default splitting leaves a thread with a run of tasks it cannot hand off,
 /// and the other idle at the end of every matmul (16 % of the threads' time in matmul, measured
 /// on CLIP B/32 at batch 8).
 pub(crate) fn par_tiles(
     m: usize,
     max_rows: usize,
+    align: usize,
     panels: usize,
     tile: impl Fn(std::ops::Range<usize>, usize) + Sync + Send,
 ) {
-    let (blocks, mb) = row_blocks(m, max_rows);
+    let (blocks, mb) = row_blocks(m, max_rows, align);
     (0..blocks * panels)
         .into_par_iter()
         .with_max_len(1)
@@ -244,15 +248,22 @@ mod tests {
     #[test]
     fn row_blocks_cover_m_evenly() {
         for m in [1, 5, 50, 197, 252, 253, 400, 1576, 5000] {
-            let (blocks, mb) = row_blocks(m, MB);
-            assert!(mb % MR == 0 && mb <= MB.div_ceil(MR) * MR, "{m}: {mb}");
-            assert!(
-                blocks * mb >= m && (blocks - 1) * mb < m,
-                "{m}: {blocks} × {mb}"
-            );
+            for (max, align) in [(MB, MR), (128, 32), (32, 32)] {
+                let (blocks, mb) = row_blocks(m, max, align);
+                assert!(
+                    mb % align == 0 && mb <= max.div_ceil(align) * align,
+                    "{m}: {mb}"
+                );
+                assert!(
+                    blocks * mb >= m && (blocks - 1) * mb < m,
+                    "{m}: {blocks} × {mb}"
+                );
+            }
         }
-        assert_eq!(row_blocks(197, MB), (1, 198));
-        assert_eq!(row_blocks(400, MB), (2, 204));
+        assert_eq!(row_blocks(197, MB, MR), (1, 198));
+        assert_eq!(row_blocks(400, MB, MR), (2, 204));
+        assert_eq!(row_blocks(400, 128, 32), (4, 128));
+        assert_eq!(row_blocks(50, 128, 32), (1, 64));
     }
 
     #[test]

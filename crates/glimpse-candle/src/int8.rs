@@ -18,10 +18,13 @@ const MR: usize = 6;
 /// Most rows per cache block: 128 rows of 3072 u8 plus one 3072-deep panel fit in a 1 MiB L2
 /// (see [`crate::f32mm::row_blocks`]).
 const MB: usize = 128;
+/// `k` is padded (zero weights) to whole AMX tile steps: 64 bytes.
+const K_ALIGN: usize = crate::amx::K_BYTES;
 
 /// A `[k, n]` weight in VNNI panel order: for each 64-column panel, for each group of 4 `k`,
 /// 64 columns × 4 consecutive `k` bytes (one 256-byte stretch per step of the inner loop).
-/// `k` is padded to a multiple of 4 and `n` to whole panels with zero weights.
+/// `k` is padded to [`K_ALIGN`] and `n` to whole panels with zero weights. This is also the
+/// AMX B-tile order (16 quads × 16 columns at stride 256 bytes).
 #[derive(Debug, Clone)]
 pub(crate) struct QuantWeight {
     n: usize,
@@ -37,7 +40,7 @@ impl QuantWeight {
     /// `w` is `[n, k]` row-major (PyTorch's `Linear.weight`).
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
-        let (kp, np) = (k.div_ceil(4) * 4, n.div_ceil(PANEL) * PANEL);
+        let (kp, np) = (k.div_ceil(K_ALIGN) * K_ALIGN, n.div_ceil(PANEL) * PANEL);
         let mut data = crate::aligned::Aligned::zeroed(np * kp);
         let mut scale = vec![1f32; np];
         let mut col_sum = vec![0i32; np];
@@ -64,8 +67,8 @@ impl QuantWeight {
     }
 }
 
-/// Activations quantised per row: `q` is `[m, kp]` u8 (`k` rounded up to 4; the padding meets
-/// zero weights).
+/// Activations quantised per row: `q` is `[m, kp]` u8 (`k` rounded up to [`K_ALIGN`]; the
+/// padding meets zero weights), with zero rows after `m` up to a whole AMX block where AMX runs.
 pub(crate) struct QuantRows {
     kp: usize,
     q: Vec<u8>,
@@ -76,8 +79,13 @@ pub(crate) struct QuantRows {
 /// Quantise each `k`-wide row of `x` to u8 with its own scale and zero point (the range always
 /// includes 0 so that zero stays exact, as ONNX Runtime does).
 pub(crate) fn quantize_rows(x: &[f32], k: usize) -> QuantRows {
-    let (m, kp) = (x.len() / k, k.div_ceil(4) * 4);
-    let mut q = vec![0u8; m * kp];
+    let (m, kp) = (x.len() / k, k.div_ceil(K_ALIGN) * K_ALIGN);
+    let rows = if crate::amx::available() {
+        m.next_multiple_of(crate::amx::ROWS)
+    } else {
+        m
+    };
+    let mut q = vec![0u8; rows * kp];
     let mut scale = vec![0f32; m];
     let mut zero = vec![0i32; m];
     q.par_chunks_mut(kp)
@@ -158,7 +166,8 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> (f32, i32) {
     quantize_row(x, q)
 }
 
-/// `dst[m×n] (+)= x·W + bias`, `x` already quantised.
+/// `dst[m×n] (+)= x·W + bias`, `x` already quantised: AMX tiles where
+/// [`crate::amx::available`], else VNNI, else scalar.
 pub(crate) fn matmul(
     x: &QuantRows,
     w: &QuantWeight,
@@ -166,11 +175,39 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
 ) {
+    matmul_on(x, w, bias, dst, accumulate, crate::amx::available())
+}
+
+/// [`matmul`] with the AMX choice made by the caller (the tests run both paths).
+fn matmul_on(
+    x: &QuantRows,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+    accumulate: bool,
+    amx: bool,
+) {
     let m = x.scale.len();
     assert!(dst.len() >= m * w.n && x.kp == w.kp);
     let out = SharedOut::new(dst);
+    if amx {
+        assert!(x.q.len() >= m.next_multiple_of(crate::amx::ROWS) * x.kp);
+        crate::f32mm::par_tiles(m, MB, crate::amx::ROWS, w.np / PANEL, |rows, p| {
+            let ctx = Tile {
+                x,
+                w,
+                bias,
+                out,
+                accumulate,
+                panel: p,
+            };
+            // SAFETY: the caller saw AMX available; `x.q` holds whole 32-row blocks (asserted).
+            unsafe { ctx.amx(rows) }
+        });
+        return;
+    }
     let vnni = has_vnni();
-    crate::f32mm::par_tiles(m, MB, w.np / PANEL, |rows, p| {
+    crate::f32mm::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let ctx = Tile {
             x,
             w,
@@ -248,7 +285,7 @@ impl Tile<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn vnni<const H: usize>(&self, r0: usize) {
         use std::arch::x86_64::*;
-        let (k, n) = (self.w.kp, self.w.n);
+        let k = self.w.kp;
         let wp = self.w.data.as_ptr().add(self.panel * PANEL * k);
         let a0 = self.x.q.as_ptr().add(r0 * k);
         let mut acc = [[_mm512_setzero_si512(); 4]; H];
@@ -267,34 +304,95 @@ impl Tile<'_> {
                 }
             }
         }
-        let c0 = self.panel * PANEL;
+        for (i, row) in acc.iter().enumerate() {
+            self.finish_row(r0 + i, self.panel * PANEL, row);
+        }
+    }
+
+    /// The epilogue of row `r`: `16·V` i32 sums for columns from `c0` on, rescaled to f32, plus
+    /// the bias (and the destination when accumulating); columns past `n` are not written.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn finish_row<const V: usize>(
+        &self,
+        r: usize,
+        c0: usize,
+        row: &[std::arch::x86_64::__m512i; V],
+    ) {
+        use std::arch::x86_64::*;
+        let n = self.w.n;
         let cs = self.w.col_sum.as_ptr().add(c0);
         let ws = self.w.scale.as_ptr().add(c0);
-        for (i, row) in acc.iter().enumerate() {
-            let r = r0 + i;
-            let zp = _mm512_set1_epi32(self.x.zero[r]);
-            let sa = _mm512_set1_ps(self.x.scale[r]);
-            let d = self.out.at(r * n + c0);
-            for (j, &v) in row.iter().enumerate() {
-                // Columns past `n` (padding) are not written.
-                let live = n.saturating_sub(c0 + 16 * j).min(16);
-                if live == 0 {
+        let zp = _mm512_set1_epi32(self.x.zero[r]);
+        let sa = _mm512_set1_ps(self.x.scale[r]);
+        let d = self.out.at(r * n + c0);
+        for (j, &v) in row.iter().enumerate() {
+            let live = n.saturating_sub(c0 + 16 * j).min(16);
+            if live == 0 {
+                break;
+            }
+            let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+            let corr = _mm512_mullo_epi32(zp, _mm512_loadu_si512(cs.add(16 * j) as *const _));
+            let f = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, corr));
+            let mut y = _mm512_mul_ps(f, _mm512_mul_ps(sa, _mm512_loadu_ps(ws.add(16 * j))));
+            if let Some(b) = self.bias {
+                let bv = _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0 + 16 * j));
+                y = _mm512_add_ps(y, bv);
+            }
+            if self.accumulate {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, d.add(16 * j)));
+            }
+            _mm512_mask_storeu_ps(d.add(16 * j), mask, y);
+        }
+    }
+
+    /// Rows `rows` of this panel with AMX tiles: per 32-row block and 32-column half, one
+    /// [`crate::amx::Block`] over all of `k`, then the same epilogue as the VNNI tile.
+    ///
+    /// # Safety
+    /// [`crate::amx::available`]; `x.q` holds `rows.end` rounded up to 32 rows.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn amx(&self, rows: std::ops::Range<usize>) {
+        use crate::amx::{Block, Op, Tiles, ROWS};
+        use std::arch::x86_64::*;
+        let kp = self.w.kp;
+        let _tiles = Tiles::configure();
+        let mut acc = [[0u32; 256]; 4];
+        for r in rows.clone().step_by(ROWS) {
+            let h = (rows.end - r).min(ROWS);
+            for half in 0..2 {
+                let c0 = self.panel * PANEL + half * 32;
+                if c0 >= self.w.n {
                     break;
                 }
-                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
-                let corr = _mm512_mullo_epi32(zp, _mm512_loadu_si512(cs.add(16 * j) as *const _));
-                let f = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, corr));
-                let mut y = _mm512_mul_ps(f, _mm512_mul_ps(sa, _mm512_loadu_ps(ws.add(16 * j))));
-                if let Some(b) = self.bias {
-                    let bv = _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0 + 16 * j));
-                    y = _mm512_add_ps(y, bv);
+                Block {
+                    a: self.x.q.as_ptr().add(r * kp),
+                    lda: kp,
+                    b: (self
+                        .w
+                        .data
+                        .as_ptr()
+                        .add(self.panel * PANEL * kp + half * 128))
+                        as *const u8,
+                    steps: kp / crate::amx::K_BYTES,
                 }
-                if self.accumulate {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, d.add(16 * j)));
+                .run(Op::Int8, &mut acc);
+                for i in 0..h {
+                    let t = (i / 16) * 2;
+                    let row = [
+                        _mm512_loadu_si512(acc[t][(i % 16) * 16..].as_ptr() as *const _),
+                        _mm512_loadu_si512(acc[t + 1][(i % 16) * 16..].as_ptr() as *const _),
+                    ];
+                    self.finish_row(r + i, c0, &row);
                 }
-                _mm512_mask_storeu_ps(d.add(16 * j), mask, y);
             }
         }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn amx(&self, _: std::ops::Range<usize>) {
+        unreachable!("AMX is x86-64 only")
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -342,6 +440,34 @@ mod tests {
                 let (g, s) = (got[r * n + c], scalar[r * n + c]);
                 assert!((g - s).abs() <= 1e-4 * s.abs().max(1.0), "{g} vs {s}");
                 assert!((g - want).abs() < 0.05, "[{r},{c}] {g} vs {want}");
+            }
+        }
+    }
+
+    /// On AMX CPUs the tile path gives exactly the VNNI path's results (both sum the same i32
+    /// products and share the epilogue), over partial row blocks, partial panels and a `k` that
+    /// is several tile steps plus padding.
+    #[test]
+    fn amx_and_vnni_paths_agree_exactly() {
+        if !crate::amx::available() || !has_vnni() {
+            eprintln!("no AMX here: nothing to compare");
+            return;
+        }
+        for (m, k, n) in [(13, 42, 150), (70, 200, 64), (33, 768, 100), (197, 96, 200)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+            let (qw, qx) = (QuantWeight::new(&w, n, k), quantize_rows(&x, k));
+            for accumulate in [false, true] {
+                let mut amx = vec![0.5f32; m * n];
+                let mut vnni = amx.clone();
+                matmul_on(&qx, &qw, Some(&bias), &mut amx, accumulate, true);
+                matmul_on(&qx, &qw, Some(&bias), &mut vnni, accumulate, false);
+                assert!(amx == vnni, "m {m} k {k} n {n} accumulate {accumulate}");
             }
         }
     }

@@ -10,6 +10,7 @@
 //! models share, [`clip`] and [`vit`] are the models, [`tokenizer`] the CLIP tokenizer.
 
 mod aligned;
+mod amx;
 mod bf16;
 pub mod clip;
 pub mod config;

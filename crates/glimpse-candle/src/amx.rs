@@ -1,0 +1,195 @@
+//! Intel AMX (Sapphire Rapids and later) for the bf16 and int8 linear layers.
+//!
+//! AMX adds eight 16-row × 64-byte tile registers and one instruction that multiplies two tiles
+//! into a third: `tdpbf16ps` (16×32 bf16 · 32×16 bf16 → 16×16 f32, 8192 multiply-adds) and
+//! `tdpbusd` (16×64 u8 · 64×16 i8 → 16×16 i32, 16384). On these cores that is 16× (bf16) and
+//! 32× (int8) an AVX-512 FMA's work per cycle, while `vdpbf16ps` runs no faster than f32 FMAs.
+//!
+//! The B operand is read in the "VNNI" order both weight formats already use (a row per pair
+//! (bf16) or quad (int8) of `k`, 64 columns × 4 bytes = 256 bytes per panel row), so a B tile is
+//! 16 such rows × 16 columns at stride 256 and the packed weights serve both kernels unchanged.
+//! A tile is 16 activation rows × 64 bytes of `k` at the activation row stride, which is why the
+//! activation buffers are padded to [`ROWS`] rows and `k` to [`K_BYTES`] bytes.
+//!
+//! Stable Rust has no AMX intrinsics: the instructions are written as inline assembly, on tile
+//! registers the compiler never allocates. Linux hands out the tile state only on request
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which [`available`] makes once per process;
+//! `GLIMPSE_AMX=0` turns the AMX path off (to measure the AVX-512 kernels on the same CPU).
+
+/// Activation rows per block: two A tiles.
+pub(crate) const ROWS: usize = 32;
+/// Bytes of `k` per tile step: one A tile row, 32 bf16 or 64 u8.
+pub(crate) const K_BYTES: usize = 64;
+/// Bytes per row of a packed weight panel (64 columns × one bf16 pair or int8 quad).
+const PANEL_ROW: usize = 256;
+
+/// Whether the CPU has AMX-TILE, AMX-BF16 and AMX-INT8 (and AVX-512 for the epilogues), the
+/// kernel granted this process the tile state, and `GLIMPSE_AMX` is not `0`. Checked once.
+pub(crate) fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        std::env::var("GLIMPSE_AMX").map_or(true, |v| v.trim() != "0")
+            && crate::kernels::isa() == crate::kernels::Isa::Avx512
+            && detect()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE, bit 25 AMX-INT8.
+    // SAFETY: CPUID leaf 7 exists on every CPU with AVX-512 (checked by the caller). `unsafe`
+    // for the declared minimum Rust; newer ones made `__cpuid_count` safe.
+    #[allow(unused_unsafe)]
+    let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+    let want = (1 << 22) | (1 << 24) | (1 << 25);
+    if edx & want != want {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain syscall with integer arguments; it fails cleanly on kernels without AMX.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// Which tile product: bf16 pairs into f32, or u8 × i8 quads into i32.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Bf16,
+    Int8,
+}
+
+/// Palette 1, all eight tiles 16 rows × 64 bytes: tmm0–3 the 2×2 accumulators, tmm4–5 two A
+/// tiles (row halves), tmm6–7 two B tiles (column halves).
+#[repr(C, align(64))]
+struct Config([u8; 64]);
+
+const CONFIG: Config = {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    let mut t = 0;
+    while t < 8 {
+        c[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
+        c[48 + t] = 16; // rows
+        t += 1;
+    }
+    Config(c)
+};
+
+/// The tile state of the current thread, configured for [`Block::run`] and released on drop
+/// (not `Send`: the configuration belongs to the thread that made it).
+pub(crate) struct Tiles(std::marker::PhantomData<*const ()>);
+
+impl Tiles {
+    /// # Safety
+    /// [`available`] returned true.
+    #[inline]
+    pub(crate) unsafe fn configure() -> Tiles {
+        #[cfg(target_arch = "x86_64")]
+        std::arch::asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+        Tiles(std::marker::PhantomData)
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: a `Tiles` exists only after `ldtilecfg` on this same thread.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem))
+        }
+    }
+}
+
+/// A 32-row × 32-column block of `A·B` over `steps` tile steps of `k`, into `out` as four
+/// 16×16 tiles (rows 0–15 × cols 0–15, rows 0–15 × cols 16–31, rows 16–31 × cols 0–15,
+/// rows 16–31 × cols 16–31), f32 for [`Op::Bf16`], i32 for [`Op::Int8`].
+pub(crate) struct Block {
+    /// First byte of the first activation row's `k` range; rows at stride `lda` bytes.
+    pub a: *const u8,
+    pub lda: usize,
+    /// First byte of the block's first column in panel row 0 (panel rows are 256 bytes).
+    pub b: *const u8,
+    pub steps: usize,
+}
+
+impl Block {
+    /// # Safety
+    /// A [`Tiles`] is live on this thread; 32 rows × `64·steps` bytes of `a` and
+    /// `16·steps` panel rows × 128 bytes of `b` are in bounds.
+    #[inline]
+    pub(crate) unsafe fn run(&self, op: Op, out: &mut [[u32; 256]; 4]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::asm;
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let (mut a0, mut a1, mut b) = (self.a, self.a.add(16 * self.lda), self.b);
+            for _ in 0..self.steps {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tileloadd tmm6, [{b} + {ldb}*1]",
+                    "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    b = in(reg) b,
+                    lda = in(reg) self.lda,
+                    ldb = in(reg) PANEL_ROW,
+                    options(nostack, readonly)
+                );
+                match op {
+                    Op::Bf16 => asm!(
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        options(nostack, nomem)
+                    ),
+                    Op::Int8 => asm!(
+                        "tdpbusd tmm0, tmm4, tmm6",
+                        "tdpbusd tmm1, tmm4, tmm7",
+                        "tdpbusd tmm2, tmm5, tmm6",
+                        "tdpbusd tmm3, tmm5, tmm7",
+                        options(nostack, nomem)
+                    ),
+                }
+                a0 = a0.add(K_BYTES);
+                a1 = a1.add(K_BYTES);
+                b = b.add(16 * PANEL_ROW);
+            }
+            asm!(
+                "tilestored [{o0} + {s}*1], tmm0",
+                "tilestored [{o1} + {s}*1], tmm1",
+                "tilestored [{o2} + {s}*1], tmm2",
+                "tilestored [{o3} + {s}*1], tmm3",
+                o0 = in(reg) out[0].as_mut_ptr(),
+                o1 = in(reg) out[1].as_mut_ptr(),
+                o2 = in(reg) out[2].as_mut_ptr(),
+                o3 = in(reg) out[3].as_mut_ptr(),
+                s = in(reg) 64usize,
+                options(nostack)
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (op, out);
+            unreachable!("AMX is x86-64 only");
+        }
+    }
+}
