@@ -38,6 +38,29 @@ pub(crate) fn isa() -> Isa {
     })
 }
 
+/// Size of CPU 0's level-2 cache, from Linux's sysfs (`None` elsewhere or when unreadable).
+pub(crate) fn l2_bytes() -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8).find_map(|i| {
+        let read = |f: &str| std::fs::read_to_string(dir.join(format!("index{i}/{f}"))).ok();
+        if read("level")?.trim() != "2" || read("type")?.trim() == "Instruction" {
+            return None;
+        }
+        parse_cache_size(&read("size")?)
+    })
+}
+
+/// `"2048K"` → 2 MiB; also `M` and plain bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' => (&s[..s.len() - 1], 1 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok().map(|n| n * mult)
+}
+
 /// Define `fn $name(args)` compiled three times (AVX-512, AVX2+FMA, baseline) and dispatching on
 /// [`isa`]. Helpers it calls are `#[inline(always)]`, so they are compiled into each version.
 macro_rules! multiversion {
@@ -305,6 +328,15 @@ pub(crate) unsafe fn gemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cache_size("2048K\n"), Some(2 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("lots"), None);
+        assert_eq!(parse_cache_size(""), None);
+    }
 
     #[test]
     fn exp_and_erf_match_libm() {
