@@ -111,6 +111,24 @@ impl Dense {
         self.n
     }
 
+    /// `dst[m×n] = act(x·Wᵀ + b)`: fused into the matmul's epilogue where the kernel does that
+    /// (AMX), a separate pass otherwise.
+    pub(crate) fn forward_act(&self, x: &[f32], dst: &mut [f32], act: kernels::Act) {
+        match &self.w {
+            DenseWeight::Int8(w) => {
+                let q = int8::quantize_rows(x, self.k);
+                int8::matmul(&q, w, self.bias.as_deref(), dst, false, Some(act));
+            }
+            DenseWeight::Bf16(w) => {
+                bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, false, Some(act));
+            }
+            _ => {
+                self.forward(x, dst, false);
+                kernels::activate(act, dst);
+            }
+        }
+    }
+
     /// `dst[m×n] = x·Wᵀ + b`, or `dst += x·Wᵀ + b` when `accumulate` (the residual add).
     pub(crate) fn forward(&self, x: &[f32], dst: &mut [f32], accumulate: bool) {
         let m = x.len() / self.k;
@@ -146,13 +164,13 @@ impl Dense {
             }
             DenseWeight::Int8(w) => {
                 let q = int8::quantize_rows(x, self.k);
-                int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate);
+                int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate, None);
             }
             DenseWeight::F32Packed(w) => {
                 f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate);
             }
             DenseWeight::Bf16(w) => {
-                bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, accumulate);
+                bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, accumulate, None);
             }
         }
     }
@@ -212,8 +230,7 @@ impl Block {
         self.attention(&s.qkv, &mut s.ln, t / seq, seq, h);
         self.o.forward(&s.ln, xs, true);
         self.ln2.forward(xs, &mut s.ln);
-        self.fc1.forward(&s.ln, &mut s.mid, false);
-        kernels::activate(self.act, &mut s.mid);
+        self.fc1.forward_act(&s.ln, &mut s.mid, self.act);
         self.fc2.forward(&s.mid, xs, true);
     }
 

@@ -147,7 +147,7 @@ fn act_one(a: Act, x: f32) -> f32 {
 }
 
 multiversion! {
-    fn activate_chunk(act: Act, c: &mut [f32]) {
+    pub(crate) fn activate_chunk(act: Act, c: &mut [f32]) {
         // One loop per variant so each is a straight-line vectorised body.
         match act {
             Act::QuickGelu => c.iter_mut().for_each(|x| *x = act_one(Act::QuickGelu, *x)),
@@ -156,6 +156,18 @@ multiversion! {
             Act::Relu => c.iter_mut().for_each(|x| *x = act_one(Act::Relu, *x)),
             Act::Silu => c.iter_mut().for_each(|x| *x = act_one(Act::Silu, *x)),
         }
+    }
+}
+
+/// `act` over `rows` rows of `cols` values at `c`, stride `ldc`: a matmul epilogue's just-stored
+/// tile, while it is still in L1 (saves the separate pass over the whole output).
+///
+/// # Safety
+/// The rows are in bounds and no other thread touches them.
+#[inline]
+pub(crate) unsafe fn activate_tile(act: Act, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+    for i in 0..rows {
+        activate_chunk(act, std::slice::from_raw_parts_mut(c.add(i * ldc), cols));
     }
 }
 
