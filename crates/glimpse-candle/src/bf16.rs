@@ -153,13 +153,10 @@ fn matmul_on(
     });
 }
 
-/// Rows `rows` × panel `p` with AMX tiles: per 32-row block and 32-column half of the panel,
-/// one [`crate::amx::Block`] over all of `k`, then bias and residual on the way out.
+/// Rows `rows` × panel `p` of the linear layer with AMX tiles ([`amx_panel`]).
 ///
 /// # Safety
 /// [`crate::amx::available`]; `a` holds `rows.end` rounded up to 32 rows of `w.kp`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn amx_tile(
     a: &[u16],
@@ -171,22 +168,58 @@ unsafe fn amx_tile(
     rows: std::ops::Range<usize>,
     p: usize,
 ) {
+    let (kp, n, c0) = (w.kp, w.n, p * PANEL);
+    amx_panel(
+        a.as_ptr().add(rows.start * kp),
+        kp,
+        kp,
+        w.data.as_ptr().add(c0 * kp),
+        rows.len(),
+        (n - c0).min(PANEL),
+        out.at(rows.start * n + c0),
+        n,
+        bias.map(|b| b[c0..].as_ptr()),
+        accumulate,
+        act,
+    )
+}
+
+/// One 64-column panel with AMX tiles: `c[i·ldc + j] = (c[i·ldc + j] if add_dst) + bias[j] +
+/// Σ_kk a[i·lda + kk] · B[kk][j]` for `i < m`, `j < live`, then `act` over those columns. `b` is
+/// the panel in pair rows of 64 columns (256 bytes), `kp` (a multiple of 32) `k` deep. Per 32-row
+/// block and 32-column half, one [`crate::amx::Block`] over all of `kp`.
+///
+/// # Safety
+/// [`crate::amx::available`]; `a` holds `m` rounded up to 32 rows of `kp` values at stride
+/// `lda`; `b` holds `kp / 2` pair rows; `c` (and `bias`) hold `m` rows of `live` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn amx_panel(
+    a: *const u16,
+    lda: usize,
+    kp: usize,
+    b: *const u16,
+    m: usize,
+    live: usize,
+    c: *mut f32,
+    ldc: usize,
+    bias: Option<*const f32>,
+    add_dst: bool,
+    act: Option<Act>,
+) {
     use crate::amx::{Block, Op, Tiles, ROWS};
     use std::arch::x86_64::*;
-    let kp = w.kp;
     let _tiles = Tiles::configure();
     let mut acc = [[0u32; 256]; 4];
-    for r in rows.clone().step_by(ROWS) {
-        let h = (rows.end - r).min(ROWS);
-        for half in 0..2 {
-            let c0 = p * PANEL + half * 32;
-            if c0 >= w.n {
-                break;
-            }
+    for r in (0..m).step_by(ROWS) {
+        let h = (m - r).min(ROWS);
+        for half in 0..live.div_ceil(32) {
+            let c0 = half * 32;
             Block {
-                a: a.as_ptr().add(r * kp) as *const u8,
-                lda: kp * 2,
-                b: w.data.as_ptr().add(p * PANEL * kp + half * 64) as *const u8,
+                a: a.add(r * lda) as *const u8,
+                lda: lda * 2,
+                b: b.add(half * 64) as *const u8,
                 steps: kp * 2 / crate::amx::K_BYTES,
             }
             .run(Op::Bf16, &mut acc);
@@ -198,33 +231,35 @@ unsafe fn amx_tile(
                 ]];
                 crate::f32mm::store_rows(
                     &row,
-                    out.at((r + i) * w.n + c0),
-                    w.n,
-                    (w.n - c0).min(32),
-                    bias.map(|b| b[c0..].as_ptr()),
-                    accumulate,
+                    c.add((r + i) * ldc + c0),
+                    ldc,
+                    (live - c0).min(32),
+                    bias.map(|b| b.add(c0)),
+                    add_dst,
                 );
             }
         }
         // Over the panel's 64 columns at once (32-wide slices ran ~20 % slower per element).
         if let Some(f) = act {
-            let (c0, live) = (p * PANEL, (w.n - p * PANEL).min(PANEL));
-            crate::kernels::activate_tile(f, out.at(r * w.n + c0), w.n, h, live);
+            crate::kernels::activate_tile(f, c.add(r * ldc), ldc, h, live);
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn amx_tile(
-    _: &[u16],
-    _: &Bf16Weight,
-    _: Option<&[f32]>,
-    _: crate::kernels::SharedOut,
+pub(crate) unsafe fn amx_panel(
+    _: *const u16,
+    _: usize,
+    _: usize,
+    _: *const u16,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+    _: Option<*const f32>,
     _: bool,
     _: Option<Act>,
-    _: std::ops::Range<usize>,
-    _: usize,
 ) {
     unreachable!("AMX is x86-64 only")
 }

@@ -214,9 +214,8 @@ pub(crate) struct Block {
     pub(crate) act: Act,
     pub(crate) fc2: Dense,
     pub(crate) heads: usize,
-    /// Q·Kᵀ and P·V in bf16 (the reduced-precision modes, on CPUs with AVX-512 BF16 but no AMX:
-    /// there `vdpbf16ps` does twice an FMA's work; on the AMX Xeons it does not, and the f32
-    /// attention was faster — ViT-B/16 int8 batch 8, 21.4 vs 25.1 img/s).
+    /// Q·Kᵀ and P·V in bf16 (the reduced-precision modes, on CPUs with AVX-512 BF16: AMX tiles
+    /// where present, else `vdpbf16ps`).
     pub(crate) bf16_attention: bool,
 }
 
@@ -385,8 +384,16 @@ fn attention_bf16_d64(
 ) {
     const D: usize = f32mm::PANEL;
     let panels = seq.div_ceil(D);
-    // Sequence length as a `k`: whole pairs, the odd one meets a zero.
-    let sp = seq.div_ceil(2) * 2;
+    // With AMX ([`bf16::amx_panel`]): Q and P padded to whole 32-row blocks, the sequence as a
+    // `k` to whole 32-value tile steps. Otherwise the sequence as a `k` in whole pairs. The
+    // padding stays zero.
+    let amx = crate::amx::available();
+    let rows = if amx { seq.next_multiple_of(32) } else { seq };
+    let sp = if amx {
+        seq.next_multiple_of(32)
+    } else {
+        seq.div_ceil(2) * 2
+    };
     let row = 3 * h;
     assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
     let dst = SharedOut::new(out);
@@ -395,10 +402,10 @@ fn attention_bf16_d64(
         .with_max_len(1)
         .for_each_init(
             || Bf16Scratch {
-                q: vec![0u16; seq * D],
+                q: vec![0u16; rows * D],
                 kt: vec![0u32; panels * D * D / 2],
                 scores: vec![0f32; seq * seq],
-                p: vec![0u16; seq * sp],
+                p: vec![0u16; rows * sp],
                 v: vec![0u32; sp / 2 * D],
             },
             |s, task| {
@@ -434,6 +441,34 @@ fn attention_bf16_d64(
                 // zero-padded; P rows and V hold `sp` entries) and write `scores` or this image's rows
                 // of `out` in the head's 64 columns; AVX-512 BF16 checked when the block was built.
                 unsafe {
+                    if amx {
+                        let kt = s.kt.as_ptr() as *const u16;
+                        for p in 0..panels {
+                            let (c, live) =
+                                (s.scores.as_mut_ptr().add(p * D), (seq - p * D).min(D));
+                            bf16::amx_panel(
+                                s.q.as_ptr(),
+                                D,
+                                D,
+                                kt.add(p * D * D),
+                                seq,
+                                live,
+                                c,
+                                seq,
+                                None,
+                                false,
+                                None,
+                            );
+                        }
+                        kernels::softmax_rows(&mut s.scores, seq);
+                        for (pr, sr) in s.p.chunks_exact_mut(sp).zip(s.scores.chunks_exact(seq)) {
+                            bf16::round_row(sr, &mut pr[..seq]);
+                        }
+                        let o = dst.at(b * seq * h + hd * D);
+                        let v = s.v.as_ptr() as *const u16;
+                        bf16::amx_panel(s.p.as_ptr(), sp, sp, v, seq, D, o, h, None, false, None);
+                        return;
+                    }
                     for p in 0..panels {
                         for (r, rows) in f32mm::row_tiles(0..seq, bf16::MR) {
                             bf16::Tile {
