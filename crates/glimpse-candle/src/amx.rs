@@ -1,4 +1,5 @@
-//! Intel AMX (Sapphire Rapids and later) for the bf16 and int8 linear layers.
+//! Intel AMX (Sapphire Rapids and later) for the bf16 and int8 linear layers and, in those modes,
+//! the attention products.
 //!
 //! AMX adds eight 16-row × 64-byte tile registers and one instruction that multiplies two tiles
 //! into a third: `tdpbf16ps` (16×32 bf16 · 32×16 bf16 → 16×16 f32, 8192 multiply-adds) and

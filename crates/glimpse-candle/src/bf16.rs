@@ -359,13 +359,7 @@ mod tests {
     #[test]
     fn bf16_matmul_tracks_f32() {
         let (m, k, n) = (13, 41, 150);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
-            .collect();
-        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let (x, w, bias) = crate::kernels::test_operands(m, k, n);
         let bw = Bf16Weight::new(&w, n, k);
         let mut got = vec![1.0f32; m * n];
         matmul(&x, k, &bw, Some(&bias), &mut got, true, None);
@@ -382,12 +376,7 @@ mod tests {
             // differs.
             for accumulate in [false, true] {
                 for (m, k, n) in [(m, k, n), (70, 200, 64), (33, 768, 100)] {
-                    let x: Vec<f32> = (0..m * k)
-                        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
-                        .collect();
-                    let w: Vec<f32> = (0..n * k)
-                        .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
-                        .collect();
+                    let (x, w, _) = crate::kernels::test_operands(m, k, n);
                     let bw = Bf16Weight::new(&w, n, k);
                     let mut tiles = vec![0.5f32; m * n];
                     let mut avx = tiles.clone();

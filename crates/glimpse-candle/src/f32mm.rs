@@ -286,13 +286,7 @@ mod tests {
         }
         // k over two or more blocks (either KC), n over two panels with a partial one, m over a partial row tile.
         let (m, k, n) = (13, KC_LARGE_L2 + 41, 150);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
-            .collect();
-        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let (x, w, bias) = crate::kernels::test_operands(m, k, n);
         let pw = PackedWeight::new(&w, n, k);
         let mut got = vec![1.0f32; m * n];
         matmul(&x, &pw, Some(&bias), &mut got, true);

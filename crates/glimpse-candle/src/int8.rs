@@ -432,13 +432,7 @@ mod tests {
     #[test]
     fn int8_matmul_tracks_f32() {
         let (m, k, n) = (13, 42, 150);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
-            .collect();
-        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let (x, w, bias) = crate::kernels::test_operands(m, k, n);
         let qw = QuantWeight::new(&w, n, k);
         let qx = quantize_rows(&x, k);
         let mut got = vec![1.0f32; m * n];
@@ -477,13 +471,7 @@ mod tests {
             return;
         }
         for (m, k, n) in [(13, 42, 150), (70, 200, 64), (33, 768, 100), (197, 96, 200)] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
-                .collect();
-            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+            let (x, w, bias) = crate::kernels::test_operands(m, k, n);
             let (qw, qx) = (QuantWeight::new(&w, n, k), quantize_rows(&x, k));
             for accumulate in [false, true] {
                 let mut amx = vec![0.5f32; m * n];

@@ -337,6 +337,19 @@ pub(crate) unsafe fn gemm(
     );
 }
 
+/// Deterministic `x` (`m×k`), `w` (`n×k`) and `bias` (`n`) for the matmul tests: values of
+/// either sign, small enough that the reduced-precision paths stay near the f32 product.
+#[cfg(test)]
+pub(crate) fn test_operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = (0..m * k)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
+        .collect();
+    let w = (0..n * k)
+        .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
+        .collect();
+    (x, w, (0..n).map(|i| i as f32 * 0.01).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
