@@ -114,23 +114,22 @@ impl Dense {
     /// `dst[m×n] = act(x·Wᵀ + b)`: fused into the matmul's epilogue where the kernel does that
     /// (AMX), a separate pass otherwise.
     pub(crate) fn forward_act(&self, x: &[f32], dst: &mut [f32], act: kernels::Act) {
-        match &self.w {
-            DenseWeight::Int8(w) => {
-                let q = int8::quantize_rows(x, self.k);
-                int8::matmul(&q, w, self.bias.as_deref(), dst, false, Some(act));
-            }
-            DenseWeight::Bf16(w) => {
-                bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, false, Some(act));
-            }
-            _ => {
-                self.forward(x, dst, false);
-                kernels::activate(act, dst);
-            }
-        }
+        self.forward_then(x, dst, false, Some(act))
     }
 
     /// `dst[m×n] = x·Wᵀ + b`, or `dst += x·Wᵀ + b` when `accumulate` (the residual add).
     pub(crate) fn forward(&self, x: &[f32], dst: &mut [f32], accumulate: bool) {
+        self.forward_then(x, dst, accumulate, None)
+    }
+
+    /// [`Dense::forward`], then `act` (never with `accumulate`).
+    fn forward_then(
+        &self,
+        x: &[f32],
+        dst: &mut [f32],
+        accumulate: bool,
+        act: Option<kernels::Act>,
+    ) {
         let m = x.len() / self.k;
         debug_assert_eq!(dst.len(), m * self.n);
         match &self.w {
@@ -164,14 +163,19 @@ impl Dense {
             }
             DenseWeight::Int8(w) => {
                 let q = int8::quantize_rows(x, self.k);
-                int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate, None);
+                return int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate, act);
             }
             DenseWeight::F32Packed(w) => {
                 f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate);
             }
             DenseWeight::Bf16(w) => {
-                bf16::matmul(x, self.k, w, self.bias.as_deref(), dst, accumulate, None);
+                let b = self.bias.as_deref();
+                return bf16::matmul(x, self.k, w, b, dst, accumulate, act);
             }
+        }
+        // The f32 kernels have no activation epilogue.
+        if let Some(a) = act {
+            kernels::activate(a, dst);
         }
     }
 }
