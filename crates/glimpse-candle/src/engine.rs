@@ -350,6 +350,7 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
                                 live,
                                 bias: None,
                                 add_dst: false,
+                                prefetch: f32mm::Prefetch::NONE,
                             }
                             .run_rows(rows);
                         }
@@ -368,6 +369,7 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
                             live: D,
                             bias: None,
                             add_dst: false,
+                            prefetch: f32mm::Prefetch::NONE,
                         }
                         .run_rows(rows);
                     }

@@ -87,7 +87,17 @@ pub(crate) fn matmul(
     assert!(dst.len() >= m * w.n && x.len() == m * w.k);
     let out = crate::kernels::SharedOut::new(dst);
     let kc = kc();
-    par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
+    let panels = w.np / PANEL;
+    par_tiles(m, MB, MR, panels, |rows, p| {
+        // The next task is most often the next panel (rayon hands each thread a run of tasks in
+        // order): its lines are spread evenly over this task's tile runs.
+        let next = w.data[((p + 1) % panels) * PANEL * w.k..]
+            .as_ptr()
+            .cast::<u8>();
+        let lines = PANEL * w.k * 4 / 64;
+        let runs = rows.len().div_ceil(MR) * w.k.div_ceil(kc);
+        let per_run = if panels > 1 { lines.div_ceil(runs) } else { 0 };
+        let mut run = 0;
         let mut k0 = 0;
         while k0 < w.k {
             let k1 = (k0 + kc).min(w.k);
@@ -117,8 +127,13 @@ pub(crate) fn matmul(
                         live,
                         bias: b0,
                         add_dst,
+                        prefetch: Prefetch {
+                            at: next.add((run * per_run).min(lines) * 64),
+                            lines: per_run.min(lines.saturating_sub(run * per_run)),
+                        },
                     };
                     t.run_rows(h);
+                    run += 1;
                 }
             }
             k0 = k1;
@@ -164,6 +179,24 @@ pub(crate) struct Tile {
     pub live: usize,
     pub bias: Option<*const f32>,
     pub add_dst: bool,
+    pub prefetch: Prefetch,
+}
+
+/// Cache lines for a tile to pull into L2 as it goes, one per `k` step: the weight panel the
+/// thread most likely works on next. At batch 1 a panel is used by few rows, so the pass is bound
+/// by reading the weights from memory, not by the FMAs; fetched ahead, they arrive while this
+/// panel's tiles compute instead of stalling the next panel's first tile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prefetch {
+    pub at: *const u8,
+    pub lines: usize,
+}
+
+impl Prefetch {
+    pub(crate) const NONE: Prefetch = Prefetch {
+        at: std::ptr::null(),
+        lines: 0,
+    };
 }
 
 impl Tile {
@@ -197,7 +230,7 @@ impl Tile {
     unsafe fn run<const H: usize, const V: usize>(&self) {
         use std::arch::x86_64::*;
         let mut acc = [[_mm512_setzero_ps(); V]; H];
-        for kk in 0..self.k {
+        let step = |acc: &mut [[__m512; V]; H], kk: usize| {
             let w = self.b.add(kk * self.ldb);
             let wv: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(w.add(16 * j)));
             for (i, row) in acc.iter_mut().enumerate() {
@@ -206,6 +239,15 @@ impl Tile {
                     row[j] = _mm512_fmadd_ps(a, wv[j], row[j]);
                 }
             }
+        };
+        // One line of the prefetch run per `k` step while it lasts (see `Prefetch`).
+        let ahead = self.prefetch.lines.min(self.k);
+        for kk in 0..ahead {
+            _mm_prefetch::<_MM_HINT_T1>(self.prefetch.at.add(kk * 64).cast());
+            step(&mut acc, kk);
+        }
+        for kk in ahead..self.k {
+            step(&mut acc, kk);
         }
         store_rows(&acc, self.c, self.ldc, self.live, self.bias, self.add_dst);
     }
