@@ -111,8 +111,8 @@ impl Dense {
         self.n
     }
 
-    /// `dst[m×n] = act(x·Wᵀ + b)`: fused into the matmul's epilogue where the kernel does that
-    /// (AMX), a separate pass otherwise.
+    /// `dst[m×n] = act(x·Wᵀ + b)`: fused into the matmul's epilogue (a separate pass on the gemm
+    /// fallback).
     pub(crate) fn forward_act(&self, x: &[f32], dst: &mut [f32], act: kernels::Act) {
         self.forward_then(x, dst, false, Some(act))
     }
@@ -166,14 +166,14 @@ impl Dense {
                 return int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate, act);
             }
             DenseWeight::F32Packed(w) => {
-                f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate);
+                return f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate, act);
             }
             DenseWeight::Bf16(w) => {
                 let b = self.bias.as_deref();
                 return bf16::matmul(x, self.k, w, b, dst, accumulate, act);
             }
         }
-        // The f32 kernels have no activation epilogue.
+        // gemm has no activation epilogue.
         if let Some(a) = act {
             kernels::activate(a, dst);
         }

@@ -74,13 +74,15 @@ impl PackedWeight {
     }
 }
 
-/// `dst[m×n] (+)= x·W + bias`. Only call when [`PackedWeight::available`].
+/// `dst[m×n] (+)= x·W + bias`, then `act` on it (in each tile's last pass, while it is in L1).
+/// Only call when [`PackedWeight::available`].
 pub(crate) fn matmul(
     x: &[f32],
     w: &PackedWeight,
     bias: Option<&[f32]>,
     dst: &mut [f32],
     accumulate: bool,
+    act: Option<crate::kernels::Act>,
 ) {
     assert!(PackedWeight::available());
     let m = x.len() / w.k;
@@ -133,6 +135,9 @@ pub(crate) fn matmul(
                         },
                     };
                     t.run_rows(h);
+                    if let (Some(act), true) = (act, k1 == w.k) {
+                        crate::kernels::activate_tile(act, c, w.n, h, live);
+                    }
                     run += 1;
                 }
             }
@@ -299,6 +304,7 @@ pub(crate) unsafe fn store_rows<const V: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Act;
 
     #[test]
     fn row_blocks_cover_m_evenly() {
@@ -331,7 +337,10 @@ mod tests {
         let (x, w, bias) = crate::kernels::test_operands(m, k, n);
         let pw = PackedWeight::new(&w, n, k);
         let mut got = vec![1.0f32; m * n];
-        matmul(&x, &pw, Some(&bias), &mut got, true);
+        matmul(&x, &pw, Some(&bias), &mut got, true, None);
+        // With the activation fused: ReLU of the plain sum (no residual).
+        let mut relu = vec![f32::NAN; m * n];
+        matmul(&x, &pw, Some(&bias), &mut relu, false, Some(Act::Relu));
         for r in 0..m {
             for c in 0..n {
                 let exact: f64 = (0..k)
@@ -340,6 +349,9 @@ mod tests {
                 let want = 1.0 + exact + bias[c] as f64;
                 let g = got[r * n + c] as f64;
                 assert!((g - want).abs() < 1e-3, "[{r},{c}] {g} vs {want}");
+                let want = (exact + bias[c] as f64).max(0.0);
+                let g = relu[r * n + c] as f64;
+                assert!((g - want).abs() < 1e-3, "relu [{r},{c}] {g} vs {want}");
             }
         }
     }
