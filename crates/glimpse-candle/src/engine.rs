@@ -111,24 +111,20 @@ impl Dense {
         self.n
     }
 
-    /// `dst[m×n] = act(x·Wᵀ + b)`: fused into the matmul's epilogue (a separate pass on the gemm
-    /// fallback).
-    pub(crate) fn forward_act(&self, x: &[f32], dst: &mut [f32], act: kernels::Act) {
-        self.forward_then(x, dst, false, Some(act))
-    }
-
     /// `dst[m×n] = x·Wᵀ + b`, or `dst += x·Wᵀ + b` when `accumulate` (the residual add).
     pub(crate) fn forward(&self, x: &[f32], dst: &mut [f32], accumulate: bool) {
-        self.forward_then(x, dst, accumulate, None)
+        self.run(x, dst, accumulate, None, None)
     }
 
-    /// [`Dense::forward`], then `act` (never with `accumulate`).
-    fn forward_then(
+    /// [`Dense::forward`], then `act` (never with `accumulate`); `then` is the layer that runs
+    /// next, whose first weights the packed f32 kernel fetches ahead.
+    pub(crate) fn run(
         &self,
         x: &[f32],
         dst: &mut [f32],
         accumulate: bool,
         act: Option<kernels::Act>,
+        then: Option<&Dense>,
     ) {
         let m = x.len() / self.k;
         debug_assert_eq!(dst.len(), m * self.n);
@@ -166,7 +162,11 @@ impl Dense {
                 return int8::matmul(&q, w, self.bias.as_deref(), dst, accumulate, act);
             }
             DenseWeight::F32Packed(w) => {
-                return f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate, act);
+                let then = then.and_then(|d| match &d.w {
+                    DenseWeight::F32Packed(w) => Some(w),
+                    _ => None,
+                });
+                return f32mm::matmul(x, w, self.bias.as_deref(), dst, accumulate, act, then);
             }
             DenseWeight::Bf16(w) => {
                 let b = self.bias.as_deref();
@@ -225,16 +225,18 @@ pub(crate) struct Block {
 
 impl Block {
     /// `xs`: `[batch·seq, h]`, updated in place.
-    fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch) {
+    /// `next`: the block after this one (its first weights are fetched ahead).
+    fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch, next: Option<&Block>) {
         let h = self.ln1.w.len();
         let t = xs.len() / h;
         self.ln1.forward(xs, &mut s.ln);
-        self.qkv.forward(&s.ln, &mut s.qkv, false);
+        self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
         self.attention(&s.qkv, &mut s.ln, t / seq, seq, h);
-        self.o.forward(&s.ln, xs, true);
+        self.o.run(&s.ln, xs, true, None, Some(&self.fc1));
         self.ln2.forward(xs, &mut s.ln);
-        self.fc1.forward_act(&s.ln, &mut s.mid, self.act);
-        self.fc2.forward(&s.mid, xs, true);
+        self.fc1
+            .run(&s.ln, &mut s.mid, false, Some(self.act), Some(&self.fc2));
+        self.fc2.run(&s.mid, xs, true, None, next.map(|b| &b.qkv));
     }
 
     /// softmax(Q·Kᵀ)·V per (image, head), straight out of the fused `[t, 3h]` buffer into
@@ -603,8 +605,8 @@ impl VisionEncoder {
             norm.forward(&xs, &mut s.ln);
             std::mem::swap(&mut xs, &mut s.ln);
         }
-        for block in &self.blocks {
-            block.forward(&mut xs, seq, &mut s);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
         }
         xs
     }

@@ -83,6 +83,7 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     act: Option<crate::kernels::Act>,
+    then: Option<&PackedWeight>,
 ) {
     assert!(PackedWeight::available());
     let m = x.len() / w.k;
@@ -90,15 +91,11 @@ pub(crate) fn matmul(
     let out = crate::kernels::SharedOut::new(dst);
     let kc = kc();
     let panels = w.np / PANEL;
+    let (_, mb) = row_blocks(m, MB, MR);
+    let tasks = m.div_ceil(mb) * panels;
     par_tiles(m, MB, MR, panels, |rows, p| {
-        // The next task is most often the next panel (rayon hands each thread a run of tasks in
-        // order): its lines are spread evenly over this task's tile runs.
-        let next = w.data[((p + 1) % panels) * PANEL * w.k..]
-            .as_ptr()
-            .cast::<u8>();
-        let lines = PANEL * w.k * 4 / 64;
+        let ahead = ahead_of(w, then, (rows.start / mb) * panels + p, tasks);
         let runs = rows.len().div_ceil(MR) * w.k.div_ceil(kc);
-        let per_run = if panels > 1 { lines.div_ceil(runs) } else { 0 };
         let mut run = 0;
         let mut k0 = 0;
         while k0 < w.k {
@@ -129,10 +126,7 @@ pub(crate) fn matmul(
                         live,
                         bias: b0,
                         add_dst,
-                        prefetch: Prefetch {
-                            at: next.add((run * per_run).min(lines) * 64),
-                            lines: per_run.min(lines.saturating_sub(run * per_run)),
-                        },
+                        prefetch: ahead.share(run, runs),
                     };
                     t.run_rows(h);
                     if let (Some(act), true) = (act, k1 == w.k) {
@@ -144,6 +138,63 @@ pub(crate) fn matmul(
             k0 = k1;
         }
     });
+}
+
+/// What task `t` of `tasks` (in [`par_tiles`] order) should pull into L2 while it computes: the
+/// weight panel its thread most likely takes next. Rayon hands the two halves of the task range
+/// to the two threads and each runs its half in order, so that is task `t + 1`'s panel, except
+/// for the last task of each half: the next layer's (`then`) first panels, one of which the
+/// thread starts on once this matmul ends (which is not known, so half of each: the pass
+/// otherwise starts both threads on cold weights).
+fn ahead_of(w: &PackedWeight, then: Option<&PackedWeight>, t: usize, tasks: usize) -> Ahead {
+    let panel = |w: &PackedWeight, p: usize| Ahead {
+        at: [w.data[p * PANEL * w.k..].as_ptr().cast(); 2],
+        lines: PANEL * w.k * 4 / 64,
+    };
+    let next = t + 1;
+    if next == tasks || next == tasks / 2 {
+        match then {
+            Some(n) => {
+                let half = n.np / PANEL / 2;
+                Ahead {
+                    at: [panel(n, 0).at[0], panel(n, half).at[0]],
+                    lines: panel(n, 0).lines / 2,
+                }
+            }
+            None => Ahead {
+                at: [std::ptr::null(); 2],
+                lines: 0,
+            },
+        }
+    } else {
+        panel(w, next % (w.np / PANEL))
+    }
+}
+
+/// One task's prefetch plan: `lines` cache lines from each of `at` (once when both are the same).
+struct Ahead {
+    at: [*const u8; 2],
+    lines: usize,
+}
+
+impl Ahead {
+    /// Tile run `run` of `runs`' even share of the plan.
+    fn share(&self, run: usize, runs: usize) -> Prefetch {
+        // Two sources: even runs take the first, odd runs the second (one run: the first only).
+        let two = self.at[0] != self.at[1] && runs > 1;
+        let (src, i, of) = match (two, run % 2) {
+            (false, _) => (0, run, runs),
+            (true, 0) => (0, run / 2, runs.div_ceil(2)),
+            (true, _) => (1, run / 2, runs / 2),
+        };
+        let per = self.lines.div_ceil(of.max(1));
+        let start = (i * per).min(self.lines);
+        Prefetch {
+            // SAFETY (of the `add`): `start` ≤ `lines`, and `lines` lines from `at` are in bounds.
+            at: unsafe { self.at[src].add(start * 64) },
+            lines: per.min(self.lines - start),
+        }
+    }
 }
 
 /// Run `tile(rows, panel)` for every (row block, panel) of an `m`-row matmul with `panels`
@@ -328,6 +379,38 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_shares_cover_each_source_once() {
+        let buf = vec![0u8; 64 * 1000];
+        let (a, b) = (buf.as_ptr(), buf[64 * 500..].as_ptr());
+        for (at, lines) in [([a, a], 300), ([a, b], 300), ([a, b], 7), ([a, a], 0)] {
+            for runs in [1, 2, 5, 9, 33, 400] {
+                let plan = Ahead { at, lines };
+                // Per source, the lines fetched by each run, in order.
+                let mut seen = [vec![0u32; lines], vec![0u32; lines]];
+                for run in 0..runs {
+                    let p = plan.share(run, runs);
+                    for l in 0..p.lines {
+                        let addr = p.at as usize + 64 * l;
+                        let (src, base) = if addr >= b as usize && at[1] == b {
+                            (1, b as usize)
+                        } else {
+                            (0, a as usize)
+                        };
+                        seen[src][(addr - base) / 64] += 1;
+                    }
+                }
+                let sources = if at[0] == at[1] || runs == 1 { 1 } else { 2 };
+                for (src, s) in seen.iter().enumerate().take(sources) {
+                    assert!(
+                        s.iter().all(|&n| n == 1),
+                        "{lines} lines, {runs} runs, source {src}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn packed_f32_matmul_matches_naive() {
         if !PackedWeight::available() {
             return;
@@ -337,10 +420,18 @@ mod tests {
         let (x, w, bias) = crate::kernels::test_operands(m, k, n);
         let pw = PackedWeight::new(&w, n, k);
         let mut got = vec![1.0f32; m * n];
-        matmul(&x, &pw, Some(&bias), &mut got, true, None);
+        matmul(&x, &pw, Some(&bias), &mut got, true, None, None);
         // With the activation fused: ReLU of the plain sum (no residual).
         let mut relu = vec![f32::NAN; m * n];
-        matmul(&x, &pw, Some(&bias), &mut relu, false, Some(Act::Relu));
+        matmul(
+            &x,
+            &pw,
+            Some(&bias),
+            &mut relu,
+            false,
+            Some(Act::Relu),
+            Some(&pw),
+        );
         for r in 0..m {
             for c in 0..n {
                 let exact: f64 = (0..k)
