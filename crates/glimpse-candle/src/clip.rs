@@ -135,8 +135,7 @@ impl VisionTower {
 
     /// Projected (not yet normalised) embeddings, one row per image.
     fn forward(&self, pixels: &[f32], batch: usize) -> Vec<Vec<f32>> {
-        let xs = self.engine.forward(pixels, batch);
-        let cls = self.engine.class_tokens(&xs, batch);
+        let cls = self.engine.class_tokens(pixels, batch);
         let mut normed = vec![0f32; cls.len()];
         self.post_layernorm.forward(&cls, &mut normed);
         let n = self.projection.out_features();

@@ -227,16 +227,45 @@ impl Block {
     /// `xs`: `[batch·seq, h]`, updated in place.
     /// `next`: the block after this one (its first weights are fetched ahead).
     fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch, next: Option<&Block>) {
+        self.attend(xs, seq, s);
+        let mid = &mut s.mid[..xs.len() / self.ln1.w.len() * self.fc1.out_features()];
+        self.finish(xs, &mut s.ln, mid, next);
+    }
+
+    /// This block for the class tokens only (rows `0, seq, 2·seq, …` of `xs`), as `[batch,
+    /// hidden]`: what the last block owes a model that reads nothing else. Attention still
+    /// reads every token; the output projection and the MLP (three quarters of the block's
+    /// matmuls) run on `batch` rows instead of `batch·seq`. The rows come out as
+    /// [`Block::forward`] computes them: each of those steps works row by row.
+    fn forward_class_tokens(&self, xs: &[f32], seq: usize, s: &mut Scratch) -> Vec<f32> {
+        let h = self.ln1.w.len();
+        let batch = xs.len() / h / seq;
+        let mut x = class_rows(xs, batch, seq, h);
+        self.attend(xs, seq, s);
+        let mut attn = class_rows(&s.ln, batch, seq, h);
+        let mid = &mut s.mid[..batch * self.fc1.out_features()];
+        self.finish(&mut x, &mut attn, mid, None);
+        x
+    }
+
+    /// The attention half: `s.ln` = attention(ln1(xs)) for every row (before the output
+    /// projection).
+    fn attend(&self, xs: &[f32], seq: usize, s: &mut Scratch) {
         let h = self.ln1.w.len();
         let t = xs.len() / h;
         self.ln1.forward(xs, &mut s.ln);
         self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
         self.attention(&s.qkv, &mut s.ln, t / seq, seq, h);
-        self.o.run(&s.ln, xs, true, None, Some(&self.fc1));
-        self.ln2.forward(xs, &mut s.ln);
+    }
+
+    /// The rest, on the rows of `xs`: `xs += o(attn)`, then `xs += fc2(act(fc1(ln2(xs))))`.
+    /// `ln` holds the attention output on entry and is reused for ln2's; `mid` is `fc1`'s.
+    fn finish(&self, xs: &mut [f32], ln: &mut [f32], mid: &mut [f32], next: Option<&Block>) {
+        self.o.run(ln, xs, true, None, Some(&self.fc1));
+        self.ln2.forward(xs, ln);
         self.fc1
-            .run(&s.ln, &mut s.mid, false, Some(self.act), Some(&self.fc2));
-        self.fc2.run(&s.mid, xs, true, None, next.map(|b| &b.qkv));
+            .run(ln, mid, false, Some(self.act), Some(&self.fc2));
+        self.fc2.run(mid, xs, true, None, next.map(|b| &b.qkv));
     }
 
     /// softmax(Q·Kᵀ)·V per (image, head), straight out of the fused `[t, 3h]` buffer into
@@ -557,8 +586,9 @@ impl VisionEncoder {
         (self.image.0 / self.patch) * (self.image.1 / self.patch) + 1
     }
 
-    /// `pixels`: `[batch, c, H, W]`. Returns the encoder output `[batch·seq, hidden]`.
-    pub(crate) fn forward(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+    /// `pixels`: `[batch, c, H, W]`. Returns each image's class token out of the encoder,
+    /// `[batch, hidden]` (the other tokens' last-block outputs are never computed).
+    pub(crate) fn class_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
         let (p, c, (ih, iw)) = (self.patch, self.channels, self.image);
         let (gh, gw) = (ih / p, iw / p);
         let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len());
@@ -605,19 +635,21 @@ impl VisionEncoder {
             norm.forward(&xs, &mut s.ln);
             std::mem::swap(&mut xs, &mut s.ln);
         }
-        for (i, block) in self.blocks.iter().enumerate() {
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return class_rows(&xs, batch, seq, hidden);
+        };
+        for (i, block) in rest.iter().enumerate() {
             block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
         }
-        xs
+        last.forward_class_tokens(&xs, seq, &mut s)
     }
+}
 
-    /// Rows `0, seq, 2·seq, …` of the encoder output: each image's class token.
-    pub(crate) fn class_tokens(&self, xs: &[f32], batch: usize) -> Vec<f32> {
-        let (seq, h) = (self.seq(), self.cls.len());
-        (0..batch)
-            .flat_map(|b| xs[b * seq * h..b * seq * h + h].iter().copied())
-            .collect()
-    }
+/// Rows `0, seq, 2·seq, …` of `[batch·seq, h]` `xs` (each image's class token), as `[batch, h]`.
+fn class_rows(xs: &[f32], batch: usize, seq: usize, h: usize) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|b| xs[b * seq * h..b * seq * h + h].iter().copied())
+        .collect()
 }
 
 /// Convert a candle conv2d (`[hidden, c, p, p]`, optional bias) into the im2col matmul.

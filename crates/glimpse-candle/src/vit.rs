@@ -127,9 +127,8 @@ impl VitModel {
         check_pixels(pixels, &self.config.vision)?;
         let batch = pixels.batch;
         Ok(self.runtime.run(|| {
-            let xs = self.engine.forward(&pixels.data, batch);
             // The final layer norm is per token; only the class token is classified.
-            let cls = self.engine.class_tokens(&xs, batch);
+            let cls = self.engine.class_tokens(&pixels.data, batch);
             let mut normed = vec![0f32; cls.len()];
             self.layernorm.forward(&cls, &mut normed);
             let n = self.classifier.out_features();
