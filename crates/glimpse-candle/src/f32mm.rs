@@ -91,8 +91,8 @@ pub(crate) fn matmul(
     let out = crate::kernels::SharedOut::new(dst);
     let kc = kc();
     let panels = w.np / PANEL;
-    let (_, mb) = row_blocks(m, MB, MR);
-    let tasks = m.div_ceil(mb) * panels;
+    let (blocks, mb) = row_blocks(m, MB, MR);
+    let tasks = blocks * panels;
     par_tiles(m, MB, MR, panels, |rows, p| {
         let ahead = ahead_of(w, then, (rows.start / mb) * panels + p, tasks);
         let runs = rows.len().div_ceil(MR) * w.k.div_ceil(kc);
@@ -155,10 +155,10 @@ fn ahead_of(w: &PackedWeight, then: Option<&PackedWeight>, t: usize, tasks: usiz
     if next == tasks || next == tasks / 2 {
         match then {
             Some(n) => {
-                let half = n.np / PANEL / 2;
+                let (first, middle) = (panel(n, 0), panel(n, n.np / PANEL / 2));
                 Ahead {
-                    at: [panel(n, 0).at[0], panel(n, half).at[0]],
-                    lines: panel(n, 0).lines / 2,
+                    at: [first.at[0], middle.at[0]],
+                    lines: first.lines / 2,
                 }
             }
             None => Ahead {
