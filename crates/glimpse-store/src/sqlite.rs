@@ -4,13 +4,22 @@
 //! deferred transaction that reads and then writes gets SQLITE_BUSY at once when another writer
 //! got in between (busy_timeout is not honoured for that upgrade), so writers would fail instead
 //! of queueing. With the lock taken first, writers simply wait their turn.
+//!
+//! Their turn is also kept in this process, first come first served (`SqliteStore::write`): a
+//! `BEGIN IMMEDIATE` that finds the lock taken is left to SQLite's busy handler, which sleeps
+//! 1, 2, 5, 10, 15, 20, 25… ms between tries. Eight concurrent debit + settle pairs took 74 ms
+//! that way where one takes 1.3 ms (`examples/write_contention.rs`); only another process (the
+//! CLI) still meets the busy handler.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -33,9 +42,35 @@ fn cutoff_modifier(age: Duration) -> String {
 pub struct SqliteStore {
     pool: SqlitePool,
     takeover_after: Duration,
+    /// This process's writers, in arrival order (tokio's mutex is fair): held from before
+    /// `BEGIN IMMEDIATE` to the commit or rollback.
+    write_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
-type Tx = Transaction<'static, Sqlite>;
+/// A write transaction holding this process's write turn; derefs to the connection.
+struct Tx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Deref for Tx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+impl Tx {
+    async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
 
 fn key_info(row: &SqliteRow) -> Result<KeyInfo, sqlx::Error> {
     Ok(KeyInfo {
@@ -77,20 +112,25 @@ impl SqliteStore {
         Ok(Self {
             pool,
             takeover_after: options.idempotency_takeover_after,
+            write_turn: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
+    /// Waits for this process's write turn, then takes SQLite's write lock.
     async fn write(&self) -> Result<Tx> {
-        self.pool
+        let turn = Arc::clone(&self.write_turn).lock_owned().await;
+        let tx = self
+            .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_err)
+            .map_err(db_err)?;
+        Ok(Tx { tx, _turn: turn })
     }
 
-    async fn key_exists(tx: &mut Tx, key_id: &str) -> Result<bool> {
+    async fn key_exists(conn: &mut SqliteConnection, key_id: &str) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM keys WHERE id = $1")
             .bind(key_id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_err)?;
         Ok(found.is_some())
