@@ -118,7 +118,21 @@ impl Drop for PassPermit<'_> {
 }
 
 type Reply<S> = Box<dyn FnOnce(Result<S, BatchError>) + Send>;
-type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+/// A queued job, its reply and when it was submitted.
+type Queued<R, S> = (R, Reply<S>, Instant);
+type Hook = Arc<dyn Fn(&PassReport) + Send + Sync>;
+
+/// One forward pass, as the [`Batcher::on_batch`] hook sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Jobs in the pass.
+    pub size: usize,
+    /// Each job's wait from its submit to the pass starting (the window, the pass before it, a
+    /// busy [`PassGate`]), in the pass's order.
+    pub waits: Vec<Duration>,
+    /// The pass itself, from start to the model's answer.
+    pub ran: Duration,
+}
 
 struct Shared {
     depth: AtomicUsize,
@@ -131,7 +145,7 @@ struct Shared {
 /// A queue in front of one worker thread running `run` on batches of `R`, answering `S` each.
 /// Dropping it closes the queue; the worker answers what is still queued and then exits.
 pub struct Batcher<R, S> {
-    tx: SyncSender<(R, Reply<S>)>,
+    tx: SyncSender<Queued<R, S>>,
     shared: Arc<Shared>,
     options: BatchOptions,
 }
@@ -161,7 +175,7 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
             queue_capacity: options.queue_capacity.max(1),
             ..options
         };
-        let (tx, rx) = mpsc::sync_channel::<(R, Reply<S>)>(options.queue_capacity);
+        let (tx, rx) = mpsc::sync_channel::<Queued<R, S>>(options.queue_capacity);
         let shared = Arc::new(Shared {
             depth: AtomicUsize::new(0),
             incoming: AtomicUsize::new(0),
@@ -184,13 +198,13 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
     pub fn submit(&self, job: R, reply: impl FnOnce(Result<S, BatchError>) + Send + 'static) {
         // Counted before sending so the worker's decrement can never run first and underflow.
         self.shared.depth.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send((job, Box::new(reply))) {
+        match self.tx.try_send((job, Box::new(reply), Instant::now())) {
             Ok(()) => {}
-            Err(TrySendError::Full((_, reply))) => {
+            Err(TrySendError::Full((_, reply, _))) => {
                 self.shared.depth.fetch_sub(1, Ordering::SeqCst);
                 reply(Err(BatchError::Overloaded));
             }
-            Err(TrySendError::Disconnected((_, reply))) => {
+            Err(TrySendError::Disconnected((_, reply, _))) => {
                 self.shared.depth.fetch_sub(1, Ordering::SeqCst);
                 reply(Err(BatchError::Closed));
             }
@@ -228,8 +242,9 @@ impl<R: Send + 'static, S: Send + 'static> Batcher<R, S> {
         self.options
     }
 
-    /// Called on the worker thread with the size of every batch, before it runs (for metrics).
-    pub fn on_batch(&self, hook: impl Fn(usize) + Send + Sync + 'static) {
+    /// Called on the worker thread after every forward pass, before its jobs are answered (for
+    /// metrics).
+    pub fn on_batch(&self, hook: impl Fn(&PassReport) + Send + Sync + 'static) {
         *self
             .shared
             .on_batch
@@ -253,7 +268,7 @@ impl Drop for Incoming {
 const ANNOUNCE_POLL: Duration = Duration::from_micros(500);
 
 fn worker<R, S, F>(
-    rx: mpsc::Receiver<(R, Reply<S>)>,
+    rx: mpsc::Receiver<Queued<R, S>>,
     shared: Arc<Shared>,
     options: BatchOptions,
     gate: Option<Arc<PassGate>>,
@@ -311,16 +326,16 @@ fn worker<R, S, F>(
             s.jobs += n;
             s.max_batch_seen = s.max_batch_seen.max(n);
         }
-        let hook = shared
-            .on_batch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(h) = hook {
-            h(n);
+        let mut jobs = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        let mut submitted = Vec::with_capacity(n);
+        for (job, reply, at) in batch {
+            jobs.push(job);
+            replies.push(reply);
+            submitted.push(at);
         }
-        let (jobs, replies): (Vec<R>, Vec<Reply<S>>) = batch.into_iter().unzip();
         let permit = gate.as_deref().map(PassGate::acquire);
+        let started = Instant::now();
         // A panicking model must not take the worker (and every later caller) down with it.
         let outcome = match catch_unwind(AssertUnwindSafe(|| run(&jobs))) {
             Ok(Ok(results)) if results.len() == n => Ok(results),
@@ -332,6 +347,21 @@ fn worker<R, S, F>(
             Err(_) => Err(BatchError::Model("the model panicked".into())),
         };
         drop(permit);
+        let hook = shared
+            .on_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h(&PassReport {
+                size: n,
+                waits: submitted
+                    .iter()
+                    .map(|at| started.saturating_duration_since(*at))
+                    .collect(),
+                ran: started.elapsed(),
+            });
+        }
         match outcome {
             Ok(results) => {
                 for (reply, r) in replies.into_iter().zip(results) {

@@ -180,7 +180,7 @@ fn batches_never_exceed_the_cap() {
         .unwrap(),
     );
     let s = Arc::clone(&sizes);
-    b.on_batch(move |n| s.lock().unwrap().push(n));
+    b.on_batch(move |r| s.lock().unwrap().push(r.size));
     let answers = submit_all(&b, &(0..10).collect::<Vec<u32>>());
     assert!(answers.iter().all(|a| a.is_ok()));
     let sizes = sizes.lock().unwrap().clone();
@@ -452,4 +452,33 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
     assert!(text_calls <= 2, "{text_calls} text passes");
     b.submit_wait(jobs[0].clone()).unwrap();
     assert_eq!(model.text_calls.load(Ordering::SeqCst), text_calls);
+}
+
+#[test]
+fn pass_reports_carry_queue_waits_and_pass_time() {
+    // One job per pass, each pass sleeping: the second job waits out the first pass.
+    let pass = Duration::from_millis(40);
+    let b = Arc::new(
+        Batcher::new("report", opts(1, 0, 8), move |xs: &[u32]| {
+            std::thread::sleep(pass);
+            Ok(xs.iter().map(|x| Ok(*x)).collect())
+        })
+        .unwrap(),
+    );
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&reports);
+    b.on_batch(move |p| r.lock().unwrap().push(p.clone()));
+    let answers = submit_all(&b, &[1, 2]);
+    assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for p in &reports {
+        assert_eq!((p.size, p.waits.len()), (1, 1), "{p:?}");
+        assert!(p.ran >= pass, "the pass slept {pass:?}: {p:?}");
+    }
+    // Both were submitted before the first pass ended; the second started after it.
+    assert!(
+        reports[1].waits[0] >= pass / 2,
+        "the second job waited behind a {pass:?} pass: {reports:?}"
+    );
 }

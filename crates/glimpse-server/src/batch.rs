@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use glimpse_core::batcher::{
     clip_batcher, vit_batcher, BatchError, BatchOptions, Batcher, ClipBatcher, Incoming, PassGate,
-    VitBatcher,
+    PassReport, VitBatcher,
 };
 
 use crate::config::ServerConfig;
@@ -61,20 +61,21 @@ impl Batchers {
             + self.vit.iter().map(|b| b.queue_depth()).sum::<usize>()
     }
 
-    /// Call `hook(endpoint, model_id, batch_size)` for every batch any model runs (for `/metrics`).
+    /// Call `hook(endpoint, model_id, pass)` after every forward pass any model runs (for
+    /// `/metrics`).
     pub fn on_batch(
         &self,
         models: &Models,
-        hook: impl Fn(&str, &str, usize) + Send + Sync + 'static,
+        hook: impl Fn(&str, &str, &PassReport) + Send + Sync + 'static,
     ) {
         let hook = Arc::new(hook);
         for (b, e) in self.clip.iter().zip(&models.clip) {
             let (h, id) = (Arc::clone(&hook), e.id.clone());
-            b.on_batch(move |n| h("clip", &id, n));
+            b.on_batch(move |p| h("clip", &id, p));
         }
         for (b, e) in self.vit.iter().zip(&models.vit) {
             let (h, id) = (Arc::clone(&hook), e.id.clone());
-            b.on_batch(move |n| h("vit", &id, n));
+            b.on_batch(move |p| h("vit", &id, p));
         }
     }
 }

@@ -15,6 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use glimpse_core::batcher::PassReport;
 
 use crate::state::AppState;
 
@@ -36,18 +37,28 @@ pub enum Stage {
     Fetch,
     /// Decoding and preprocessing the image.
     Decode,
-    /// Waiting for an inference slot (or a batch).
+    /// Taking the credit and closing it afterwards (the debit, then the settle or refund).
+    Ledger,
+    /// In the model's queue: from submit to its forward pass starting (the batch window, the
+    /// pass before it, a busy inference slot).
     Queue,
-    /// The forward pass.
+    /// The forward pass the call was in (once per call: a pass of 8 counts 8 times).
     Inference,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Fetch, Stage::Decode, Stage::Queue, Stage::Inference];
+    pub const ALL: [Stage; 5] = [
+        Stage::Fetch,
+        Stage::Decode,
+        Stage::Ledger,
+        Stage::Queue,
+        Stage::Inference,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Fetch => "fetch",
             Stage::Decode => "decode",
+            Stage::Ledger => "ledger",
             Stage::Queue => "queue",
             Stage::Inference => "inference",
         }
@@ -115,6 +126,7 @@ pub struct Metrics {
     stages: Mutex<BTreeMap<Stage, Histogram>>,
     credits_debited: AtomicU64,
     credits_refunded: AtomicU64,
+    reservations_reaped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -133,6 +145,7 @@ impl Default for Metrics {
             ),
             credits_debited: AtomicU64::new(0),
             credits_refunded: AtomicU64::new(0),
+            reservations_reaped: AtomicU64::new(0),
         }
     }
 }
@@ -167,9 +180,21 @@ impl Metrics {
         }
     }
 
-    /// Images in one forward pass (the batching engine calls this once per batch).
-    pub fn observe_batch_size(&self, images: usize) {
-        lock(&self.batch_size).observe(images as f64);
+    /// One forward pass (the batching engine calls this once per batch): its size, and each
+    /// call's queue wait and pass time as stages.
+    pub fn observe_pass(&self, pass: &PassReport) {
+        lock(&self.batch_size).observe(pass.size as f64);
+        let mut stages = lock(&self.stages);
+        if let Some(h) = stages.get_mut(&Stage::Queue) {
+            for w in &pass.waits {
+                h.observe(w.as_secs_f64());
+            }
+        }
+        if let Some(h) = stages.get_mut(&Stage::Inference) {
+            for _ in 0..pass.size {
+                h.observe(pass.ran.as_secs_f64());
+            }
+        }
     }
 
     /// Set the queue depth of `model` (for an engine that knows its queue length).
@@ -196,6 +221,11 @@ impl Metrics {
     pub fn credits_refunded(&self, credits: i64) {
         self.credits_refunded
             .fetch_add(credits.max(0) as u64, Ordering::Relaxed);
+    }
+
+    /// Open reservations the reaper refunded (left by a process that died mid-call).
+    pub fn reservations_reaped(&self, n: u64) {
+        self.reservations_reaped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The whole registry in the Prometheus text format.
@@ -240,6 +270,11 @@ impl Metrics {
             out,
             "# HELP glimpse_credits_refunded_total Credits given back after a server-side failure.\n# TYPE glimpse_credits_refunded_total counter\nglimpse_credits_refunded_total {}",
             self.credits_refunded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP glimpse_reservations_reaped_total Open reservations refunded by the stale-reservation reaper.\n# TYPE glimpse_reservations_reaped_total counter\nglimpse_reservations_reaped_total {}",
+            self.reservations_reaped.load(Ordering::Relaxed)
         );
         out
     }

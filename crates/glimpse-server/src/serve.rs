@@ -48,13 +48,17 @@ pub async fn serve_state(
     let reaper = {
         let store = Arc::clone(&state.store);
         let reap_after = state.settings.reap_after;
+        let metrics = Arc::clone(&state.metrics);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval((reap_after / 4).min(REAP_EVERY_MAX));
             loop {
                 tick.tick().await;
                 match store.reap_stale(reap_after).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::warn!(refunded = n, "refunded stale reservations"),
+                    Ok(n) => {
+                        metrics.reservations_reaped(n);
+                        tracing::warn!(refunded = n, "refunded stale reservations");
+                    }
                     Err(e) => tracing::warn!(error = %e, "reaping stale reservations failed"),
                 }
             }

@@ -161,7 +161,7 @@ impl AppState {
         let batchers = Batchers::new(config, &models)?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let m = Arc::clone(&metrics);
-        batchers.on_batch(&models, move |_, _, n| m.observe_batch_size(n));
+        batchers.on_batch(&models, move |_, _, pass| m.observe_pass(pass));
         Ok(AppState(Arc::new(Inner {
             settings,
             store,

@@ -123,7 +123,11 @@ async fn counters_move_by_exactly_what_was_answered() {
     let stage = |name: &str| format!("glimpse_stage_duration_seconds_count{{stage=\"{name}\"}}");
     // Bad images are decoded (and fail there); missing keys never get that far.
     assert_eq!(d(&stage("decode")), (n_ok + n_bad) as f64);
+    // Recorded by the batcher before it answers: complete once the responses are in.
+    assert_eq!(d(&stage("queue")), n_ok as f64);
     assert_eq!(d(&stage("inference")), n_ok as f64);
+    // A debit and a settle per charged call.
+    assert_eq!(d(&stage("ledger")), 2.0 * n_ok as f64);
     assert_eq!(d(&stage("fetch")), 0.0);
 
     // Nothing is left counted as in flight but the scrape itself.

@@ -152,7 +152,7 @@ fn kill_and_restart(db: &str) {
     // Wait past the reaper's age and one of its ticks.
     std::thread::sleep(Duration::from_secs(5));
     let rt = rt();
-    rt.block_on(async {
+    let refunds = rt.block_on(async {
         let s = store(db).await;
         let balance = s.balance(&key_id).await.unwrap();
         let t = s.ledger_totals(&key_id).await.unwrap();
@@ -169,7 +169,18 @@ fn kill_and_restart(db: &str) {
         // Every answered request was charged exactly once.
         assert!(t.debits - t.refunds >= served.load(Ordering::SeqCst) as i64);
         s.close().await;
+        t.refunds
     });
+    // Nothing else failed, so every refund is the restarted reaper's (1 credit a call), and its
+    // metrics count them.
+    let metrics = request(restarted.addr, "GET", "/metrics", &[], b"").unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let reaped: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("glimpse_reservations_reaped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no reaped counter in /metrics:\n{text}"));
+    assert_eq!(reaped, refunds, "reaped reservations vs ledger refunds");
     drop(restarted);
 }
 

@@ -353,19 +353,21 @@ async fn run(
         decode(state, bytes, preprocess),
     )
     .await?;
-    let debit = state
-        .store
-        .debit(&DebitRequest {
+    let debit = timed(
+        &state.metrics,
+        Stage::Ledger,
+        state.store.debit(&DebitRequest {
             key_id: key.id.clone(),
             cost,
             endpoint: plan.kind.endpoint().to_string(),
             model: model_id,
-        })
-        .await
-        .map_err(|e| match e {
-            StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
-            other => ApiError::from(other),
-        })?;
+        }),
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
+        other => ApiError::from(other),
+    })?;
     state.metrics.credits_debited(cost);
     let answer = infer(state, &plan.model, pixels, plan.labels, incoming).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -374,7 +376,8 @@ async fn run(
         serde_json::to_string(&r).map_err(ApiError::internal)
     }) {
         Ok(body) => {
-            if let Err(e) = state.store.settle(&debit.id, 200, ms).await {
+            let settle = state.store.settle(&debit.id, 200, ms);
+            if let Err(e) = timed(&state.metrics, Stage::Ledger, settle).await {
                 // The credit is taken and the answer is good: log, and let the reaper not
                 // matter (settle is idempotent against it).
                 tracing::error!(error = %e, debit = %debit.id, "settle failed");
@@ -386,7 +389,8 @@ async fn run(
             })
         }
         Err(e) => {
-            if let Err(re) = state.store.refund(&debit.id, e.status().as_u16(), ms).await {
+            let refund = state.store.refund(&debit.id, e.status().as_u16(), ms);
+            if let Err(re) = timed(&state.metrics, Stage::Ledger, refund).await {
                 tracing::error!(error = %re, debit = %debit.id, "refund failed; the reaper will retry");
             } else {
                 state.metrics.credits_refunded(cost);
@@ -445,28 +449,26 @@ async fn infer(
 ) -> Result<ClassificationResponse, ApiError> {
     let (height, width) = (pixels.height, pixels.width);
     let pixels = pixels.data;
-    let answer = timed(&state.metrics, Stage::Inference, async {
-        match model {
-            ModelRef::Clip(i) => {
-                let job = ClipJob {
-                    pixels,
-                    height,
-                    width,
-                    labels,
-                };
-                submit(&state.batchers.clip[*i], job, incoming).await
-            }
-            ModelRef::Vit(i) => {
-                let job = VitJob {
-                    pixels,
-                    height,
-                    width,
-                };
-                submit(&state.batchers.vit[*i], job, incoming).await
-            }
+    // Queue wait and pass time are recorded by the batcher's pass hook (`Metrics::observe_pass`).
+    let answer = match model {
+        ModelRef::Clip(i) => {
+            let job = ClipJob {
+                pixels,
+                height,
+                width,
+                labels,
+            };
+            submit(&state.batchers.clip[*i], job, incoming).await
         }
-    })
-    .await;
+        ModelRef::Vit(i) => {
+            let job = VitJob {
+                pixels,
+                height,
+                width,
+            };
+            submit(&state.batchers.vit[*i], job, incoming).await
+        }
+    };
     answer.map_err(|e| match e {
         BatchError::Overloaded => {
             ApiError::overloaded("the inference queue is full; retry shortly", 1)
