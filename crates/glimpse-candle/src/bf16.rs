@@ -26,6 +26,11 @@ fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// `x` rounded to the nearest bf16 value, as an f32.
+pub(crate) fn round(x: f32) -> f32 {
+    from_bf16(to_bf16(x))
+}
+
 /// `[k, n]` in panel order: per 64-column panel, per pair of `k`, 64 columns × 2 bf16 (the
 /// AMX B-tile order too). `k` is padded to [`K_ALIGN`].
 #[derive(Debug, Clone)]

@@ -40,7 +40,8 @@ pub use vit::{load_vit, random_vit, VitModel};
 ///
 /// - `F32`: within 1e-4 of transformers.
 /// - `Bf16`: weights rounded to bf16 at load, activations per matmul, f32 accumulation
-///   (AVX-512 BF16 where the CPU has it).
+///   (AVX-512 BF16 where the CPU has it; elsewhere the rounded weights are widened back to f32
+///   and run on the f32 kernel, activations unrounded).
 /// - `Int8`: dynamic quantisation — weights per output channel, activations per row at run time,
 ///   i32 accumulation (AVX-512 VNNI where the CPU has it).
 ///
