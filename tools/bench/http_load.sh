@@ -9,7 +9,8 @@
 # CLIP_DIR: a Hugging Face CLIP folder (random real-size weights are fine:
 # tools/bench/make_random_clip.py writes one).
 # Env: GLIMPSE (glimpse binary, default target/release/glimpse), HTTP_BENCH (the example binary),
-# IMAGE (default tests/fixtures/images/coffee.jpg), PORT (default 18080), METRICS_OUT (a file for
+# IMAGE (default tests/fixtures/images/coffee.jpg), PORT (default 18080), ROUNDS (HTTP runs at N
+# clients, each between two bench runs; default 1), METRICS_OUT (a file for
 # the server's /metrics after the runs), and any GLIMPSE_* setting
 # for the server (GLIMPSE_BATCH_SIZE, GLIMPSE_BATCH_WINDOW_MS, GLIMPSE_PRECISION — the bench
 # rows use the same precision, ...).
@@ -50,14 +51,26 @@ echo "# glimpse bench, batch 1"
 b1=$(bench 1); echo "$b1"
 echo "# HTTP, 1 client sequential (labels cached after the warm-up)"
 h1=$(http 1); echo "$h1"
-# The bench at batch N runs before and after the HTTP run and the ratio uses their mean: other
-# load on the machine drifts over a minute, and one side measured alone can catch it.
-echo "# glimpse bench, batch $CLIENTS (before)"
-b8a=$(bench "$CLIENTS"); echo "$b8a"
-echo "# HTTP, $CLIENTS concurrent clients"
-h8=$(http "$CLIENTS"); echo "$h8"
-echo "# glimpse bench, batch $CLIENTS (after)"
-b8b=$(bench "$CLIENTS"); echo "$b8b"
+# The bench at batch N runs before and after each HTTP run and that run's ratio uses their mean:
+# other load on the machine drifts over a minute, and one side measured alone can catch it. With
+# ROUNDS > 1 (bench, HTTP, bench, HTTP, …, bench) the median of the per-round ratios is printed
+# too, for hosts whose speed wanders by more than the effect being measured.
+ROUNDS=${ROUNDS:-1}
+echo "# glimpse bench, batch $CLIENTS"
+prev=$(bench "$CLIENTS"); echo "$prev"
+ratios=()
+for r in $(seq 1 "$ROUNDS"); do
+  echo "# HTTP, $CLIENTS concurrent clients (round $r of $ROUNDS)"
+  h8=$(http "$CLIENTS"); echo "$h8"
+  echo "# glimpse bench, batch $CLIENTS"
+  next=$(bench "$CLIENTS"); echo "$next"
+  ratio=$(awk -v a="$(echo "$prev" | field img_per_s)" -v b="$(echo "$next" | field img_per_s)" \
+    -v h="$(echo "$h8" | field img_per_s)" 'BEGIN { printf "%.1f", 100 * h / ((a + b) / 2) }')
+  ratios+=("$ratio")
+  if [ "$r" = 1 ]; then b8a=$prev; b8b=$next; h8first=$h8; fi
+  prev=$next
+done
+h8=$h8first
 awk -v b1="$(echo "$b1" | field ms_p50)" -v h1="$(echo "$h1" | field ms_p50)" \
   -v b8a="$(echo "$b8a" | field img_per_s)" -v b8b="$(echo "$b8b" | field img_per_s)" \
   -v h8="$(echo "$h8" | field img_per_s)" -v n="$CLIENTS" 'BEGIN {
@@ -65,6 +78,11 @@ awk -v b1="$(echo "$b1" | field ms_p50)" -v h1="$(echo "$h1" | field ms_p50)" \
     printf "# %d clients: HTTP %.2f img/s = %.1f %% of bench batch %d %.2f img/s (mean of %.2f and %.2f)\n",
       n, h8, 100 * h8 / ((b8a + b8b) / 2), n, (b8a + b8b) / 2, b8a, b8b
   }'
+if [ "$ROUNDS" -gt 1 ]; then
+  printf '%s\n' "${ratios[@]}" | sort -n | awk -v n="$CLIENTS" '{ v[NR] = $1; all = all " " $1 }
+    END { printf "# %d clients over %d rounds: %% of bench batch %d per round:%s; median %.1f %%\n",
+      n, NR, n, all, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+fi
 echo "# load: $(uptime)"
 # Where the time went (stage histograms, batch sizes), when asked for.
 if [ -n "${METRICS_OUT:-}" ]; then curl -sf "http://127.0.0.1:$PORT/metrics" >"$METRICS_OUT"; fi

@@ -180,6 +180,7 @@ fn kill_and_restart(db: &str) {
         .find_map(|l| l.strip_prefix("glimpse_reservations_reaped_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no reaped counter in /metrics:\n{text}"));
+    eprintln!("the reaper refunded {reaped} reservations");
     assert_eq!(reaped, refunds, "reaped reservations vs ledger refunds");
     drop(restarted);
 }
