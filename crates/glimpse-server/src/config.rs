@@ -123,6 +123,14 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_DECODE_TIMEOUT_SECS", default_value_t = 20)]
     pub decode_timeout_secs: u64,
 
+    /// Seconds allowed for each TCP/TLS connect of a `?url=` fetch.
+    #[arg(long, env = "GLIMPSE_FETCH_CONNECT_TIMEOUT_SECS", default_value_t = 3)]
+    pub fetch_connect_timeout_secs: u64,
+
+    /// Seconds allowed for a whole `?url=` fetch: resolving, every redirect and the body.
+    #[arg(long, env = "GLIMPSE_FETCH_TIMEOUT_SECS", default_value_t = 10)]
+    pub fetch_timeout_secs: u64,
+
     /// Seconds a client gets to send a request's headers (slow clients are cut off).
     #[arg(long, env = "GLIMPSE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
@@ -166,6 +174,11 @@ impl std::fmt::Debug for ServerConfig {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("prompt_templates", &self.prompt_templates)
             .field("decode_timeout_secs", &self.decode_timeout_secs)
+            .field(
+                "fetch_connect_timeout_secs",
+                &self.fetch_connect_timeout_secs,
+            )
+            .field("fetch_timeout_secs", &self.fetch_timeout_secs)
             .field("header_timeout_secs", &self.header_timeout_secs)
             .field("reap_after_secs", &self.reap_after_secs)
             .field("log_format", &self.log_format)
@@ -315,6 +328,23 @@ impl ServerConfig {
                 "GLIMPSE_REAP_AFTER_SECS must be at least 1"
             ));
         }
+        if self.fetch_timeout_secs == 0 {
+            return Err(bad(
+                "GLIMPSE_FETCH_TIMEOUT_SECS",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.fetch_connect_timeout_secs == 0
+            || self.fetch_connect_timeout_secs > self.fetch_timeout_secs
+        {
+            return Err(bad(
+                "GLIMPSE_FETCH_CONNECT_TIMEOUT_SECS",
+                format!(
+                    "must be from 1 to GLIMPSE_FETCH_TIMEOUT_SECS ({})",
+                    self.fetch_timeout_secs
+                ),
+            ));
+        }
         if self.header_timeout_secs == 0 {
             return Err(bad(
                 "GLIMPSE_HEADER_TIMEOUT_SECS",
@@ -357,6 +387,10 @@ mod tests {
         assert_eq!(c.credits_per_call, 1);
         assert_eq!((c.batch_size, c.batch_window_ms), (8, 2));
         assert_eq!(c.precision, "fp32");
+        assert_eq!(
+            (c.fetch_connect_timeout_secs, c.fetch_timeout_secs),
+            (3, 10)
+        );
         c.validate().unwrap();
         for (precision, ok) in [("bf16", true), ("INT8", true), ("int4", false), ("", false)] {
             let c = ServerConfig {
@@ -412,6 +446,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("GLIMPSE_BIND"));
+        for (connect, total, var) in [
+            (3, 0, "GLIMPSE_FETCH_TIMEOUT_SECS"),
+            (0, 10, "GLIMPSE_FETCH_CONNECT_TIMEOUT_SECS"),
+            (11, 10, "GLIMPSE_FETCH_CONNECT_TIMEOUT_SECS"),
+        ] {
+            let c = ServerConfig {
+                fetch_connect_timeout_secs: connect,
+                fetch_timeout_secs: total,
+                ..ServerConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(var), "{connect}/{total}: {e}");
+        }
     }
 
     #[test]

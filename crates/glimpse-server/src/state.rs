@@ -127,6 +127,8 @@ impl AppState {
         let fetcher = Fetcher::new(FetchOptions {
             allow_private: config.allow_private_urls,
             max_bytes: config.max_upload_bytes as u64,
+            connect_timeout: Duration::from_secs(config.fetch_connect_timeout_secs),
+            total_timeout: Duration::from_secs(config.fetch_timeout_secs),
             ..FetchOptions::default()
         });
         Self::with_image_source(config, store, models, Arc::new(fetcher))

@@ -231,6 +231,37 @@ async fn misbehaving_upstreams_cost_nothing() {
     assert_eq!(s.store.balance(&s.key_id).await.unwrap(), CREDITS - 1);
 }
 
+/// `GLIMPSE_FETCH_TIMEOUT_SECS` reaches the fetcher the server builds for itself: a drip-fed image
+/// is cut off after the configured second (the default would say 10 s), and costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetch_timeout_setting_reaches_the_fetcher() {
+    let up = raw_upstream(png(8, 8)).await;
+    let s = start(
+        CREDITS,
+        |c| {
+            c.allow_private_urls = true;
+            c.fetch_timeout_secs = 1;
+            c.fetch_connect_timeout_secs = 1;
+        },
+        None,
+    )
+    .await;
+    let res = s
+        .http
+        .get(s.url(VIT))
+        .header("X-API-Key", &s.key)
+        .query(&[("url", format!("{up}/slow"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "VALIDATION_ERROR", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("timed out after 1 s"), "{body}");
+    s.assert_uncharged("drip-fed url").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_uploads_cost_nothing() {
     let s = start(CREDITS, |_| {}, None).await;
