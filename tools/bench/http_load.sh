@@ -79,9 +79,9 @@ awk -v b1="$(echo "$b1" | field ms_p50)" -v h1="$(echo "$h1" | field ms_p50)" \
       n, h8, 100 * h8 / ((b8a + b8b) / 2), n, (b8a + b8b) / 2, b8a, b8b
   }'
 if [ "$ROUNDS" -gt 1 ]; then
-  printf '%s\n' "${ratios[@]}" | sort -n | awk -v n="$CLIENTS" '{ v[NR] = $1; all = all " " $1 }
-    END { printf "# %d clients over %d rounds: %% of bench batch %d per round:%s; median %.1f %%\n",
-      n, NR, n, all, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 }
+    END { printf "%.1f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  echo "# $CLIENTS clients over $ROUNDS rounds: % of bench batch $CLIENTS per round: ${ratios[*]}; median $median %"
 fi
 echo "# load: $(uptime)"
 # Where the time went (stage histograms, batch sizes), when asked for.

@@ -3,7 +3,7 @@
 //! recorder (each `AppState` has its own, so tests running several servers do not mix counts).
 //!
 //! Handlers and the batching engine record through the `pub fn`s on [`Metrics`]
-//! (`state.metrics.observe_stage(Stage::Fetch, elapsed)`, `state.metrics.observe_batch_size(n)`…).
+//! (`state.metrics.observe_stage(Stage::Fetch, elapsed)`, `metrics.observe_pass(&report)`…).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
