@@ -775,6 +775,26 @@ mod tests {
         }
     }
 
+    /// What `kernel_for` reports is what the layers are built with on this CPU.
+    #[test]
+    fn kernel_report_matches_the_layers_built() {
+        let w = vec![0.25f32; 64 * 32];
+        let built = |p| Dense::from_parts(w.clone(), 64, 32, None, p).w;
+        let (f32_kernel, fast) = crate::kernel_for(Precision::F32);
+        assert!(fast);
+        assert_eq!(
+            f32_kernel.contains("AVX-512"),
+            matches!(built(Precision::F32), DenseWeight::F32Packed(_)),
+            "{f32_kernel}"
+        );
+        let (bf16_kernel, fast) = crate::kernel_for(Precision::Bf16);
+        assert_eq!(
+            fast,
+            matches!(built(Precision::Bf16), DenseWeight::Bf16(_)),
+            "{bf16_kernel}"
+        );
+    }
+
     /// The AVX-512 attention (f32, and bf16 where the CPU has it) against the gemm one, with a
     /// sequence over two key panels (the second partial) and an odd length (the bf16 pad).
     #[test]

@@ -97,6 +97,29 @@ pub enum ModelKind {
     Vit,
 }
 
+/// The matmul kernel `precision` runs on this CPU, and whether it is a fast one (for start-up logs
+/// and `glimpse bench`): a reduced precision without its instructions is no faster than fp32
+/// (bf16) or much slower (int8 on the scalar tile).
+pub fn kernel_for(precision: Precision) -> (&'static str, bool) {
+    let avx512 = kernels::isa() == kernels::Isa::Avx512;
+    match precision {
+        Precision::F32 if avx512 => ("f32 on AVX-512 FMA", true),
+        Precision::F32 => ("f32 on gemm (no AVX-512)", true),
+        Precision::Bf16 if amx::available() => ("bf16 on AMX tiles", true),
+        Precision::Bf16 if bf16::has_bf16() => ("bf16 on AVX-512 BF16", true),
+        Precision::Bf16 => (
+            "bf16 weights widened to f32 (no AVX-512 BF16 on this CPU): fp32 speed",
+            false,
+        ),
+        Precision::Int8 if amx::available() => ("int8 on AMX tiles", true),
+        Precision::Int8 if int8::has_vnni() => ("int8 on AVX-512 VNNI", true),
+        Precision::Int8 => (
+            "int8 on the scalar tile (no AVX-512 VNNI or AMX on this CPU): slower than fp32",
+            false,
+        ),
+    }
+}
+
 /// Which model a Hugging Face folder holds, from `config.json`'s `model_type` (or, failing that,
 /// its `architectures`).
 pub fn detect_kind(dir: &Path) -> Result<ModelKind, CoreError> {

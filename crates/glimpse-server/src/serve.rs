@@ -90,6 +90,14 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
         threads: None,
     };
     let precision = opts.precision;
+    match glimpse_candle::kernel_for(precision) {
+        (kernel, true) => tracing::info!(precision = precision.as_str(), kernel, "matmul kernel"),
+        (kernel, false) => tracing::warn!(
+            precision = precision.as_str(),
+            kernel,
+            "GLIMPSE_PRECISION has no fast kernel on this CPU"
+        ),
+    }
     let mut clip: Vec<(String, Arc<dyn ZeroShotModel>)> = Vec::new();
     for spec in config.clip_specs() {
         let id = unique_id(

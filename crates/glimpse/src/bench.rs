@@ -19,6 +19,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
     let precision: Precision = args.precision.parse()?;
+    eprintln!("kernel: {}", glimpse_candle::kernel_for(precision).0);
     let opts = LoadOptions {
         precision,
         threads: args.threads,
