@@ -269,6 +269,12 @@ pub(crate) unsafe fn amx_panel(
     unreachable!("AMX is x86-64 only")
 }
 
+/// The CPU multiplies bf16 itself (AMX tiles or AVX-512 BF16): whether bf16 weights are kept as
+/// bf16 ([`crate::engine`]) and what [`crate::kernel_for`] reports.
+pub(crate) fn native() -> bool {
+    crate::amx::available() || has_bf16()
+}
+
 pub(crate) fn has_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

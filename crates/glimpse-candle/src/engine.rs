@@ -55,7 +55,7 @@ impl Dense {
     ) -> Self {
         let w = match precision {
             Precision::Int8 => DenseWeight::Int8(QuantWeight::new(&w, n, k)),
-            Precision::Bf16 => Self::bf16_weight(w, n, k, bf16::has_bf16()),
+            Precision::Bf16 => Self::bf16_weight(w, n, k, bf16::native()),
             Precision::F32 => Self::f32_weight(&w, n, k),
         };
         Dense { k, n, bias, w }
