@@ -440,7 +440,13 @@ mod tests {
     /// and approximately with the f32 product, for every row-tile height.
     #[test]
     fn int8_matmul_tracks_f32() {
-        let (m, k, n) = (13, 42, 150);
+        // Tiles of 1 to 5 rows alone, then 6 + 6 + 1.
+        for m in [1, 2, 3, 4, 5, 13] {
+            matmul_tracks_f32(m, 42, 150);
+        }
+    }
+
+    fn matmul_tracks_f32(m: usize, k: usize, n: usize) {
         let (x, w, bias) = crate::kernels::test_operands(m, k, n);
         let qw = QuantWeight::new(&w, n, k);
         let qx = quantize_rows(&x, k);
