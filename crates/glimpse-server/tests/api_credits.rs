@@ -59,10 +59,7 @@ async fn success_costs_exactly_credits_per_call() {
     // ViT by URL (GET), with the extra `imagenet` field.
     let (host, _) = image_host(image_bytes("grace_hopper.jpg")).await;
     let res = s
-        .http
-        .get(s.url(VIT))
-        .header("X-API-Key", &s.key)
-        .query(&[("url", format!("{host}/g.jpg"))])
+        .get_by_url(VIT, &format!("{host}/g.jpg"))
         .send()
         .await
         .unwrap();

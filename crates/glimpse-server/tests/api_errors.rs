@@ -293,13 +293,7 @@ async fn error_table() {
 async fn zero_credits_is_402_before_any_fetch() {
     let s = start(0, |_| {}).await;
     let (host, hits) = image_host(image_bytes("motorcycle.jpg")).await;
-    let (status, headers, body) = send(
-        s.http
-            .get(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .query(&[("url", format!("{host}/m.jpg"))]),
-    )
-    .await;
+    let (status, headers, body) = send(s.get_by_url(CLIP, &format!("{host}/m.jpg"))).await;
     assert_error(status, &body, 402, "INSUFFICIENT_CREDITS");
     assert_eq!(headers["x-credits-remaining"], "0");
     assert_eq!(
@@ -324,13 +318,7 @@ async fn zero_credits_is_402_before_any_fetch() {
 async fn private_urls_are_refused_unless_allowed() {
     let s = start(3, |c| c.allow_private_urls = false).await;
     let (host, hits) = image_host(image_bytes("motorcycle.jpg")).await;
-    let (status, _, body) = send(
-        s.http
-            .get(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .query(&[("url", format!("{host}/m.jpg"))]),
-    )
-    .await;
+    let (status, _, body) = send(s.get_by_url(CLIP, &format!("{host}/m.jpg"))).await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     assert_eq!(s.balance().await, 3);

@@ -106,11 +106,7 @@ async fn refused_urls_never_leave_the_server() {
     let n = urls.len();
     for (name, url) in urls {
         let t = Instant::now();
-        let req = s
-            .http
-            .get(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .query(&[("url", url.as_str())]);
+        let req = s.get_by_url(CLIP, url.as_str());
         let msg = s.row(name, req, 400, "VALIDATION_ERROR").await;
         // A resolved address is never named back (it would map internal DNS for the client).
         if url.contains(".example") {
@@ -205,11 +201,7 @@ async fn misbehaving_upstreams_cost_nothing() {
     ];
     for (name, path, status, code) in rows {
         let t = Instant::now();
-        let req = s
-            .http
-            .get(s.url(VIT))
-            .header("X-API-Key", &s.key)
-            .query(&[("url", format!("{up}{path}"))]);
+        let req = s.get_by_url(VIT, &format!("{up}{path}"));
         s.row(name, req, status, code).await;
         // The fetcher's total deadline (2 s here) bounds every row, the drip included.
         assert!(
@@ -220,10 +212,7 @@ async fn misbehaving_upstreams_cost_nothing() {
     }
     // Control: three redirects are within the limit and the image is classified and charged once.
     let res = s
-        .http
-        .get(s.url(VIT))
-        .header("X-API-Key", &s.key)
-        .query(&[("url", format!("{up}/hop/3"))])
+        .get_by_url(VIT, &format!("{up}/hop/3"))
         .send()
         .await
         .unwrap();
@@ -247,10 +236,7 @@ async fn the_fetch_timeout_setting_reaches_the_fetcher() {
     )
     .await;
     let res = s
-        .http
-        .get(s.url(VIT))
-        .header("X-API-Key", &s.key)
-        .query(&[("url", format!("{up}/slow"))])
+        .get_by_url(VIT, &format!("{up}/slow"))
         .send()
         .await
         .unwrap();

@@ -106,9 +106,26 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// `GET endpoint?url=…` with the key: the request every by-URL test sends.
+pub fn get_by_url(
+    http: &reqwest::Client,
+    endpoint: String,
+    key: &str,
+    url: &str,
+) -> reqwest::RequestBuilder {
+    http.get(endpoint)
+        .header("X-API-Key", key)
+        .query(&[("url", url)])
+}
+
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `GET path?url=url` with this server's key.
+    pub fn get_by_url(&self, path: &str, url: &str) -> reqwest::RequestBuilder {
+        get_by_url(&self.http, self.url(path), &self.key, url)
     }
 
     pub async fn balance(&self) -> i64 {

@@ -91,6 +91,11 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// `GET path?url=url` with this server's key.
+    pub fn get_by_url(&self, path: &str, url: &str) -> reqwest::RequestBuilder {
+        crate::api_support::get_by_url(&self.http, self.url(path), &self.key, url)
+    }
+
     /// Send `req` and assert the row: status, `{message, code}` body, no credit gone, no debit
     /// in the ledger. Returns the message.
     pub async fn row(
