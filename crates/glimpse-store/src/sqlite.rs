@@ -10,10 +10,19 @@
 //! 1, 2, 5, 10, 15, 20, 25… ms between tries. Eight concurrent debit + settle pairs took 81 ms
 //! that way (median round), 6 ms in turn, where one pair takes 0.9 ms
 //! (`examples/write_contention.rs`). Only another process (the CLI) still meets the busy handler.
+//!
+//! The writes of every classification call (the debit before its pass, the settle after it) are
+//! also committed in groups (`SqliteStore::grouped`): writes that queue while another write holds
+//! the turn run together in one transaction, each under its own savepoint, and each caller gets
+//! its own answer only once that transaction has committed. A forward pass answers up to a batch
+//! of calls at once, and their settles then cost one `BEGIN IMMEDIATE` … `COMMIT` instead of one
+//! each.
 
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +54,32 @@ pub struct SqliteStore {
     /// This process's writers, in arrival order (tokio's mutex is fair): held from before
     /// `BEGIN IMMEDIATE` to the commit or rollback.
     write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Writes waiting for the next group commit (see [`SqliteStore::grouped`]).
+    group: Arc<Mutex<Vec<GroupOp>>>,
+}
+
+/// Hands a grouped write its answer once its group's transaction has committed (or failed).
+type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// A write waiting for its group: runs on the group's connection (under its own savepoint when
+/// it is not alone, the `bool`) and returns how to answer its caller and what its transaction
+/// must do.
+type GroupOp = Box<
+    dyn for<'c> FnOnce(
+            &'c mut SqliteConnection,
+            bool,
+        ) -> Pin<Box<dyn Future<Output = (Deliver, Fate)> + Send + 'c>>
+        + Send,
+>;
+
+/// What one write of a group leaves its transaction to do.
+enum Fate {
+    /// Commit it (a failed body was already rolled back to its savepoint).
+    Keep,
+    /// A write alone in its group failed: roll the transaction back; its answer is its error.
+    Undo,
+    /// A savepoint could not be closed: roll the whole group back, every caller gets this.
+    Broken(StoreError),
 }
 
 /// A write transaction holding this process's write turn; derefs to the connection.
@@ -113,6 +148,7 @@ impl SqliteStore {
             pool,
             takeover_after: options.idempotency_takeover_after,
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
+            group: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -125,6 +161,64 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         Ok(Tx { tx, _turn: turn })
+    }
+
+    /// Runs `body` as part of the next group commit: queued with the writes that arrive while the
+    /// write turn is taken, then run by whichever of their callers gets the turn first, all in
+    /// one transaction (each under a savepoint, so a failing body undoes only its own writes).
+    /// The answer comes once that transaction has committed; if it does not commit, every body
+    /// in it fails with its error. The group runs in its own task: a caller that stops waiting
+    /// does not take the others' writes with it.
+    async fn grouped<T, F>(&self, body: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut SqliteConnection,
+            ) -> Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>
+            + Send
+            + 'static,
+    {
+        let (answer, mut answered) = tokio::sync::oneshot::channel::<Result<T>>();
+        let op: GroupOp = Box::new(move |conn, isolate| {
+            Box::pin(async move {
+                let (outcome, fate) = if isolate {
+                    savepoint(conn, body).await
+                } else {
+                    let outcome = body(conn).await;
+                    let fate = if outcome.is_ok() {
+                        Fate::Keep
+                    } else {
+                        Fate::Undo
+                    };
+                    (outcome, fate)
+                };
+                let deliver: Deliver = Box::new(move |commit: Result<()>| {
+                    let _ = answer.send(commit.and(outcome));
+                });
+                (deliver, fate)
+            })
+        });
+        lock(&self.group).push(op);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut answered => {
+                    return r.unwrap_or_else(|_| {
+                        Err(StoreError::Database(
+                            "the write was not run: its group's transaction could not start".into(),
+                        ))
+                    });
+                }
+                turn = Arc::clone(&self.write_turn).lock_owned() => {
+                    let ops = std::mem::take(&mut *lock(&self.group));
+                    // Empty: an earlier group took this write, and answered before it let go of
+                    // the turn.
+                    if !ops.is_empty() {
+                        tokio::spawn(run_group(self.pool.clone(), turn, ops));
+                    }
+                }
+            }
+        }
     }
 
     async fn key_exists(conn: &mut SqliteConnection, key_id: &str) -> Result<bool> {
@@ -172,6 +266,175 @@ impl SqliteStore {
         .map_err(db_err)?;
         Ok(balance)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `body` under a savepoint: released when it succeeds, rolled back to when it fails.
+async fn savepoint<T, F>(conn: &mut SqliteConnection, body: F) -> (Result<T>, Fate)
+where
+    F: for<'c> FnOnce(
+        &'c mut SqliteConnection,
+    ) -> Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>,
+{
+    if let Err(e) = sqlx::query("SAVEPOINT grouped_write")
+        .execute(&mut *conn)
+        .await
+    {
+        let e = db_err(e);
+        return (Err(StoreError::Database(e.to_string())), Fate::Broken(e));
+    }
+    let outcome = body(&mut *conn).await;
+    let close = if outcome.is_ok() {
+        &["RELEASE grouped_write"][..]
+    } else {
+        &["ROLLBACK TO grouped_write", "RELEASE grouped_write"][..]
+    };
+    for sql in close {
+        if let Err(e) = sqlx::query(sql).execute(&mut *conn).await {
+            return (outcome, Fate::Broken(db_err(e)));
+        }
+    }
+    (outcome, Fate::Keep)
+}
+
+/// One group commit: `BEGIN IMMEDIATE`, every write (under its own savepoint when there are
+/// several), `COMMIT`, then each caller's answer, then the write turn goes to the next writer. If the transaction cannot
+/// start, the writes are dropped unrun and their callers told so; if a savepoint cannot be
+/// closed, the group is rolled back and every caller gets that error.
+async fn run_group(pool: SqlitePool, turn: tokio::sync::OwnedMutexGuard<()>, ops: Vec<GroupOp>) {
+    let mut delivers = Vec::with_capacity(ops.len());
+    let result = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let isolate = ops.len() > 1;
+        for op in ops {
+            let (deliver, fate) = op(&mut tx, isolate).await;
+            delivers.push(deliver);
+            match fate {
+                Fate::Keep => {}
+                Fate::Undo => {
+                    // Its own error is its answer; nothing of it may stay.
+                    return tx.rollback().await.map_err(db_err);
+                }
+                Fate::Broken(e) => {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, writes = delivers.len(), "a group of credit writes failed");
+    }
+    for deliver in delivers {
+        deliver(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Database(e.to_string())),
+        });
+    }
+    drop(turn);
+}
+
+/// The debit's statements: take `req.cost` if the key has it, open reservation `id`, write the
+/// ledger row. Returns the balance left.
+async fn debit_in(conn: &mut SqliteConnection, id: &str, req: &DebitRequest) -> Result<i64> {
+    let balance: Option<i64> = sqlx::query_scalar(
+        "UPDATE keys SET balance = balance - $1
+         WHERE id = $2 AND balance >= $1 AND revoked_at IS NULL RETURNING balance",
+    )
+    .bind(req.cost)
+    .bind(&req.key_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let Some(balance) = balance else {
+        let row: Option<(i64, bool)> =
+            sqlx::query_as("SELECT balance, revoked_at IS NOT NULL FROM keys WHERE id = $1")
+                .bind(&req.key_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        return Err(match row {
+            None => StoreError::NotFound(format!("key {}", req.key_id)),
+            Some((_, true)) => StoreError::NotFound(format!("key {} (revoked)", req.key_id)),
+            Some((balance, false)) => StoreError::InsufficientCredits {
+                balance,
+                cost: req.cost,
+            },
+        });
+    };
+    sqlx::query(
+        "INSERT INTO reservations (id, key_id, credits, endpoint, model) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(&req.key_id)
+    .bind(req.cost)
+    .bind(&req.endpoint)
+    .bind(&req.model)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO ledger (key_id, kind, credits, endpoint, model, reservation_id)
+         VALUES ($1, 'debit', $2, $3, $4, $5)",
+    )
+    .bind(&req.key_id)
+    .bind(-req.cost)
+    .bind(&req.endpoint)
+    .bind(&req.model)
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(balance)
+}
+
+/// The settle's statements: close reservation `debit_id` as settled and record the call's
+/// status and latency on its ledger row (a reservation already closed is logged, not an error).
+async fn settle_in(
+    conn: &mut SqliteConnection,
+    debit_id: &str,
+    status: u16,
+    latency_ms: f64,
+) -> Result<()> {
+    let closed = sqlx::query(concat!(
+        "UPDATE reservations SET state = 'settled', closed_at = ",
+        now!(),
+        " WHERE id = $1 AND state = 'open'"
+    ))
+    .bind(debit_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if closed.rows_affected() == 0 {
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT state FROM reservations WHERE id = $1")
+                .bind(debit_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        return match known {
+            None => Err(StoreError::NotFound(format!("reservation {debit_id}"))),
+            Some(state) => {
+                tracing::warn!(debit_id, state, "settle of a reservation already closed");
+                Ok(())
+            }
+        };
+    }
+    sqlx::query(
+        "UPDATE ledger SET status = $2, latency_ms = $3 WHERE reservation_id = $1 AND kind = 'debit'",
+    )
+    .bind(debit_id)
+    .bind(i32::from(status))
+    .bind(finite(latency_ms))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -290,95 +553,17 @@ impl Store for SqliteStore {
     async fn debit(&self, req: &DebitRequest) -> Result<Debit> {
         check_cost(req.cost)?;
         let id = new_id("dbt");
-        let mut tx = self.write().await?;
-        let balance: Option<i64> = sqlx::query_scalar(
-            "UPDATE keys SET balance = balance - $1
-             WHERE id = $2 AND balance >= $1 AND revoked_at IS NULL RETURNING balance",
-        )
-        .bind(req.cost)
-        .bind(&req.key_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some(balance) = balance else {
-            let row: Option<(i64, bool)> =
-                sqlx::query_as("SELECT balance, revoked_at IS NOT NULL FROM keys WHERE id = $1")
-                    .bind(&req.key_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            return Err(match row {
-                None => StoreError::NotFound(format!("key {}", req.key_id)),
-                Some((_, true)) => StoreError::NotFound(format!("key {} (revoked)", req.key_id)),
-                Some((balance, false)) => StoreError::InsufficientCredits {
-                    balance,
-                    cost: req.cost,
-                },
-            });
-        };
-        sqlx::query(
-            "INSERT INTO reservations (id, key_id, credits, endpoint, model) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&id)
-        .bind(&req.key_id)
-        .bind(req.cost)
-        .bind(&req.endpoint)
-        .bind(&req.model)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query(
-            "INSERT INTO ledger (key_id, kind, credits, endpoint, model, reservation_id)
-             VALUES ($1, 'debit', $2, $3, $4, $5)",
-        )
-        .bind(&req.key_id)
-        .bind(-req.cost)
-        .bind(&req.endpoint)
-        .bind(&req.model)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        let (rid, req) = (id.clone(), req.clone());
+        let balance = self
+            .grouped(move |c| Box::pin(async move { debit_in(c, &rid, &req).await }))
+            .await?;
         Ok(Debit { id, balance })
     }
 
     async fn settle(&self, debit_id: &str, status: u16, latency_ms: f64) -> Result<()> {
-        let mut tx = self.write().await?;
-        let closed = sqlx::query(concat!(
-            "UPDATE reservations SET state = 'settled', closed_at = ",
-            now!(),
-            " WHERE id = $1 AND state = 'open'"
-        ))
-        .bind(debit_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if closed.rows_affected() == 0 {
-            let known: Option<String> =
-                sqlx::query_scalar("SELECT state FROM reservations WHERE id = $1")
-                    .bind(debit_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            return match known {
-                None => Err(StoreError::NotFound(format!("reservation {debit_id}"))),
-                Some(state) => {
-                    tracing::warn!(debit_id, state, "settle of a reservation already closed");
-                    Ok(())
-                }
-            };
-        }
-        sqlx::query(
-            "UPDATE ledger SET status = $2, latency_ms = $3 WHERE reservation_id = $1 AND kind = 'debit'",
-        )
-        .bind(debit_id)
-        .bind(i32::from(status))
-        .bind(finite(latency_ms))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
+        let id = debit_id.to_string();
+        self.grouped(move |c| Box::pin(async move { settle_in(c, &id, status, latency_ms).await }))
+            .await
     }
 
     async fn refund(&self, debit_id: &str, status: u16, latency_ms: f64) -> Result<i64> {
