@@ -168,7 +168,9 @@ impl SqliteStore {
     /// one transaction (each under a savepoint, so a failing body undoes only its own writes).
     /// The answer comes once that transaction has committed; if it does not commit, every body
     /// in it fails with its error. The group runs in its own task: a caller that stops waiting
-    /// does not take the others' writes with it.
+    /// does not take the others' writes with it. Its own queued write still runs with the next
+    /// group (a debit whose caller is gone then stays open until the reaper refunds it; the
+    /// request path never drops these calls: it runs them in a task of their own).
     async fn grouped<T, F>(&self, body: F) -> Result<T>
     where
         T: Send + 'static,
@@ -301,9 +303,9 @@ where
 }
 
 /// One group commit: `BEGIN IMMEDIATE`, every write (under its own savepoint when there are
-/// several), `COMMIT`, then each caller's answer, then the write turn goes to the next writer. If the transaction cannot
-/// start, the writes are dropped unrun and their callers told so; if a savepoint cannot be
-/// closed, the group is rolled back and every caller gets that error.
+/// several), `COMMIT`, then each caller's answer, then the write turn goes to the next writer.
+/// If the transaction cannot start, the writes are dropped unrun and their callers told so; if a
+/// savepoint cannot be closed, the group is rolled back and every caller gets that error.
 async fn run_group(pool: SqlitePool, turn: tokio::sync::OwnedMutexGuard<()>, ops: Vec<GroupOp>) {
     let mut delivers = Vec::with_capacity(ops.len());
     let result = async {
