@@ -310,7 +310,8 @@ fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usi
     (0..batch * heads)
         .into_par_iter()
         .with_max_len(1)
-        .for_each_init(
+        .for_each(kernels::per_thread(
+            [seq, d, 0],
             || vec![0f32; seq * seq],
             |scores, task| {
                 let (b, hd) = (task / heads, task % heads);
@@ -345,7 +346,7 @@ fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usi
                     kernels::gemm(seq, d, seq, o, h, false, p, v, false);
                 }
             },
-        );
+        ));
 }
 
 /// [`Block::attention`] for 64-wide heads on AVX-512, with the f32 matmul's register tile: per
@@ -362,7 +363,8 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
     (0..batch * heads)
         .into_par_iter()
         .with_max_len(1)
-        .for_each_init(
+        .for_each(kernels::per_thread(
+            [seq, 0, 0],
             || {
                 (
                     vec![0f32; seq * seq],
@@ -425,7 +427,7 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
                     }
                 }
             },
-        );
+        ));
 }
 
 /// [`attention_d64`] with bf16 products (f32 sums and softmax), for the reduced-precision modes:
@@ -456,7 +458,8 @@ fn attention_bf16_d64(
     (0..batch * heads)
         .into_par_iter()
         .with_max_len(1)
-        .for_each_init(
+        .for_each(kernels::per_thread(
+            [seq, rows, sp],
             || Bf16Scratch {
                 q: vec![0u16; rows * D],
                 kt: vec![0u32; panels * D * D / 2],
@@ -564,7 +567,7 @@ fn attention_bf16_d64(
                     }
                 }
             },
-        );
+        ));
 }
 
 struct Bf16Scratch {
@@ -820,6 +823,55 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 2e-2, "bf16 attention {g} vs {w}");
             }
+        }
+    }
+
+    /// Every attention path keeps its buffers per thread between calls
+    /// ([`kernels::per_thread`]): a call after another of the same shape answers exactly what it
+    /// answers on threads that never ran one (the zero padding is still zero).
+    #[test]
+    fn attention_scratch_is_clean_when_reused() {
+        let (batch, seq, heads) = (2, 77, 3);
+        let h = heads * f32mm::PANEL;
+        let input = |salt: usize| -> Vec<f32> {
+            (0..batch * seq * 3 * h)
+                .map(|i| (((i + salt) * 7919 % 1013) as f32 / 506.0) - 1.0)
+                .collect()
+        };
+        let (first, second) = (input(0), input(517));
+        type Path = fn(&[f32], &mut [f32], usize, usize, usize, usize);
+        let mut paths: Vec<(&str, Path)> = vec![("gemm", attention_gemm)];
+        if PackedWeight::available() {
+            paths.push(("f32 d64", attention_d64));
+        }
+        if crate::bf16::has_bf16() {
+            paths.push(("bf16 d64", attention_bf16_d64));
+        }
+        let pool = || {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap()
+        };
+        for (name, path) in paths {
+            let run = |qkv: &[f32]| {
+                let mut out = vec![f32::NAN; batch * seq * h];
+                path(qkv, &mut out, batch, seq, h, heads);
+                out
+            };
+            let fresh = pool().install(|| run(&second));
+            let reused = pool().install(|| {
+                run(&first);
+                run(&second)
+            });
+            assert!(fresh.iter().all(|x| x.is_finite()), "{name}");
+            assert!(
+                fresh
+                    .iter()
+                    .zip(&reused)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: a second call differs from a first"
+            );
         }
     }
 }
