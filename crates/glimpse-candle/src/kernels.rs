@@ -38,7 +38,6 @@ pub(crate) fn isa() -> Isa {
     })
 }
 
-/// Size of CPU 0's level-2 cache, from Linux's sysfs (`None` elsewhere or when unreadable).
 /// Per-thread scratch for a parallel loop over `task`s: `body(scratch, task)`, with a scratch made
 /// by `init` once per thread and `shape` and then reused by that thread's later tasks and calls
 /// (rayon's `for_each_init` makes one per task when tasks are split one by one, and zeroing
@@ -80,6 +79,7 @@ where
     }
 }
 
+/// Size of CPU 0's level-2 cache, from Linux's sysfs (`None` elsewhere or when unreadable).
 pub(crate) fn l2_bytes() -> Option<usize> {
     let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
     (0..8).find_map(|i| {
