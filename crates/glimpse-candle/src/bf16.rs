@@ -269,10 +269,90 @@ pub(crate) unsafe fn amx_panel(
     unreachable!("AMX is x86-64 only")
 }
 
-/// The CPU multiplies bf16 itself (AMX tiles or AVX-512 BF16): whether bf16 weights are kept as
-/// bf16 ([`crate::engine`]) and what [`crate::kernel_for`] reports.
+/// The CPU multiplies bf16 faster than f32 (AMX tiles, or AVX-512 BF16 whose dot product
+/// [`dot_pays`]): whether bf16 weights are kept as bf16 ([`crate::engine`]), whether reduced
+/// modes run attention in bf16 ([`crate::layers`]), and what [`crate::kernel_for`] reports.
 pub(crate) fn native() -> bool {
-    crate::amx::available() || has_bf16()
+    crate::amx::available() || (has_bf16() && dot_pays())
+}
+
+/// Whether this CPU's `vdpbf16ps` beats its f32 FMAs, timed once per process on the two tiles
+/// themselves ([`race_tiles`], ~1 ms). Having the instruction is not enough: on an Intel Xeon
+/// without AMX (Emerald Rapids under KVM, 2026-12-03) one issues every ~2 cycles against two FMAs
+/// per cycle, so the bf16 tile does half the f32 tile's work per second and CLIP B/32 bf16 ran at
+/// 0.7× fp32; on AMD Zen 4 the same tile is ~1.8× fp32.
+pub(crate) fn dot_pays() -> bool {
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAYS.get_or_init(|| {
+        let (f32_ns, bf16_ns) = race_tiles();
+        let pays = bf16_wins(f32_ns, bf16_ns);
+        tracing::debug!(f32_ns, bf16_ns, pays, "bf16 dot product vs f32 FMA");
+        pays
+    })
+}
+
+/// The bf16 tile pays when it does the same multiply-adds in less time than the f32 tile (it also
+/// reads half the weight bytes, but rounds every activation first, so no margin either way).
+fn bf16_wins(f32_ns: u64, bf16_ns: u64) -> bool {
+    bf16_ns < f32_ns
+}
+
+/// Nanoseconds of the f32 and the AVX-512 BF16 register tile (6 rows × 64 columns × 128 `k`,
+/// operands in L1) for the same multiply-adds, best of 5 alternating rounds of 64 tiles (a
+/// preempted round only ever reads slower). Both `u64::MAX` where either kernel is missing.
+fn race_tiles() -> (u64, u64) {
+    if !(has_bf16() && crate::f32mm::PackedWeight::available()) {
+        return (u64::MAX, u64::MAX);
+    }
+    const K: usize = 128;
+    const REPS: usize = 64;
+    let a32: Vec<f32> = (0..MR * K).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b32: Vec<f32> = (0..K * PANEL).map(|i| (i % 5) as f32 * 0.5).collect();
+    let a16: Vec<u16> = a32.iter().map(|&x| to_bf16(x)).collect();
+    let b16: Vec<u16> = b32.iter().map(|&x| to_bf16(x)).collect();
+    let mut c = vec![0f32; MR * PANEL];
+    let (mut best32, mut best16) = (u64::MAX, u64::MAX);
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        for _ in 0..REPS {
+            let tile = crate::f32mm::Tile {
+                a: a32.as_ptr(),
+                lda: K,
+                b: b32.as_ptr(),
+                ldb: PANEL,
+                k: K,
+                c: c.as_mut_ptr(),
+                ldc: PANEL,
+                live: PANEL,
+                bias: None,
+                add_dst: true,
+                prefetch: crate::f32mm::Prefetch::NONE,
+            };
+            // SAFETY: AVX-512 checked above; MR rows of `a` and `c`, K rows of `b`.
+            unsafe { tile.run_rows(MR) };
+        }
+        best32 = best32.min(t.elapsed().as_nanos() as u64);
+        let t = std::time::Instant::now();
+        for _ in 0..REPS {
+            let tile = Tile {
+                a: a16.as_ptr(),
+                lda: K,
+                b: b16.as_ptr(),
+                ldb: PANEL * 2,
+                pairs: K / 2,
+                c: c.as_mut_ptr(),
+                ldc: PANEL,
+                live: PANEL,
+                bias: None,
+                add_dst: true,
+            };
+            // SAFETY: AVX-512 BF16 checked above; MR rows of `a` and `c`, K / 2 pair rows of `b`.
+            unsafe { tile.run_rows(MR) };
+        }
+        best16 = best16.min(t.elapsed().as_nanos() as u64);
+    }
+    std::hint::black_box(&c);
+    (best32, best16)
 }
 
 pub(crate) fn has_bf16() -> bool {
@@ -366,6 +446,31 @@ impl Tile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_pays_only_when_the_bf16_tile_wins_the_race() {
+        assert!(bf16_wins(1000, 550), "Zen 4: bf16 tile ~1.8x the f32 one");
+        assert!(!bf16_wins(1000, 2200), "Xeon without AMX: ~0.45x");
+        assert!(!bf16_wins(u64::MAX, u64::MAX), "no kernel to race");
+        let (f32_ns, bf16_ns) = race_tiles();
+        let raced = has_bf16() && crate::f32mm::PackedWeight::available();
+        assert_eq!(f32_ns != u64::MAX, raced);
+        assert_eq!(bf16_ns != u64::MAX, raced);
+        assert!(f32_ns > 0 && bf16_ns > 0);
+        if raced {
+            eprintln!("64 tiles: f32 {f32_ns} ns, bf16 {bf16_ns} ns");
+            // The first race (inside `dot_pays`) can land on the other side only when the two
+            // tiles are close.
+            let ratio = bf16_ns as f64 / f32_ns as f64;
+            if !(0.8..1.25).contains(&ratio) {
+                assert_eq!(dot_pays(), bf16_wins(f32_ns, bf16_ns), "ratio {ratio:.2}");
+            }
+        }
+        assert_eq!(
+            native(),
+            crate::amx::available() || (has_bf16() && dot_pays())
+        );
+    }
 
     #[test]
     fn bf16_matmul_tracks_f32() {

@@ -201,7 +201,9 @@ impl Encoder {
                     act: l.act.into(),
                     fc2: Dense::from_linear(&l.fc2, precision)?,
                     heads: a.heads,
-                    bf16_attention: precision != crate::Precision::F32 && crate::bf16::has_bf16(),
+                    bf16_attention: precision != crate::Precision::F32
+                        && crate::bf16::has_bf16()
+                        && crate::bf16::native(),
                 })
             })
             .collect()

@@ -107,6 +107,11 @@ pub fn kernel_for(precision: Precision) -> (&'static str, bool) {
         Precision::F32 => ("f32 on gemm (no AVX-512)", true),
         Precision::Bf16 if amx::available() => ("bf16 on AMX tiles", true),
         Precision::Bf16 if bf16::native() => ("bf16 on AVX-512 BF16", true),
+        Precision::Bf16 if bf16::has_bf16() => (
+            "bf16 weights widened to f32 (AVX-512 BF16 timed slower than f32 FMAs on this CPU): \
+             fp32 speed",
+            false,
+        ),
         Precision::Bf16 => (
             "bf16 weights widened to f32 (no AVX-512 BF16 on this CPU): fp32 speed",
             false,
