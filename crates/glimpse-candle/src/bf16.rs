@@ -311,43 +311,43 @@ fn race_tiles() -> (u64, u64) {
     let a16: Vec<u16> = a32.iter().map(|&x| to_bf16(x)).collect();
     let b16: Vec<u16> = b32.iter().map(|&x| to_bf16(x)).collect();
     let mut c = vec![0f32; MR * PANEL];
+    let wide = crate::f32mm::Tile {
+        a: a32.as_ptr(),
+        lda: K,
+        b: b32.as_ptr(),
+        ldb: PANEL,
+        k: K,
+        c: c.as_mut_ptr(),
+        ldc: PANEL,
+        live: PANEL,
+        bias: None,
+        add_dst: true,
+        prefetch: crate::f32mm::Prefetch::NONE,
+    };
+    let pairs = Tile {
+        a: a16.as_ptr(),
+        lda: K,
+        b: b16.as_ptr(),
+        ldb: PANEL * 2,
+        pairs: K / 2,
+        c: c.as_mut_ptr(),
+        ldc: PANEL,
+        live: PANEL,
+        bias: None,
+        add_dst: true,
+    };
     let (mut best32, mut best16) = (u64::MAX, u64::MAX);
     for _ in 0..5 {
         let t = std::time::Instant::now();
         for _ in 0..REPS {
-            let tile = crate::f32mm::Tile {
-                a: a32.as_ptr(),
-                lda: K,
-                b: b32.as_ptr(),
-                ldb: PANEL,
-                k: K,
-                c: c.as_mut_ptr(),
-                ldc: PANEL,
-                live: PANEL,
-                bias: None,
-                add_dst: true,
-                prefetch: crate::f32mm::Prefetch::NONE,
-            };
             // SAFETY: AVX-512 checked above; MR rows of `a` and `c`, K rows of `b`.
-            unsafe { tile.run_rows(MR) };
+            unsafe { wide.run_rows(MR) };
         }
         best32 = best32.min(t.elapsed().as_nanos() as u64);
         let t = std::time::Instant::now();
         for _ in 0..REPS {
-            let tile = Tile {
-                a: a16.as_ptr(),
-                lda: K,
-                b: b16.as_ptr(),
-                ldb: PANEL * 2,
-                pairs: K / 2,
-                c: c.as_mut_ptr(),
-                ldc: PANEL,
-                live: PANEL,
-                bias: None,
-                add_dst: true,
-            };
             // SAFETY: AVX-512 BF16 checked above; MR rows of `a` and `c`, K / 2 pair rows of `b`.
-            unsafe { tile.run_rows(MR) };
+            unsafe { pairs.run_rows(MR) };
         }
         best16 = best16.min(t.elapsed().as_nanos() as u64);
     }
