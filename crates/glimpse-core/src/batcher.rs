@@ -57,6 +57,12 @@ pub struct BatchOptions {
     /// of keeping a small, less efficient pass forever. Off: take everything queued, up to
     /// `max_batch`.
     pub balance: bool,
+    /// Regroup split callers: when callers were already waiting as the last pass ended, fewer
+    /// than a full batch of them, and that pass's callers fit next to them, hold the next pass
+    /// for the callers just answered to come back — but only where one pass of both groups has
+    /// been timed to beat two passes (each pass has a fixed cost), and never longer than what
+    /// merging saves ([`PassTimes::regroup_wait`]). Off: the pass takes what is queued.
+    pub regroup: bool,
 }
 
 impl Default for BatchOptions {
@@ -67,6 +73,7 @@ impl Default for BatchOptions {
             queue_capacity: 64,
             wait_for_announced: false,
             balance: false,
+            regroup: false,
         }
     }
 }
@@ -278,36 +285,46 @@ fn worker<R, S, F>(
 {
     // The size of the last pass, when callers were already queued as it ended.
     let mut back_to_back: Option<usize> = None;
+    let mut times = PassTimes::new(options.max_batch);
     // `recv` fails only once every sender is dropped and the queue is empty.
     while let Ok(first) = rx.recv() {
-        let limit = match back_to_back {
-            Some(last) if options.balance => {
-                // Queued now, `first` included (the depth drops once the batch is taken).
-                let queued = shared.depth.load(Ordering::SeqCst);
-                if queued > last {
-                    (queued + last).div_ceil(2)
-                } else {
-                    options.max_batch
-                }
-            }
-            _ => options.max_batch,
-        }
-        .min(options.max_batch);
+        // Queued now, `first` included (the depth drops once the batch is taken).
+        let queued = shared.depth.load(Ordering::SeqCst);
+        let regroup = match back_to_back {
+            Some(last) if options.regroup => times.regroup_wait(queued, last, options.window),
+            _ => None,
+        };
+        let (limit, wait, for_announced) = match (back_to_back, regroup) {
+            // Wait for the callers just answered even before they are announced: they are
+            // still reading their answer.
+            (Some(last), Some(wait)) => (queued + last, wait, false),
+            (Some(last), None) if options.balance && queued > last => (
+                (queued + last).div_ceil(2),
+                options.window,
+                options.wait_for_announced,
+            ),
+            _ => (
+                options.max_batch,
+                options.window,
+                options.wait_for_announced,
+            ),
+        };
+        let limit = limit.min(options.max_batch);
         let mut batch = vec![first];
-        let deadline = Instant::now() + options.window;
+        let deadline = Instant::now() + wait;
         while batch.len() < limit {
             if let Ok(job) = rx.try_recv() {
                 batch.push(job);
                 continue;
             }
-            if options.wait_for_announced && shared.incoming.load(Ordering::SeqCst) == 0 {
+            if for_announced && shared.incoming.load(Ordering::SeqCst) == 0 {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let slice = if options.wait_for_announced {
+            let slice = if for_announced {
                 left.min(ANNOUNCE_POLL)
             } else {
                 left
@@ -347,6 +364,10 @@ fn worker<R, S, F>(
             Err(_) => Err(BatchError::Model("the model panicked".into())),
         };
         drop(permit);
+        let ran = started.elapsed();
+        if outcome.is_ok() {
+            times.record(n, ran);
+        }
         let hook = shared
             .on_batch
             .lock()
@@ -359,7 +380,7 @@ fn worker<R, S, F>(
                     .iter()
                     .map(|at| started.saturating_duration_since(*at))
                     .collect(),
-                ran: started.elapsed(),
+                ran,
             });
         }
         match outcome {
@@ -375,6 +396,78 @@ fn worker<R, S, F>(
             }
         }
         back_to_back = (shared.depth.load(Ordering::SeqCst) > 0).then_some(n);
+    }
+}
+
+/// Recent forward-pass times by batch size (an exponential average of each size's passes), to tell
+/// whether one pass of two groups of callers beats a pass for each.
+#[derive(Debug, Clone)]
+pub struct PassTimes {
+    /// Seconds, indexed by batch size.
+    by_size: Vec<Option<f64>>,
+    /// The pass count when a regroup into each size was last tried without its time known.
+    tried: Vec<Option<u64>>,
+    passes: u64,
+}
+
+impl PassTimes {
+    /// Weight of the newest pass in a size's average.
+    const NEW: f64 = 0.25;
+    /// Passes between two tries of a regroup into a size never timed (the try may idle up to the
+    /// window if the callers do not come back).
+    const RETRY_AFTER: u64 = 64;
+
+    pub fn new(max_batch: usize) -> Self {
+        PassTimes {
+            by_size: vec![None; max_batch + 1],
+            tried: vec![None; max_batch + 1],
+            passes: 0,
+        }
+    }
+
+    /// A pass of `size` jobs took `ran`.
+    pub fn record(&mut self, size: usize, ran: Duration) {
+        self.passes += 1;
+        if let Some(t) = self.by_size.get_mut(size) {
+            let s = ran.as_secs_f64();
+            *t = Some(t.map_or(s, |old| old + Self::NEW * (s - old)));
+        }
+    }
+
+    /// How long to hold the next pass for the `last` callers of the pass that just ended to come
+    /// back next to the `queued` ones, or `None` to run the queued ones now.
+    ///
+    /// Merging saves `t(queued) + t(last) − t(queued + last)` (a pass's fixed cost: weights read,
+    /// per-pass set-up, threads woken), and the wait is capped at that, so it can lose at most
+    /// what it would have won. A merged size never timed is tried (up to `window`) once every
+    /// [`Self::RETRY_AFTER`] passes. No wait when the two groups do not fit in one pass, or when
+    /// one pass of both is timed no faster than two (a CPU whose small passes are as efficient).
+    pub fn regroup_wait(
+        &mut self,
+        queued: usize,
+        last: usize,
+        window: Duration,
+    ) -> Option<Duration> {
+        let merged = queued + last;
+        if queued == 0 || last == 0 || merged >= self.by_size.len() {
+            return None;
+        }
+        let (a, b) = (self.by_size[queued], self.by_size[last]);
+        match (a, b, self.by_size[merged]) {
+            (Some(a), Some(b), Some(m)) => {
+                let saved = a + b - m;
+                (saved > 0.0).then(|| Duration::from_secs_f64(saved))
+            }
+            _ => {
+                let recent =
+                    self.tried[merged].is_some_and(|at| self.passes < at + Self::RETRY_AFTER);
+                if recent || window.is_zero() {
+                    return None;
+                }
+                self.tried[merged] = Some(self.passes);
+                Some(window)
+            }
+        }
     }
 }
 
@@ -506,4 +599,43 @@ pub fn vit_batcher(
                 .collect())
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn regroup_waits_at_most_what_one_pass_saves_and_tries_untimed_sizes_sparingly() {
+        let mut t = PassTimes::new(8);
+        let window = ms(10);
+        t.record(4, ms(60));
+        // A pass of 8 never timed: tried once, up to the window, then not again for a while.
+        assert_eq!(t.regroup_wait(4, 4, window), Some(window));
+        assert_eq!(t.regroup_wait(4, 4, window), None);
+        for _ in 0..PassTimes::RETRY_AFTER {
+            t.record(4, ms(60));
+        }
+        assert_eq!(t.regroup_wait(4, 4, window), Some(window));
+        // Timed: the wait is what one pass of 8 saves over two of 4 (60 + 60 − 80 ms).
+        t.record(8, ms(80));
+        let w = t.regroup_wait(4, 4, window).unwrap();
+        assert!((w.as_secs_f64() - 0.040).abs() < 1e-9, "{w:?}");
+        // No fixed cost (a pass of 8 takes as long as two of 4): no wait.
+        let mut flat = PassTimes::new(8);
+        flat.record(4, ms(60));
+        flat.record(8, ms(120));
+        assert_eq!(flat.regroup_wait(4, 4, window), None);
+        // The two groups do not fit in one pass, or nothing to regroup.
+        assert_eq!(t.regroup_wait(5, 4, window), None);
+        assert_eq!(t.regroup_wait(0, 4, window), None);
+        // The average follows newer passes.
+        t.record(8, ms(120));
+        let w2 = t.regroup_wait(4, 4, window).unwrap();
+        assert!(w2 < w, "{w2:?} after a slower pass of 8, {w:?} before");
+    }
 }

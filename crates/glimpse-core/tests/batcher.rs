@@ -21,6 +21,7 @@ fn opts(max_batch: usize, window_ms: u64, queue: usize) -> BatchOptions {
         queue_capacity: queue,
         wait_for_announced: false,
         balance: false,
+        regroup: false,
     }
 }
 
@@ -113,6 +114,72 @@ fn pass_sizes_behind_a_pass_of_one(balance: bool) -> Vec<usize> {
 fn balanced_passes_split_a_queue_behind_a_smaller_pass() {
     assert_eq!(pass_sizes_behind_a_pass_of_one(false), vec![1, 5]);
     assert_eq!(pass_sizes_behind_a_pass_of_one(true), vec![1, 3, 2]);
+}
+
+/// Pass sizes of 8 closed-loop callers (announce, "decode" 2 ms, submit, wait for the answer,
+/// read it for 1 ms, again) on a model whose pass costs 40 ms + 5 ms per job, the second four
+/// starting while the first four's pass runs: the last `tail` passes once they have settled.
+fn closed_loop_pass_sizes(regroup: bool, tail: usize) -> Vec<usize> {
+    let options = BatchOptions {
+        wait_for_announced: true,
+        balance: true,
+        regroup,
+        ..opts(8, 20, 64)
+    };
+    let b = Arc::new(
+        Batcher::new("loop", options, |xs: &[u32]| {
+            std::thread::sleep(Duration::from_millis(40 + 5 * xs.len() as u64));
+            Ok(xs.iter().map(|x| Ok(*x)).collect())
+        })
+        .unwrap(),
+    );
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&sizes);
+    b.on_batch(move |r| s.lock().unwrap().push(r.size));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = |id: u32| {
+        let (b, stop) = (Arc::clone(&b), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let incoming = b.announce();
+                std::thread::sleep(Duration::from_millis(2));
+                let (tx, rx) = mpsc::channel();
+                b.submit(id, move |r| {
+                    let _ = tx.send(r);
+                });
+                drop(incoming);
+                assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), id);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let mut clients: Vec<_> = (0..4).map(client).collect();
+    // The first four are in their pass (60 ms) by now.
+    std::thread::sleep(Duration::from_millis(20));
+    clients.extend((4..8).map(client));
+    let deadline = std::time::Instant::now() + WAIT;
+    while sizes.lock().unwrap().len() < 20 + tail && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.len() >= 20 + tail, "{sizes:?}");
+    sizes[20..20 + tail].to_vec()
+}
+
+/// Eight closed-loop callers split into two groups of four taking turns; where one pass of eight
+/// is faster than two of four (a fixed cost per pass), regrouping merges them, and they stay
+/// merged.
+#[test]
+fn regrouping_merges_alternating_halves_when_one_pass_is_cheaper() {
+    let split = closed_loop_pass_sizes(false, 10);
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+    assert!(mean(&split) <= 5.0, "balanced halves expected: {split:?}");
+    let merged = closed_loop_pass_sizes(true, 10);
+    assert!(mean(&merged) >= 7.0, "merged passes expected: {merged:?}");
 }
 
 /// With `wait_for_announced`, a lone job does not sit out the window; a job announced while the

@@ -30,6 +30,8 @@ impl Batchers {
             wait_for_announced: true,
             // Closed-loop clients split into alternating groups; keep the groups equal.
             balance: true,
+            // ... unless one pass of both groups is timed faster than two; then regroup them.
+            regroup: true,
         };
         // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
         let gate = Some(Arc::new(PassGate::new(config.inference_workers)));
