@@ -117,7 +117,7 @@ fn balanced_passes_split_a_queue_behind_a_smaller_pass() {
 }
 
 /// Pass sizes of 8 closed-loop callers (announce, "decode" 2 ms, submit, wait for the answer,
-/// read it for 1 ms, again) on a model whose pass costs 40 ms + 5 ms per job, the second four
+/// read it for 5 ms, again) on a model whose pass costs 40 ms + 5 ms per job, the second four
 /// starting while the first four's pass runs: the last `tail` passes once they have settled.
 fn closed_loop_pass_sizes(regroup: bool, tail: usize) -> Vec<usize> {
     let options = BatchOptions {
@@ -149,7 +149,9 @@ fn closed_loop_pass_sizes(regroup: bool, tail: usize) -> Vec<usize> {
                 });
                 drop(incoming);
                 assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), id);
-                std::thread::sleep(Duration::from_millis(1));
+                // Long enough that a caller never beats the worker's check of who is on the
+                // way (which would merge the halves without regrouping, on a busy machine).
+                std::thread::sleep(Duration::from_millis(5));
             }
         })
     };
