@@ -2,8 +2,9 @@
 //! Geometry.c's `ImagingScaleAffine` for NEAREST), so that our resized pixels are byte-identical
 //! to what the Hugging Face (PIL-backed) image processors feed their models.
 //!
-//! Convolution filters: separable, horizontal pass first over only the rows the vertical pass
-//! needs; the filter support grows with the downscale factor (antialiasing); coefficients are
+//! Convolution filters: separable, in Pillow 13's order (horizontal pass first over only the rows
+//! the vertical pass needs, unless the height shrinks by more than twice the width: then vertical
+//! first); the filter support grows with the downscale factor (antialiasing); coefficients are
 //! normalised in f64, then turned into fixed point with `PRECISION_BITS` fractional bits, and each
 //! output is rounded and clipped to u8 after each pass, exactly as Pillow does. Every constant and
 //! every float → int conversion below mirrors the C code; change none of them without re-running
@@ -231,36 +232,61 @@ pub fn resize_window_rgb8(
     // Pillow skips a pass whose size does not change.
     let need_h = out_w != w;
     let need_v = out_h != h;
-    let vert = precompute(h, out_h, rows.clone(), filter);
+    // Pillow 13 runs the vertical pass first when the height shrinks by more than twice what the
+    // width does (signed: any vertical downscale beside a horizontal upscale). The order changes
+    // the bytes (each pass rounds to u8), so it is Pillow's rule, integer for integer.
+    let (hi, wi, ohi, owi) = (h as i64, w as i64, out_h as i64, out_w as i64);
+    let horizontal_first = !(hi - ohi > 0 && hi - ohi > (wi - owi) * 2);
+    if horizontal_first {
+        horizontal_then_vertical(
+            src,
+            (w, h),
+            (out_w, out_h),
+            cols,
+            rows,
+            (need_h, need_v),
+            filter,
+        )
+    } else {
+        vertical_then_horizontal(src, (w, h), (out_w, out_h), cols, rows, need_h, filter)
+    }
+}
 
+/// The window's pixels, horizontal pass first (over only the source rows the vertical pass reads).
+fn horizontal_then_vertical(
+    src: &[u8],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    cols: Range<usize>,
+    rows: Range<usize>,
+    (need_h, need_v): (bool, bool),
+    filter: Filter,
+) -> Vec<u8> {
+    let (win_w, win_h) = (cols.len(), rows.len());
+    let vert = precompute(h, out_h, rows.clone(), filter);
     // Source rows the horizontal pass must produce: those the vertical pass reads, or the
     // window's own rows when there is no vertical pass.
     let (first_row, last_row) = if need_v {
         let (a, _) = vert.bounds[0];
-        let (b, n) = vert.bounds[win.height - 1];
+        let (b, n) = vert.bounds[win_h - 1];
         (a, b + n)
     } else {
         (rows.start, rows.end)
     };
 
-    let tmp_w = win.width;
-    let mut tmp;
-    if need_h {
+    let tmp = if need_h {
         let horiz = precompute(w, out_w, cols, filter);
-        tmp = vec![0u8; tmp_w * (last_row - first_row) * 3];
+        let mut tmp = vec![0u8; win_w * (last_row - first_row) * 3];
         horizontal(src, w, first_row..last_row, &horiz, &mut tmp);
+        tmp
     } else {
-        tmp = Vec::with_capacity(tmp_w * (last_row - first_row) * 3);
-        for y in first_row..last_row {
-            tmp.extend_from_slice(&src[(y * w + cols.start) * 3..(y * w + cols.end) * 3]);
-        }
-    }
+        crop_rows(src, w, cols, first_row..last_row)
+    };
     if !need_v {
         return tmp;
     }
-
-    let row_len = tmp_w * 3;
-    let mut out = vec![0u8; win.width * win.height * 3];
+    let row_len = win_w * 3;
+    let mut out = vec![0u8; win_w * win_h * 3];
     let mut acc = vec![0i32; row_len];
     for (yy, dst) in out.chunks_exact_mut(row_len).enumerate() {
         let (ymin, k) = vert.taps(yy);
@@ -270,11 +296,77 @@ pub fn resize_window_rgb8(
     out
 }
 
+/// The window's pixels, vertical pass first (over only the source columns the horizontal pass
+/// reads), then the horizontal pass over that narrow strip.
+fn vertical_then_horizontal(
+    src: &[u8],
+    (w, h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+    cols: Range<usize>,
+    rows: Range<usize>,
+    need_h: bool,
+    filter: Filter,
+) -> Vec<u8> {
+    let (win_w, win_h) = (cols.len(), rows.len());
+    let vert = precompute(h, out_h, rows, filter);
+    let mut horiz = need_h.then(|| precompute(w, out_w, cols.clone(), filter));
+    // Source columns the horizontal pass reads (or the window's own without one).
+    let (first_col, last_col) = match &horiz {
+        Some(c) => {
+            let (a, _) = c.bounds[0];
+            let (b, n) = c.bounds[win_w - 1];
+            (a, b + n)
+        }
+        None => (cols.start, cols.end),
+    };
+    let strip_w = last_col - first_col;
+    // The vertical pass: the window's rows, `strip_w` columns wide.
+    let row_len = strip_w * 3;
+    let mut strip = vec![0u8; row_len * win_h];
+    let mut acc = vec![0i32; row_len];
+    let stride = w * 3;
+    for (yy, dst) in strip.chunks_exact_mut(row_len).enumerate() {
+        let (ymin, k) = vert.taps(yy);
+        let start = ymin * stride + first_col * 3;
+        vertical_row_strided(&src[start..], stride, row_len, k, &mut acc, dst);
+    }
+    let Some(horiz) = horiz.as_mut() else {
+        return strip;
+    };
+    // The strip starts at `first_col`: shift the taps to it.
+    for b in &mut horiz.bounds {
+        b.0 -= first_col;
+    }
+    let mut out = vec![0u8; win_w * win_h * 3];
+    horizontal(&strip, strip_w, 0..win_h, horiz, &mut out);
+    out
+}
+
+/// Columns `cols` of source rows `rows`, as a packed buffer.
+fn crop_rows(src: &[u8], w: usize, cols: Range<usize>, rows: Range<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cols.len() * rows.len() * 3);
+    for y in rows {
+        out.extend_from_slice(&src[(y * w + cols.start) * 3..(y * w + cols.end) * 3]);
+    }
+    out
+}
+
+thread_local! {
+    static SCALAR_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests: make this thread's resizes take the portable code paths instead of the AVX2 ones, so
+/// one machine checks both against Pillow.
+#[doc(hidden)]
+pub fn force_scalar(on: bool) {
+    SCALAR_ONLY.set(on);
+}
+
 /// The horizontal pass over source `rows` of `src` (`w` pixels wide): one output row of
 /// `horiz.bounds.len()` pixels per source row, into `dst`.
 fn horizontal(src: &[u8], w: usize, rows: Range<usize>, horiz: &Coeffs, dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if std::arch::is_x86_feature_detected!("avx2") && !SCALAR_ONLY.get() {
         // SAFETY: AVX2 is present.
         return unsafe { horizontal_avx2(src, w, rows, horiz, dst) };
     }
@@ -365,31 +457,52 @@ unsafe fn horizontal_avx2(
 /// a whole row at a time so the compiler vectorises it (integer sums in any order are the same
 /// sums: the bytes stay Pillow's).
 fn vertical_row(rows: &[u8], row_len: usize, k: &[i32], acc: &mut [i32], dst: &mut [u8]) {
+    vertical_row_strided(rows, row_len, row_len, k, acc, dst)
+}
+
+/// [`vertical_row`] over rows `stride` bytes apart of which the first `len` are used.
+fn vertical_row_strided(
+    rows: &[u8],
+    stride: usize,
+    len: usize,
+    k: &[i32],
+    acc: &mut [i32],
+    dst: &mut [u8],
+) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if std::arch::is_x86_feature_detected!("avx2") && !SCALAR_ONLY.get() {
         // SAFETY: AVX2 is present.
-        return unsafe { vertical_row_avx2(rows, row_len, k, acc, dst) };
+        return unsafe { vertical_row_avx2(rows, stride, len, k, acc, dst) };
     }
-    vertical_row_generic(rows, row_len, k, acc, dst)
+    vertical_row_generic(rows, stride, len, k, acc, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn vertical_row_avx2(
     rows: &[u8],
-    row_len: usize,
+    stride: usize,
+    len: usize,
     k: &[i32],
     acc: &mut [i32],
     dst: &mut [u8],
 ) {
-    vertical_row_generic(rows, row_len, k, acc, dst)
+    vertical_row_generic(rows, stride, len, k, acc, dst)
 }
 
 #[inline(always)]
-fn vertical_row_generic(rows: &[u8], row_len: usize, k: &[i32], acc: &mut [i32], dst: &mut [u8]) {
+fn vertical_row_generic(
+    rows: &[u8],
+    stride: usize,
+    len: usize,
+    k: &[i32],
+    acc: &mut [i32],
+    dst: &mut [u8],
+) {
+    let acc = &mut acc[..len];
     acc.fill(HALF);
     for (t, &ky) in k.iter().enumerate() {
-        let row = &rows[t * row_len..(t + 1) * row_len];
+        let row = &rows[t * stride..t * stride + len];
         for (a, &p) in acc.iter_mut().zip(row) {
             *a = a.wrapping_add(p as i32 * ky);
         }
