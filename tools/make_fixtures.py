@@ -193,6 +193,13 @@ def make_images() -> dict[str, str]:
     save("wide.jpg", wide, "very non-square JPEG 600x150", quality=85)
     save("tall.png", page.crop((100, 0, 150, 191)).convert("RGB"), "very non-square PNG 50x191 (RGB)")
     save("tiny.png", chelsea.resize((24, 16), Image.LANCZOS), "tiny PNG 24x16, smaller than the crop")
+    # Shapes where Pillow 13 runs its vertical pass first (the height shrinks by more than twice the
+    # width): a phone-portrait crop, the 120x300 case, and 1:25 strips both ways.
+    save("portrait.jpg", hopper.crop((150, 0, 390, 600)), "portrait JPEG 240x600 (a person)", quality=85)
+    save("tall_photo.png", moto.resize((120, 300), Image.LANCZOS), "tall PNG 120x300 (squeezed photo)")
+    save("strip_tall.png", page.crop((180, 0, 188, 191)).resize((24, 600), Image.LANCZOS).convert("RGB"),
+         "1:25 PNG 24x600 (a column of a scanned page)")
+    save("strip_wide.png", moto.crop((0, 180, 600, 204)), "25:1 PNG 600x24 (a band of a photo)")
 
     small = astronaut.resize((224, 224), Image.LANCZOS)
     save("astronaut.png", small, "PNG RGB 224x224")

@@ -32,6 +32,12 @@ pub struct ClassificationResponse {
 }
 
 impl ClassificationResponse {
+    /// Set `timingMs`, rounded to 0.1 ms as every answer shows it (no float noise such as
+    /// `2.7854020000000004`).
+    pub fn set_timing_ms(&mut self, ms: f64) {
+        self.timing_ms = (ms * 10.0).round() / 10.0;
+    }
+
     /// Build from unsorted predictions: sorts highest first (stable, so ties keep label order) and
     /// takes `result`/`confidence` from the first.
     pub fn new(model: &str, model_id: &str, mut predictions: Vec<Prediction>) -> Self {
