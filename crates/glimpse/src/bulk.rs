@@ -24,7 +24,8 @@ use glimpse_core::backend::PixelBatch;
 use rayon::prelude::*;
 
 use progress::Progress;
-use results::{AnswerLine, ErrorBody, ErrorLine, Results};
+pub(crate) use results::AnswerLine;
+use results::{ErrorBody, ErrorLine, Results};
 
 use crate::classify::{prepare, Session};
 use crate::cli::ClassifyArgs;
@@ -350,7 +351,7 @@ fn answer_batch(
             Ok(_) => {
                 let mut answer = answers.next().context("model gave too few answers")?;
                 // This image's own decode time plus its share of the batch's forward pass.
-                answer.timing_ms = p.ms + forward_ms;
+                answer.set_timing_ms(p.ms + forward_ms);
                 results.write_line(&AnswerLine {
                     file: &p.rel,
                     answer: &answer,

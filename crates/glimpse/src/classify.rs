@@ -48,7 +48,21 @@ impl Session {
         let mut hub = HubOptions::from_env(args.model_cache.clone());
         hub.progress = true;
         let dir = resolve_model(&spec, &hub)?;
-        let opts = glimpse_candle::LoadOptions::default();
+        let opts = glimpse_candle::LoadOptions {
+            precision: args.precision,
+            ..Default::default()
+        };
+        // What `serve` logs at start-up: which matmul kernel this precision runs on here.
+        match glimpse_candle::kernel_for(opts.precision) {
+            (kernel, true) => eprintln!(
+                "glimpse: precision {}, matmul kernel {kernel}",
+                opts.precision.as_str()
+            ),
+            (kernel, false) => eprintln!(
+                "glimpse: warning: precision {} has no fast kernel on this CPU ({kernel})",
+                opts.precision.as_str()
+            ),
+        }
         let model = match args.kind {
             Kind::Clip => Loaded::Clip(Box::new(glimpse_candle::load_clip(&dir, &opts)?)),
             Kind::Vit => Loaded::Vit(Box::new(glimpse_candle::load_vit(&dir, &opts)?)),
@@ -138,13 +152,17 @@ fn classify_one(path: &Path, session: &Session) -> anyhow::Result<Classification
         .classify(&pixels)?
         .pop()
         .context("model returned no answer")?;
-    resp.timing_ms = started.elapsed().as_secs_f64() * 1000.0;
+    resp.set_timing_ms(started.elapsed().as_secs_f64() * 1000.0);
     Ok(resp)
 }
 
 fn print(resp: &ClassificationResponse, path: &Path, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(resp)?);
+        let line = bulk::AnswerLine {
+            file: &path.to_string_lossy(),
+            answer: resp,
+        };
+        println!("{}", serde_json::to_string(&line)?);
     } else {
         let top: Vec<String> = resp
             .predictions

@@ -175,3 +175,95 @@ fn bad_labels_and_missing_model_folder_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("acme/not-cached-anywhere"), "{stderr}");
 }
+
+/// `--precision` (and `GLIMPSE_PRECISION`) reach the model: the start-up line names the reduced
+/// kernel, the answers differ from fp32 in their bits (so the reduced path really ran) but stay
+/// within the documented bound of the fp32 answer on every category, tall shapes included; each
+/// `--json` line names its file, and `timingMs` is rounded to 0.1 ms.
+#[test]
+fn precision_flag_and_variable_run_the_reduced_kernels_within_bound() {
+    let images: Vec<PathBuf> = [
+        "portrait.jpg",
+        "tall_photo.png",
+        "strip_tall.png",
+        "wide.jpg",
+    ]
+    .iter()
+    .map(|n| fixtures().join("images").join(n))
+    .collect();
+    let run = |kind: &str, model: &str, flag: Option<&str>, var: Option<&str>| {
+        let mut c = glimpse();
+        c.args(["classify", kind, "--json", "--model"])
+            .arg(fixtures().join("models").join(model))
+            .args(&images)
+            .env_remove("GLIMPSE_PRECISION");
+        if let Some(p) = flag {
+            c.args(["--precision", p]);
+        }
+        if let Some(p) = var {
+            c.env("GLIMPSE_PRECISION", p);
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        let answers: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(answers.len(), images.len());
+        (answers, stderr)
+    };
+    for (kind, model) in [("vit", "vit-tiny"), ("clip", "clip-tiny")] {
+        let (fp32, log) = run(kind, model, None, None);
+        assert!(log.contains("precision f32"), "{log}");
+        for (precision, flag, var) in [
+            ("int8", Some("int8"), None),
+            ("bf16", None, Some("bf16")),
+            // The flag wins over the variable.
+            ("int8", Some("int8"), Some("fp32")),
+        ] {
+            let (reduced, log) = run(kind, model, flag, var);
+            assert!(
+                log.contains(&format!("precision {precision}")) && log.contains("kernel"),
+                "{kind} {precision}: {log}"
+            );
+            let (mut moved, mut worst) = (false, 0f64);
+            for ((a, b), path) in fp32.iter().zip(&reduced).zip(&images) {
+                assert_eq!(b["file"], path.to_string_lossy().as_ref());
+                let ms = b["timingMs"].as_f64().unwrap();
+                assert!(
+                    ((ms * 10.0).round() - ms * 10.0).abs() < 1e-6,
+                    "timingMs {ms}"
+                );
+                for pa in a["predictions"].as_array().unwrap() {
+                    let (label, sa) = (&pa["label"], pa["score"].as_f64().unwrap());
+                    let pb = b["predictions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|p| &p["label"] == label)
+                        .unwrap();
+                    let d = (sa - pb["score"].as_f64().unwrap()).abs();
+                    moved |= d > 0.0;
+                    worst = worst.max(d);
+                    assert!(
+                        d <= REDUCED_PRECISION_SCORE_BOUND,
+                        "{kind} {precision} {} {label}: |Δ| {d}",
+                        path.display()
+                    );
+                }
+            }
+            eprintln!("{kind} {precision}: max |Δ score| vs fp32 {worst:.2e}");
+            // bf16 weights are widened back to f32 where the CPU has no fast bf16 dot product
+            // (the log says so); then the answers are fp32's.
+            assert!(
+                moved || log.contains("no fast kernel"),
+                "{kind} {precision}: bit-identical to fp32"
+            );
+        }
+    }
+}
+
+/// README, `GLIMPSE_PRECISION`: bf16/int8 label and category scores stay within this of fp32.
+const REDUCED_PRECISION_SCORE_BOUND: f64 = 0.02;

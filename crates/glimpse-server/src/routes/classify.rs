@@ -372,7 +372,7 @@ async fn run(
     let answer = infer(state, &plan.model, pixels, plan.labels, incoming).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match answer.and_then(|mut r| {
-        r.timing_ms = (ms * 10.0).round() / 10.0;
+        r.set_timing_ms(ms);
         serde_json::to_string(&r).map_err(ApiError::internal)
     }) {
         Ok(body) => {

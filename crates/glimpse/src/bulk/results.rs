@@ -96,7 +96,7 @@ impl Results {
 }
 
 #[derive(Serialize)]
-pub(super) struct AnswerLine<'a> {
+pub(crate) struct AnswerLine<'a> {
     pub file: &'a str,
     #[serde(flatten)]
     pub answer: &'a ClassificationResponse,
