@@ -52,8 +52,10 @@ impl Session {
             precision: args.precision,
             ..Default::default()
         };
-        // What `serve` logs at start-up: which matmul kernel this precision runs on here.
+        // What `serve` logs at start-up: which matmul kernel a reduced precision runs on here
+        // (fp32, the default, stays quiet: stderr is one line per failed image).
         match glimpse_candle::kernel_for(opts.precision) {
+            _ if opts.precision == glimpse_candle::Precision::F32 => {}
             (kernel, true) => eprintln!(
                 "glimpse: precision {}, matmul kernel {kernel}",
                 opts.precision.as_str()
