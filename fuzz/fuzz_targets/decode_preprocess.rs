@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = DecodeLimits {
         max_pixels: 4_000_000,
         max_side: 4_096,
+        ..DecodeLimits::default()
     };
     let Ok(img) = decode(data, &limits) else {
         return;

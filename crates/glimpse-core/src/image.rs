@@ -20,6 +20,10 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
     /// Largest width or height accepted.
     pub max_side: u32,
+    /// Most scans a JPEG may have. A progressive JPEG's decode cost grows with its scan count (each
+    /// scan is a pass over the whole coefficient buffer): thousands of empty scans make a 143 KB
+    /// file cost seconds of CPU. Real encoders write about 10 (libjpeg) to 20 (mozjpeg).
+    pub max_jpeg_scans: u32,
 }
 
 impl Default for DecodeLimits {
@@ -27,9 +31,17 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_pixels: 40_000_000,
             max_side: 12_000,
+            max_jpeg_scans: MAX_JPEG_SCANS,
         }
     }
 }
+
+/// Default for [`DecodeLimits::max_jpeg_scans`].
+pub const MAX_JPEG_SCANS: u32 = 100;
+
+/// Working memory every decode is charged on top of its pixel buffers (decoder state, row
+/// buffers, the resampler's strip).
+const DECODE_SLACK_BYTES: u64 = 4 << 20;
 
 /// The formats Glimpse decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +170,21 @@ fn invalid(format: Format, e: impl std::fmt::Display) -> CoreError {
     CoreError::InvalidImage(format!("cannot decode this {}: {e}", format.name()))
 }
 
+/// An `image` crate error as a client can read it: its own text names decoder internals
+/// (`ChunkType { type: IDAT, .. }`), so only the kind of failure is told; the detail is logged.
+fn image_error(format: Format, e: image::ImageError) -> CoreError {
+    match e {
+        image::ImageError::Limits(_) => CoreError::ImageTooLarge(format!(
+            "this {} needs more memory to decode than the limits allow",
+            format.name()
+        )),
+        image::ImageError::Unsupported(_) => {
+            invalid(format, "it uses a feature Glimpse does not decode")
+        }
+        _ => invalid(format, "the data is corrupt or truncated"),
+    }
+}
+
 fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(CoreError::InvalidImage(format!(
@@ -250,10 +277,94 @@ pub fn probe_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
     if let Some(&size) = declared_sizes(bytes, format).first() {
         return Ok(size);
     }
+    let bytes = strip_png_text(bytes, format);
     guarded(format, || {
-        let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
-        reader.into_dimensions().map_err(|e| invalid(format, e))
+        let reader = ImageReader::with_format(Cursor::new(&bytes[..]), format.image_format());
+        reader.into_dimensions().map_err(|e| image_error(format, e))
     })
+}
+
+/// The most memory [`decode`] (plus preprocessing's small strip) can hold at once for these
+/// bytes, from the header alone: the decoder's output buffer, the copy that EXIF rotation or the
+/// flattening to RGB8 makes while it is alive, the RGB8 result, and for a progressive JPEG
+/// libjpeg's whole-image coefficient buffer (2 bytes per sample). Refuses what [`decode`] would
+/// refuse from the header (size limits, too many JPEG scans), so a caller can admit the decode
+/// against a memory budget before any pixel is allocated.
+pub fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<u64> {
+    let format = sniff_format(bytes)?;
+    for (w, h) in declared_sizes(bytes, format) {
+        check_dimensions(w, h, limits)?;
+    }
+    if format == Format::Jpeg {
+        let info = jpeg::header(bytes).map_err(|e| invalid(format, e))?;
+        check_dimensions(info.width, info.height, limits)?;
+        check_scans(&info, limits)?;
+        let px = u64::from(info.width) * u64::from(info.height);
+        let decoded = px * u64::from(info.components.clamp(1, 4));
+        let coefficients = if info.progressive {
+            px * u64::from(info.components) * 2
+        } else {
+            0
+        };
+        return Ok(decoded * 2 + px * 3 + coefficients + DECODE_SLACK_BYTES);
+    }
+    let stripped = strip_png_text(bytes, format);
+    let (w, h, decoded) = guarded(format, || {
+        let reader = ImageReader::with_format(Cursor::new(&stripped[..]), format.image_format());
+        let decoder = reader.into_decoder().map_err(|e| image_error(format, e))?;
+        let (w, h) = decoder.dimensions();
+        Ok((w, h, decoder.total_bytes()))
+    })?;
+    check_dimensions(w, h, limits)?;
+    let px = u64::from(w) * u64::from(h);
+    // GIF: the first frame's own buffer beside the RGBA canvas.
+    let frame = if format == Format::Gif { decoded } else { 0 };
+    Ok(decoded * 2 + frame + px * 3 + DECODE_SLACK_BYTES)
+}
+
+fn check_scans(info: &jpeg::Header, limits: &DecodeLimits) -> Result<()> {
+    if info.scans > limits.max_jpeg_scans {
+        return Err(CoreError::InvalidImage(format!(
+            "this JPEG has {} scans; at most {} are decoded (ordinary progressive JPEGs have 10 to 20)",
+            info.scans, limits.max_jpeg_scans
+        )));
+    }
+    Ok(())
+}
+
+/// PNG without its compressed text and ICC profile chunks (`zTXt`, `iTXt`, `tEXt`, `iCCP`): none
+/// changes the pixels Glimpse (or PIL's `convert("RGB")`) produces, and a few KB of deflate in
+/// them inflate to hundreds of MB when a decoder reads the header. Other formats pass unchanged.
+fn strip_png_text(bytes: &[u8], format: Format) -> std::borrow::Cow<'_, [u8]> {
+    const DROP: [&[u8; 4]; 4] = [b"zTXt", b"iTXt", b"tEXt", b"iCCP"];
+    if format != Format::Png {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut i = 8;
+    let mut spans = Vec::new();
+    while let Some(len) = bytes.get(i..i + 4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let end = i.saturating_add(12).saturating_add(len).min(bytes.len());
+        let kind = bytes.get(i + 4..i + 8);
+        if kind.is_some_and(|k| DROP.iter().any(|d| k == &d[..])) {
+            spans.push(i..end);
+        }
+        if kind == Some(b"IEND") || end == bytes.len() {
+            break;
+        }
+        i = end;
+    }
+    if spans.is_empty() {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut from = 0;
+    for span in spans {
+        out.extend_from_slice(&bytes[from..span.start]);
+        from = span.end;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Run `f`, turning a decoder panic into `InvalidImage`.
@@ -275,7 +386,12 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     for (w, h) in declared_sizes(bytes, format) {
         check_dimensions(w, h, limits)?;
     }
-    let img = guarded(format, || decode_checked(bytes, format, limits))?;
+    if format == Format::Jpeg {
+        let info = jpeg::header(bytes).map_err(|e| invalid(format, e))?;
+        check_scans(&info, limits)?;
+    }
+    let bytes = strip_png_text(bytes, format);
+    let img = guarded(format, || decode_checked(&bytes, format, limits))?;
     Ok(flatten_to_rgb8(img))
 }
 
@@ -283,7 +399,7 @@ fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result
     // The reader parses only the header here; the default limits (512 MiB) still bound anything
     // a decoder might allocate while doing so.
     let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
-    let mut decoder = reader.into_decoder().map_err(|e| invalid(format, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| image_error(format, e))?;
     let (w, h) = decoder.dimensions();
     check_dimensions(w, h, limits)?;
 
@@ -292,12 +408,9 @@ fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
     lim.max_image_height = Some(limits.max_side);
-    lim.max_alloc = Some(
-        limits
-            .max_pixels
-            .saturating_mul(8)
-            .saturating_add(128 << 20),
-    );
+    // What this image's pixels need (the header said so), not what the largest allowed image
+    // would: nothing a decoder allocates beyond its own buffers gets more than 64 MB.
+    lim.max_alloc = Some(decoder.total_bytes().saturating_add(64 << 20));
     decoder
         .set_limits(lim)
         .map_err(|e| CoreError::ImageTooLarge(format!("image over the limits: {e}")))?;
@@ -310,12 +423,7 @@ fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result
         drop(decoder);
         jpeg::decode(bytes).map_err(|e| invalid(format, e))?
     } else {
-        DynamicImage::from_decoder(decoder).map_err(|e| match e {
-            image::ImageError::Limits(e) => {
-                CoreError::ImageTooLarge(format!("image over the limits: {e}"))
-            }
-            e => invalid(format, e),
-        })?
+        DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?
     };
     img.apply_orientation(orientation);
     Ok(img)

@@ -76,6 +76,18 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_MAX_IMAGE_SIDE", default_value_t = 12_000)]
     pub max_image_side: u32,
 
+    /// Memory all image decodes together may hold, in MB. Each decode is admitted for what its
+    /// header says it needs at its peak (a 40 MP 16-bit RGBA PNG: ~770 MB; a 12 MP phone JPEG:
+    /// ~110 MB); one that must wait past the decode time limit is shed with 503, one that alone
+    /// needs more is refused with 400.
+    #[arg(long, env = "GLIMPSE_DECODE_MEMORY_MB", default_value_t = 1024)]
+    pub decode_memory_mb: u32,
+
+    /// Images decoded at once (default: one per CPU core). A decode holds its slot until it
+    /// really ends, even past its caller's time limit.
+    #[arg(long, env = "GLIMPSE_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+
     /// Classification calls served at once; more are shed with 503 OVERLOADED.
     #[arg(long, env = "GLIMPSE_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
@@ -166,6 +178,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_image_pixels", &self.max_image_pixels)
             .field("max_image_side", &self.max_image_side)
+            .field("decode_memory_mb", &self.decode_memory_mb)
+            .field("decode_threads", &self.decode_threads)
             .field("max_in_flight", &self.max_in_flight)
             .field("inference_workers", &self.inference_workers)
             .field("precision", &self.precision)
@@ -260,6 +274,15 @@ impl ServerConfig {
         }
         if self.max_upload_bytes == 0 {
             return Err(bad("GLIMPSE_MAX_UPLOAD_BYTES", "must be at least 1".into()));
+        }
+        if self.decode_memory_mb < 16 {
+            return Err(bad(
+                "GLIMPSE_DECODE_MEMORY_MB",
+                "must be at least 16".into(),
+            ));
+        }
+        if self.decode_threads == Some(0) {
+            return Err(bad("GLIMPSE_DECODE_THREADS", "must be at least 1".into()));
         }
         if self.max_image_pixels == 0 || self.max_image_side == 0 {
             return Err(bad(

@@ -8,6 +8,7 @@
 mod auth;
 pub mod batch;
 pub mod config;
+pub mod decode;
 mod docs;
 pub mod error;
 pub mod fetch;

@@ -337,9 +337,21 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        state.metrics.render() + &decode_gauges(&state.decoder),
     )
         .into_response()
+}
+
+/// The decode memory budget and what of it is admitted now.
+fn decode_gauges(d: &crate::decode::DecodeGate) -> String {
+    format!(
+        "# HELP glimpse_decode_memory_bytes Memory admitted to image decodes running now (their header-computed peak).\n\
+         # TYPE glimpse_decode_memory_bytes gauge\nglimpse_decode_memory_bytes {}\n\
+         # HELP glimpse_decode_memory_budget_bytes GLIMPSE_DECODE_MEMORY_MB: the most all decodes together may hold.\n\
+         # TYPE glimpse_decode_memory_budget_bytes gauge\nglimpse_decode_memory_budget_bytes {}\n",
+        d.memory_in_use(),
+        d.memory_budget()
+    )
 }
 
 #[cfg(test)]

@@ -103,6 +103,8 @@ pub struct Inner {
     pub ready: AtomicBool,
     /// What `/metrics` reports.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Image decodes: memory budget, thread pool, time limit.
+    pub decoder: crate::decode::DecodeGate,
 }
 
 /// Cheap to clone; the router's state.
@@ -151,6 +153,7 @@ impl AppState {
             decode_limits: DecodeLimits {
                 max_pixels: config.max_image_pixels,
                 max_side: config.max_image_side,
+                ..DecodeLimits::default()
             },
             decode_timeout: Duration::from_secs(config.decode_timeout_secs),
             templates: config.prompt_templates.clone(),
@@ -158,6 +161,7 @@ impl AppState {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             reap_after: Duration::from_secs(config.reap_after_secs),
         };
+        let settings_limits = settings.decode_limits;
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
         let batchers = Batchers::new(config, &models)?;
@@ -174,6 +178,14 @@ impl AppState {
             rate,
             ready: AtomicBool::new(true),
             metrics,
+            decoder: crate::decode::DecodeGate::new(
+                config
+                    .decode_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                config.decode_memory_mb,
+                settings_limits,
+                Duration::from_secs(config.decode_timeout_secs),
+            ),
         })))
     }
 

@@ -381,6 +381,7 @@ fn fuzz_seed_corpora_hold_the_targets_invariants() {
     let limits = DecodeLimits {
         max_pixels: 4_000_000,
         max_side: 4_096,
+        ..DecodeLimits::default()
     };
     let cfg = PreprocessConfig::clip(224);
     let mut decoded = 0;

@@ -274,11 +274,13 @@ fn pixel_limit_counts_width_times_height() {
     let tight = DecodeLimits {
         max_pixels: 5_999,
         max_side: 1000,
+        ..DecodeLimits::default()
     };
     too_large_message(decode(&bytes, &tight));
     let just = DecodeLimits {
         max_pixels: 6_000,
         max_side: 100,
+        ..DecodeLimits::default()
     };
     assert!(decode(&bytes, &just).is_ok());
 }
@@ -340,4 +342,71 @@ fn corrupt_bytes_never_panic() {
             }
         }
     }
+}
+
+/// Insert a chunk right after IHDR (PNG chunks: length, type, data, CRC; the CRC is not checked
+/// by the stripping code, and the decoder never sees dropped chunks).
+fn with_chunk_after_ihdr(png: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let at = 8 + 12 + 13;
+    let mut out = png[..at].to_vec();
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&png[at..]);
+    out
+}
+
+#[test]
+fn compressed_text_and_icc_chunks_are_skipped_unread() {
+    let clean = encode(&DynamicImage::ImageRgb8(pattern(9, 7)), ImageFormat::Png);
+    let want = decode(&clean, &limits()).unwrap();
+    for kind in [b"iCCP", b"zTXt", b"iTXt", b"tEXt"] {
+        // Garbage where a deflate stream should be: read, it would fail the decode.
+        let bytes = with_chunk_after_ihdr(&clean, kind, b"name\0\0\xde\xad\xbe\xef");
+        let got = decode(&bytes, &limits()).unwrap();
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(kind));
+        let cost = decode_cost(&bytes, &limits()).unwrap();
+        assert!(cost >= 9 * 7 * 3, "{cost}");
+        assert_eq!(probe_dimensions(&bytes).unwrap(), (9, 7));
+    }
+}
+
+#[test]
+fn decode_errors_name_no_decoder_internals() {
+    let mut png = encode(&DynamicImage::ImageRgb8(pattern(40, 30)), ImageFormat::Png);
+    // Corrupt the IDAT's deflate stream.
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
+    for b in &mut png[idat + 6..idat + 30] {
+        *b ^= 0x5A;
+    }
+    let e = decode(&png, &limits()).unwrap_err().to_string();
+    assert!(e.starts_with("cannot decode this PNG"), "{e}");
+    assert!(!e.contains('{') && !e.contains("ChunkType"), "{e}");
+}
+
+#[test]
+fn jpeg_scans_are_counted_and_capped() {
+    let prog = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/images/astronaut_progressive.jpg"),
+    )
+    .unwrap();
+    let h = jpeg::header(&prog).unwrap();
+    assert!(h.progressive && (2..=20).contains(&h.scans), "{h:?}");
+    assert_eq!((h.width, h.height, h.components), (512, 512, 3));
+    // Progressive: libjpeg's coefficient buffer is part of the cost.
+    let cost = decode_cost(&prog, &limits()).unwrap();
+    assert!(cost >= 512 * 512 * (3 * 2 + 3 + 6), "{cost}");
+    let tight = DecodeLimits {
+        max_jpeg_scans: h.scans - 1,
+        ..limits()
+    };
+    for r in [decode(&prog, &tight).map(|_| 0), decode_cost(&prog, &tight)] {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(&format!("{} scans", h.scans)), "{e}");
+    }
+    let baseline = encode(&DynamicImage::ImageRgb8(pattern(16, 16)), ImageFormat::Jpeg);
+    let h = jpeg::header(&baseline).unwrap();
+    assert!(!h.progressive && h.scans == 1, "{h:?}");
 }

@@ -13,7 +13,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::batcher::{BatchError, ClipJob, Incoming, VitJob};
-use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
 use tracing::Instrument;
@@ -350,7 +349,7 @@ async fn run(
     let pixels = timed(
         &state.metrics,
         Stage::Decode,
-        decode(state, bytes, preprocess),
+        state.decoder.decode(bytes, preprocess),
     )
     .await?;
     let debit = timed(
@@ -404,37 +403,6 @@ fn fetch_error(e: FetchError) -> ApiError {
     match e {
         FetchError::TooLarge { .. } => ApiError::too_large(e.to_string()),
         other => ApiError::validation(other.to_string()),
-    }
-}
-
-/// Decode and preprocess on the blocking pool. A decoder panic or a decode over the time limit
-/// is the image's fault (hostile input), so it is a 400, never a crashed worker or a 500.
-async fn decode(
-    state: &AppState,
-    bytes: Vec<u8>,
-    cfg: PreprocessConfig,
-) -> Result<PixelBatch, ApiError> {
-    let limits = state.settings.decode_limits;
-    let job = tokio::task::spawn_blocking(move || {
-        let img = glimpse_core::image::decode(&bytes, &limits)?;
-        let (h, w) = cfg.output_size();
-        let data = cfg.preprocess(&img);
-        if data.len() != 3 * h * w {
-            return Err(glimpse_core::CoreError::Internal(format!(
-                "preprocess gave {} values for {h}x{w}",
-                data.len()
-            )));
-        }
-        Ok(PixelBatch::single(data, h, w))
-    });
-    match tokio::time::timeout(state.settings.decode_timeout, job).await {
-        Ok(Ok(Ok(px))) => Ok(px),
-        Ok(Ok(Err(e))) => Err(ApiError::from(e)),
-        Ok(Err(join)) => {
-            tracing::warn!(error = %join, "image decoder panicked");
-            Err(ApiError::validation("the image could not be decoded"))
-        }
-        Err(_) => Err(ApiError::validation("the image took too long to decode")),
     }
 }
 
