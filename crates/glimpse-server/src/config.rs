@@ -118,6 +118,13 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
     pub rate_limit_per_second: f64,
 
+    /// `?url=` fetches that may fail per key per minute (refused addresses, unreachable or
+    /// misbehaving hosts, wrong content); past it the key's `url=` calls get 429 before any fetch
+    /// until the window refills. Failed fetches are free, so this is what bounds using the server
+    /// to probe other hosts. 0 turns it off.
+    #[arg(long, env = "GLIMPSE_FAILED_FETCHES_PER_MINUTE", default_value_t = 10)]
+    pub failed_fetches_per_minute: u32,
+
     /// Calls a key may make in a burst above its steady rate.
     #[arg(long, env = "GLIMPSE_RATE_LIMIT_BURST", default_value_t = 10)]
     pub rate_limit_burst: u32,
@@ -186,6 +193,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("batch_size", &self.batch_size)
             .field("batch_window_ms", &self.batch_window_ms)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("failed_fetches_per_minute", &self.failed_fetches_per_minute)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("prompt_templates", &self.prompt_templates)
             .field("decode_timeout_secs", &self.decode_timeout_secs)

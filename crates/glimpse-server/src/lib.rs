@@ -10,6 +10,7 @@ pub mod batch;
 pub mod config;
 pub mod decode;
 mod docs;
+mod drain;
 pub mod error;
 pub mod fetch;
 pub mod hub;

@@ -62,7 +62,16 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// Whether `key` has a token now, without taking it.
+    pub fn peek(&self, key: &str) -> Result<(), u64> {
+        self.take_at(key, Instant::now(), false)
+    }
+
     fn check_at(&self, key: &str, now: Instant) -> Result<(), u64> {
+        self.take_at(key, now, true)
+    }
+
+    fn take_at(&self, key: &str, now: Instant, take: bool) -> Result<(), u64> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > PRUNE_ABOVE {
             let (rate, burst) = (self.rate, self.burst);
@@ -76,12 +85,25 @@ impl RateLimiter {
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+            if take {
+                b.tokens -= 1.0;
+            }
             Ok(())
         } else {
             let wait = (1.0 - b.tokens) / self.rate;
             Err(wait.ceil().max(1.0) as u64)
         }
+    }
+}
+
+/// A key whose `?url=` fetches keep failing (`GLIMPSE_FAILED_FETCHES_PER_MINUTE`).
+pub fn fetches_limited(retry_after: u64) -> ApiError {
+    ApiError {
+        retry_after: Some(retry_after),
+        ..ApiError::new(
+            ErrorCode::RateLimited,
+            "too many failed url fetches for this API key; retry after the Retry-After seconds",
+        )
     }
 }
 
@@ -113,6 +135,16 @@ mod tests {
         // Half a second at 2/s gives one token back.
         assert!(rl.check_at("k", t0 + Duration::from_millis(500)).is_ok());
         assert!(rl.check_at("k", t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn peek_takes_nothing() {
+        let rl = RateLimiter::new(1.0, 1);
+        for _ in 0..3 {
+            assert!(rl.peek("k").is_ok());
+        }
+        assert!(rl.check("k").is_ok());
+        assert!(rl.peek("k").is_err());
     }
 
     #[test]

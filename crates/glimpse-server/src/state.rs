@@ -99,6 +99,8 @@ pub struct Inner {
     /// Classification calls in progress; `try_acquire` failing means shed with 503.
     pub in_flight: Arc<Semaphore>,
     pub rate: Option<RateLimiter>,
+    /// Failed `?url=` fetches per key (`GLIMPSE_FAILED_FETCHES_PER_MINUTE`).
+    pub failed_fetches: Option<RateLimiter>,
     /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
     pub ready: AtomicBool,
     /// What `/metrics` reports.
@@ -176,6 +178,10 @@ impl AppState {
             images,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             rate,
+            failed_fetches: (config.failed_fetches_per_minute > 0).then(|| {
+                let n = config.failed_fetches_per_minute;
+                RateLimiter::new(f64::from(n) / 60.0, n)
+            }),
             ready: AtomicBool::new(true),
             metrics,
             decoder: crate::decode::DecodeGate::new(

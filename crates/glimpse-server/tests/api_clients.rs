@@ -19,11 +19,21 @@ fn clients_dir() -> PathBuf {
 
 /// Run a client with the server's address, the key and the image in its environment; stdout.
 async fn run_client(server: &TestServer, program: &str, args: Vec<String>) -> String {
+    run_client_with(server, &server.key, &image(IMAGE), program, args).await
+}
+
+async fn run_client_with(
+    server: &TestServer,
+    key: &str,
+    image_path: &std::path::Path,
+    program: &str,
+    args: Vec<String>,
+) -> String {
     let mut cmd = Command::new(program);
     cmd.args(&args)
         .env("GLIMPSE_BASE", &server.base)
-        .env("GLIMPSE_API_KEY", &server.key)
-        .env("GLIMPSE_IMAGE", image(IMAGE))
+        .env("GLIMPSE_API_KEY", key)
+        .env("GLIMPSE_IMAGE", image_path)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env_remove("HTTP_PROXY")
         .env_remove("http_proxy");
@@ -84,5 +94,80 @@ async fn seed_clients_get_the_pipelines_answer() {
     assert_matches(&v["body"], &expected);
     assert_eq!(server.balance().await, 7);
 
+    server.stop().await.unwrap();
+}
+
+/// The most common first mistake, a wrong key, reaches every seed client as the documented 401
+/// JSON, whatever the upload's size: the server answers before reading the body, then reads and
+/// discards the rest, so a client still writing its upload (Node's fetch) is not cut off with
+/// EPIPE. The same for a key that cannot pay (402, also before the body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_clients_read_the_error_before_the_body_is_read() {
+    let server = start(0, |_| {}).await;
+    let dir = clients_dir();
+    // A 1 KB PNG (the case) and a 400 KB one (several socket buffers, under the
+    // test server's 512 KB upload limit).
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.png");
+    let noise: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut png = std::fs::read(image("tiny.png")).unwrap();
+    png.extend_from_slice(&noise); // trailing bytes: never read, the key is refused first
+    std::fs::write(&big, &png).unwrap();
+    let cases = [
+        ("gk_wrong_key_0000000000000000000000", 401, "UNAUTHORIZED"),
+        (server.key.as_str(), 402, "INSUFFICIENT_CREDITS"),
+    ];
+    for (key, status, code) in cases {
+        for img in [image("tiny.png"), big.clone()] {
+            let curl = run_client_with(
+                &server,
+                key,
+                &img,
+                "sh",
+                vec![dir.join("seed_curl.sh").display().to_string()],
+            )
+            .await;
+            let v: serde_json::Value = serde_json::from_str(&curl).expect(&curl);
+            assert_eq!(v["code"], code, "curl {}: {v}", img.display());
+            let py = run_client_with(
+                &server,
+                key,
+                &img,
+                "python3",
+                vec![
+                    dir.join("run_requests.py").display().to_string(),
+                    dir.join("seed_requests.py").display().to_string(),
+                ],
+            )
+            .await;
+            let v: serde_json::Value = serde_json::from_str(&py).expect(&py);
+            assert_eq!(v["code"], code, "python {}: {v}", img.display());
+            for round in 0..3 {
+                let node = run_client_with(
+                    &server,
+                    key,
+                    &img,
+                    "node",
+                    vec![
+                        "--import".into(),
+                        dir.join("capture_json.mjs").display().to_string(),
+                        dir.join("seed_fetch.mjs").display().to_string(),
+                    ],
+                )
+                .await;
+                let v: serde_json::Value = serde_json::from_str(&node).expect(&node);
+                assert_eq!(
+                    v["status"],
+                    status,
+                    "node {} round {round}: {v}",
+                    img.display()
+                );
+                assert_eq!(v["body"]["code"], code, "node {}: {v}", img.display());
+            }
+        }
+    }
+    assert_eq!(server.balance().await, 0);
     server.stop().await.unwrap();
 }

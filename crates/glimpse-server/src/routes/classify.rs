@@ -22,6 +22,7 @@ use crate::auth::{add_credits_header, set_credits_header, ApiKey};
 use crate::batch::submit;
 use crate::error::{ApiError, ErrorCode};
 use crate::fetch::FetchError;
+use crate::limits::fetches_limited;
 use crate::metrics::{timed, Stage};
 use crate::state::AppState;
 
@@ -93,6 +94,20 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
         Ok(k) => k,
         Err(e) => return with_balance(&state, &key, e.into_response()).await,
     };
+    // A key that cannot pay is answered before its body is read, so it cannot hold in-flight
+    // slots by dripping uploads. With an Idempotency-Key the stored answer of a completed call
+    // must still replay whatever the balance is now, so that check waits for the body (`run`).
+    if idem.is_none() {
+        match state.store.balance(&key.id).await {
+            Ok(b) if b < state.settings.credits_per_call => {
+                let mut res = ApiError::insufficient_credits().into_response();
+                set_credits_header(res.headers_mut(), b);
+                return res;
+            }
+            Ok(_) => {}
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
     // Announced from arrival, while the body is still being read, so a batch about to start
     // waits (up to the window) for the calls right behind it; `run` hands over to the chosen
     // model's own announcement.
@@ -319,14 +334,25 @@ async fn run(
         return Err(ApiError::insufficient_credits());
     }
     let mut early = plan.early;
+    let from_url = matches!(plan.source, Source::Url(_));
     let bytes = match plan.source {
         Source::Upload(b) => b,
         Source::Url(u) => {
             // A fetch can take seconds: no batch should wait for it.
             drop(early.take());
-            timed(&state.metrics, Stage::Fetch, state.images.fetch(&u))
-                .await
-                .map_err(fetch_error)?
+            // Failed fetches are free, so they are what a key's fetch budget counts.
+            if let Some(limit) = &state.failed_fetches {
+                limit.peek(&key.id).map_err(fetches_limited)?;
+            }
+            match timed(&state.metrics, Stage::Fetch, state.images.fetch(&u)).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if let Some(limit) = &state.failed_fetches {
+                        let _ = limit.check(&key.id);
+                    }
+                    return Err(fetch_error(e));
+                }
+            }
         }
     };
     let (preprocess, model_id) = match plan.model {
@@ -346,12 +372,28 @@ async fn run(
         ModelRef::Vit(i) => state.batchers.vit[i].announce(),
     };
     drop(early);
-    let pixels = timed(
+    let pixels = match timed(
         &state.metrics,
         Stage::Decode,
         state.decoder.decode(bytes, preprocess),
     )
-    .await?;
+    .await
+    {
+        Ok(px) => px,
+        // What a fetched file turned out to be (HTML, a truncated PNG…) is the upstream's
+        // business: a failed fetch like any other, counted and told in the same words.
+        Err(e) if from_url && e.code == ErrorCode::Validation => {
+            tracing::info!(error = %e, "image fetched from url did not decode");
+            if let Some(limit) = &state.failed_fetches {
+                let _ = limit.check(&key.id);
+            }
+            return Err(ApiError::validation(
+                "the file at url is not an image Glimpse can decode (JPEG, PNG, WebP, GIF or BMP \
+                 within the size limits)",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     let debit = timed(
         &state.metrics,
         Stage::Ledger,
@@ -399,10 +441,29 @@ async fn run(
     }
 }
 
+/// What a failed `?url=` fetch tells the client: its own URL's faults, the size cap, and
+/// otherwise only that the fetch failed. The upstream's status, content type, or whether a port
+/// answered would make the server a scanner of other hosts; they go to the log.
 fn fetch_error(e: FetchError) -> ApiError {
     match e {
         FetchError::TooLarge { .. } => ApiError::too_large(e.to_string()),
-        other => ApiError::validation(other.to_string()),
+        // About the client's own URL ("url must not contain a username or password"); the same
+        // faults of a redirect target ("the redirect target of url …") are the upstream's.
+        FetchError::InvalidUrl(m) if m.starts_with("url ") => ApiError::validation(m),
+        FetchError::InvalidUrl(detail) => {
+            tracing::info!(%detail, "url fetch failed");
+            ApiError::validation("could not fetch the image from url")
+        }
+        FetchError::Forbidden(detail) => {
+            tracing::info!(%detail, "url refused");
+            ApiError::validation(
+                "url is not allowed: it must point to a public http or https address",
+            )
+        }
+        FetchError::Timeout(detail) | FetchError::Upstream(detail) => {
+            tracing::info!(%detail, "url fetch failed");
+            ApiError::validation("could not fetch the image from url")
+        }
     }
 }
 

@@ -35,7 +35,12 @@ pub fn app(state: AppState) -> Router {
             "/api/image-classification/vit",
             get(classify::vit).post(classify::vit),
         )
-        .route_layer(from_fn_with_state(state.clone(), shed_load));
+        .route_layer(from_fn_with_state(state.clone(), shed_load))
+        // Outermost: whatever a layer or handler answered early, read the unread upload first.
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::drain::drain_unread_body,
+        ));
 
     let mut router = Router::new()
         .merge(classify)
