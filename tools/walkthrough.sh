@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Does what the README tells a new user, end to end, on the tiny fixture models (no Hub): build,
 # make a key, start `glimpse serve` on a free loopback port, run the README's curl examples
-# (upload and url= for CLIP, upload for ViT, /docs, /openapi.json), check every answer's shape,
+# (upload and url= for CLIP, upload for ViT, /docs, /openapi.json), run the README's own code blocks
+# as written (its curl lines, the Node and Python examples; a wrong key too), check every answer's shape,
 # stop the server, run `glimpse classify --json` and bulk mode. Exits non-zero on the first failure.
 #
 #   tools/walkthrough.sh                  # debug build (what `cargo test` already built)
@@ -159,6 +160,69 @@ call "$BASE/api/image-classification/clip?url=http://127.0.0.1:$FILES_PORT/motor
 check_json "GET clip (url=)" "$TMP/clip_url.json" "$CLIP_ANSWER"'
 assert sorted(x["label"] for x in p) == ["car", "document", "other"], p
 '
+# --- README's own code blocks, as written: each curl line of the "Using it" block, the Node and the
+# Python examples, with only the host, the image path and example.com swapped for this run. Each
+# runs with the key (an answer) and with a wrong key (the 401 JSON, in every client). ---
+python3 - "$ROOT/README.md" "$TMP" "$BASE" "$IMAGE" "http://127.0.0.1:$FILES_PORT/motorcycle.jpg" <<'PY' \
+  || fail "extracting the README's code blocks"
+import re, sys
+readme, tmp, base, image, url = sys.argv[1:6]
+text = open(readme).read()
+blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.S)
+def swap(code):
+    return (code.replace("http://127.0.0.1:8080", base).replace("/path/to/image.jpg", image)
+            .replace("https://example.com/image.jpg", url))
+using = text.index("## Using it")
+sh = next(c for lang, c in re.findall(r"```(\w+)\n(.*?)```", text[using:], re.S) if lang == "sh" and "curl " in c)
+curls = [c.strip() for c in re.split(r"\n(?=curl )", sh.replace("\\\n", " ")) if c.strip().startswith("curl ")]
+assert len(curls) == 3, curls
+for i, c in enumerate(curls):
+    open(f"{tmp}/readme_curl_{i}.sh", "w").write(swap(c.split("\n")[0]) + "\n")
+js = [c for lang, c in blocks if lang == "js"]
+py = [c for lang, c in blocks if lang == "python"]
+assert len(js) == 1 and len(py) == 1, (len(js), len(py))
+open(f"{tmp}/readme.mjs", "w").write(swap(js[0]))
+open(f"{tmp}/readme.py", "w").write(swap(py[0]))
+PY
+# readme_out NAME FILE CODE: the client printed `STATUS JSON-or-dict`; check it as `v` and `status`.
+readme_out() {
+  local name="$1" file="$2" code="$3"
+  python3 - "$file" "$code" <<'PY' || fail "$name: $(head -c 600 "$file")"
+import ast, json, sys
+status, _, rest = open(sys.argv[1]).read().strip().partition(" ")
+try:
+    v = json.loads(rest)
+except ValueError:
+    v = ast.literal_eval(rest)
+exec(sys.argv[2], {"v": v, "status": int(status)})
+PY
+  ok "$name"
+}
+for i in 0 1 2; do
+  GLIMPSE_KEY="$KEY" sh "$TMP/readme_curl_$i.sh" >"$TMP/readme_curl_$i.json" 2>"$TMP/readme_curl_$i.err" \
+    || fail "README curl $i: $(cat "$TMP/readme_curl_$i.err")"
+  if grep -q "/vit" "$TMP/readme_curl_$i.sh"; then want="$VIT_ANSWER"; else want="$CLIP_ANSWER"; fi
+  check_json "README curl example $((i + 1))" "$TMP/readme_curl_$i.json" "$want"
+  GLIMPSE_KEY=gk_wrong sh "$TMP/readme_curl_$i.sh" >"$TMP/readme_curl_bad.json" 2>/dev/null \
+    || fail "README curl $i with a wrong key"
+  check_json "README curl example $((i + 1)), wrong key: 401 JSON" "$TMP/readme_curl_bad.json" \
+    'assert v["code"] == "UNAUTHORIZED", v'
+done
+if command -v node >/dev/null; then
+  GLIMPSE_KEY="$KEY" node "$TMP/readme.mjs" >"$TMP/readme_node.out" 2>&1 || fail "README Node: $(cat "$TMP/readme_node.out")"
+  readme_out "README Node example" "$TMP/readme_node.out" "assert status == 200$(printf '\n')$CLIP_ANSWER"
+  GLIMPSE_KEY=gk_wrong node "$TMP/readme.mjs" >"$TMP/readme_node.out" 2>&1 || fail "README Node, wrong key: $(cat "$TMP/readme_node.out")"
+  readme_out "README Node example, wrong key: 401 JSON" "$TMP/readme_node.out" \
+    'assert status == 401 and v["code"] == "UNAUTHORIZED", v'
+else
+  fail "node is needed (the README's Node example)"
+fi
+GLIMPSE_KEY="$KEY" python3 "$TMP/readme.py" >"$TMP/readme_py.out" 2>&1 || fail "README Python: $(cat "$TMP/readme_py.out")"
+readme_out "README Python example" "$TMP/readme_py.out" "assert status == 200$(printf '\n')$CLIP_ANSWER"
+GLIMPSE_KEY=gk_wrong python3 "$TMP/readme.py" >"$TMP/readme_py.out" 2>&1 || fail "README Python, wrong key: $(cat "$TMP/readme_py.out")"
+readme_out "README Python example, wrong key: 401 JSON" "$TMP/readme_py.out" \
+  'assert status == 401 and v["code"] == "UNAUTHORIZED", v'
+
 kill "$FILES_PID" 2>/dev/null || true
 wait "$FILES_PID" 2>/dev/null || true
 FILES_PID=""
@@ -180,9 +244,9 @@ status="$(curl -sS -o "$TMP/unauth.json" -w '%{http_code}' -X POST -F "image=@$I
 [ "$status" = 401 ] || fail "no key answered $status, not 401"
 check_json "no key: 401 UNAUTHORIZED" "$TMP/unauth.json" 'assert v["code"] == "UNAUTHORIZED" and v["message"], v'
 
-# Four paid calls so far: the balance says so.
+# Nine paid calls so far (four typed here, five from the README's blocks): the balance says so.
 call "$BASE/api/account" "$TMP/account.json" -H "X-API-Key: $KEY"
-check_json "GET /api/account (4 credits spent)" "$TMP/account.json" 'assert v["credits"] == 96, v'
+check_json "GET /api/account (9 credits spent)" "$TMP/account.json" 'assert v["credits"] == 91, v'
 
 # --- README: Swagger UI and the schema ---
 call "$BASE/docs" "$TMP/docs.html"

@@ -61,6 +61,45 @@ fn create_list_topup_revoke() {
     assert!(!out.status.success());
 }
 
+/// What a new user gets wrong first: the secret instead of the id, a revoked key topped up, a
+/// relative database path from another folder. Each gets a sentence that says what to do.
+#[test]
+fn keys_commands_say_what_they_want_and_where_they_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // Relative to the current folder, as in the README's `sqlite://glimpse.db`.
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["keys", "create", "--credits", "1", "--json"])
+        .env("GLIMPSE_DATABASE_URL", "sqlite://rel.db")
+        .env_remove("GLIMPSE_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let abs = dir.path().join("rel.db");
+    assert!(
+        err.contains(&format!("sqlite://{}", abs.display())),
+        "the absolute path: {err}"
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, secret) = (made["id"].as_str().unwrap(), made["key"].as_str().unwrap());
+    let db = format!("sqlite://{}", abs.display());
+    for cmd in [vec!["topup", secret, "1"], vec!["revoke", secret]] {
+        let out = keys(&db, &cmd);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("key's id (key_"), "{cmd:?}: {err}");
+    }
+    assert!(keys(&db, &["revoke", id]).status.success());
+    let out = keys(&db, &["topup", id, "5"]);
+    assert!(!out.status.success(), "topping up a revoked key must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+}
+
 #[test]
 fn config_file_fills_unset_variables_and_loses_to_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -269,3 +269,32 @@ fn an_ordinary_progressive_jpeg_is_served() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// A key revoked by the CLI (another process: the server's 5 s authentication cache still holds
+/// it) is answered 401 on its next call, never 404, and is not charged.
+#[test]
+fn a_key_revoked_elsewhere_is_refused_with_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("g.db").display());
+    let (key_id, key) = create_key(&db, 10);
+    let server = start_server(&db, &[]);
+    let png = std::fs::read(fixtures().join("images/astronaut.png")).unwrap();
+    let r = upload(server.addr, "/api/image-classification/vit", &key, &png).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["keys", "revoke", &key_id])
+        .env("GLIMPSE_DATABASE_URL", &db)
+        .env_remove("GLIMPSE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..2 {
+        let r = upload(server.addr, "/api/image-classification/vit", &key, &png).unwrap();
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["code"], "UNAUTHORIZED");
+    }
+}

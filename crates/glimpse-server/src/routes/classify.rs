@@ -105,7 +105,7 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
                 return res;
             }
             Ok(_) => {}
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return own_key_error(e).into_response(),
         }
     }
     // Announced from arrival, while the body is still being read, so a batch about to start
@@ -330,7 +330,7 @@ async fn run(
 ) -> Result<Outcome, ApiError> {
     let cost = state.settings.credits_per_call;
     // Before any fetch: a key with no credits must not get a free URL fetcher.
-    if state.store.balance(&key.id).await? < cost {
+    if state.store.balance(&key.id).await.map_err(own_key_error)? < cost {
         return Err(ApiError::insufficient_credits());
     }
     let mut early = plan.early;
@@ -405,10 +405,7 @@ async fn run(
         }),
     )
     .await
-    .map_err(|e| match e {
-        StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
-        other => ApiError::from(other),
-    })?;
+    .map_err(own_key_error)?;
     state.metrics.credits_debited(cost);
     let answer = infer(state, &plan.model, pixels, plan.labels, incoming).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -438,6 +435,17 @@ async fn run(
             }
             Err(e)
         }
+    }
+}
+
+/// A store error about the caller's own key. The key was valid when authenticated (perhaps from
+/// the few-second authentication cache); "not found" now means it was revoked or deleted since,
+/// which is the same 401 as any bad key, never a 404.
+fn own_key_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(_) => ApiError::unauthorized(),
+        StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
+        other => ApiError::from(other),
     }
 }
 
