@@ -30,6 +30,20 @@ else
   echo "deploy: SKIPPED kustomize build (no kubectl)"
 fi
 
+echo "deploy: compose: the pull job gets the replicas' model settings"
+"$VENV/bin/python" - deploy/compose.yaml <<'PY'
+import sys, yaml  # PyYAML comes with kubernetes-validate; its safe loader resolves `<<` merges
+services = yaml.safe_load(open(sys.argv[1]))["services"]
+def models(name):
+    env = services[name].get("environment") or {}
+    return {k: v for k, v in env.items() if k.startswith("GLIMPSE_") and "MODEL" in k}
+want = models("glimpse-1")
+assert want.get("GLIMPSE_CLIP_MODEL") and want.get("GLIMPSE_VIT_MODEL"), want
+for name in ("glimpse-2", "models"):
+    assert models(name) == want, f"{name}: {models(name)} != glimpse-1: {want}"
+assert services["models"]["environment"].get("HF_HUB_OFFLINE") in (None, "0"), "the pull job needs the Hub"
+PY
+
 if docker compose version >/dev/null 2>&1; then
   echo "deploy: docker compose config"
   docker compose -f deploy/compose.yaml config -q
