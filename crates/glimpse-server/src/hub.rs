@@ -171,8 +171,8 @@ pub fn pull(id: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
         HubError::Download(format!(
             "could not get model '{id}' ({file}) from {endpoint}: {e}. Without Hub access, copy the \
              model folder (config.json, model.safetensors, preprocessor_config.json, tokenizer.json \
-             for CLIP) to this machine and point GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL (or \
-             --model) at it"
+             for CLIP) to this machine and point GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL at it \
+             (`serve --clip-model / --vit-model`, `classify --model`)"
         ))
     };
     let mut folder = None;

@@ -16,7 +16,8 @@ mod results;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -259,9 +260,19 @@ pub fn run(plan: Plan, session: &Session) -> anyhow::Result<ExitCode> {
         todo.len()
     );
     let mut progress = Progress::new(total, total - todo.len(), plan.progress_every);
-    let failures = pipeline(&todo, &plan, session, &mut results, &mut progress);
+    let stop = stop_on_ctrl_c();
+    let failures = pipeline(&todo, &plan, session, &mut results, &mut progress, &stop);
     progress.finish();
     let failures = failures?;
+    if stop.load(Ordering::SeqCst) {
+        eprintln!(
+            "glimpse: interrupted: {} of {total} files are in {}; rerun the same command to \
+             resume where it stopped",
+            progress.done(),
+            plan.output.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
     eprintln!(
         "glimpse: done: {} classified, {failures} failed in this run, {earlier_failures} failed earlier; results in {}",
         todo.len() - failures,
@@ -276,12 +287,36 @@ pub fn run(plan: Plan, session: &Session) -> anyhow::Result<ExitCode> {
 
 /// Decode on the pool (a bounded channel keeps it at most two batches ahead), run the model here,
 /// write lines in file order. Returns the number of error lines written.
+/// Set on the first Ctrl-C (SIGINT) or SIGTERM: the run stops after the batch in hand, with every
+/// answered file written, and says how to resume. A second Ctrl-C quits at once.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            glimpse_server::shutdown_signal().await;
+            flag.store(true, Ordering::SeqCst);
+            eprintln!("\nglimpse: stopping after this batch (Ctrl-C again to quit at once)");
+            glimpse_server::shutdown_signal().await;
+            std::process::exit(130);
+        });
+    });
+    stop
+}
+
 fn pipeline(
     todo: &[(String, PathBuf)],
     plan: &Plan,
     session: &Session,
     results: &mut Results,
     progress: &mut Progress,
+    stop: &AtomicBool,
 ) -> anyhow::Result<usize> {
     let cfg = session.preprocess_config().clone();
     let limits = session.limits;
@@ -294,6 +329,9 @@ fn pipeline(
     std::thread::scope(|s| {
         s.spawn(move || {
             for chunk in todo.chunks(plan.batch) {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
                 let batch: Vec<Prepared> = pool.install(|| {
                     chunk
                         .par_iter()

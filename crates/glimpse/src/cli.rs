@@ -180,18 +180,23 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Model shape to time, with random weights at the real dimensions (speed does not depend on
+    /// weight values): CLIP ViT-B/32 or B/16 image tower, or ViT-B/16 classifier.
     #[arg(long, value_parser = ["clip-b32", "clip-b16", "vit-b16"], default_value = "clip-b32")]
     pub arch: String,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Threads for the forward pass (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Weights to run: fp32, bf16 or int8 (as `GLIMPSE_PRECISION`).
     #[arg(long, value_parser = ["fp32", "bf16", "int8"], default_value = "fp32")]
     pub precision: String,
     /// Timed runs (the median is reported).
     #[arg(long, default_value_t = 11)]
     pub iters: usize,
+    /// Untimed runs first (caches, page faults, the kernel race at load).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
 }

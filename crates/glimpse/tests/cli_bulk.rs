@@ -380,3 +380,83 @@ fn bad_shard_specs_fail_clearly_before_any_work() {
         "no folder made"
     );
 }
+
+/// Ctrl-C (SIGINT) in bulk mode stops after the batch in hand with every answered file written,
+/// exits 130 and says how to resume; the rerun finishes the folder with each file once.
+#[test]
+fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
+    let input = tempfile::tempdir().unwrap();
+    let png = std::fs::read(fixtures().join("images/astronaut.png")).unwrap();
+    for i in 0..400 {
+        std::fs::write(input.path().join(format!("{i:03}.png")), &png).unwrap();
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = out_dir.path().join("results.jsonl");
+    let child = glimpse()
+        .args(model_args("vit"))
+        .arg("--input-dir")
+        .arg(input.path())
+        .arg("--output")
+        .arg(&output)
+        .args(["--batch", "1", "--decode-threads", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&output).map_or(0, |s| s.lines().count()) < 5 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("rerun the same command to resume"), "{err}");
+    let done = read_lines(&output).len();
+    assert!((5..400).contains(&done), "{done} lines after the interrupt");
+    let again = glimpse()
+        .args(model_args("vit"))
+        .arg("--input-dir")
+        .arg(input.path())
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let lines = read_lines(&output);
+    assert_eq!(lines.len(), 400);
+    assert_eq!(
+        names(&lines).into_iter().collect::<BTreeSet<_>>().len(),
+        400
+    );
+}
+
+/// `glimpse bench --help` describes every option.
+#[test]
+fn bench_help_describes_every_option() {
+    let out = glimpse().args(["bench", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--arch",
+        "--batch",
+        "--threads",
+        "--precision",
+        "--iters",
+        "--warmup",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing: {help}"));
+        let text = line.split_once('>').map_or("", |(_, t)| t).trim();
+        assert!(text.len() > 10, "{flag} has no description: {line:?}");
+    }
+}

@@ -20,8 +20,17 @@ impl Progress {
     pub fn new(total: usize, already: usize, every: usize) -> Progress {
         let tty = std::io::stderr().is_terminal();
         let bar = if tty {
+            // indicatif's own `{per_sec}` prints `820.1934/s`.
             let style =
-                ProgressStyle::with_template("{wide_bar} {pos}/{len} files  {per_sec}  ETA {eta}")
+                ProgressStyle::with_template("{wide_bar} {pos}/{len} files  {rate}  ETA {eta}")
+                    .map(|s| {
+                        s.with_key(
+                            "rate",
+                            |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                let _ = write!(w, "{:.1} files/s", st.per_sec());
+                            },
+                        )
+                    })
                     .unwrap_or_else(|_| ProgressStyle::default_bar());
             let bar = ProgressBar::new(total as u64).with_style(style);
             bar.set_position(already as u64);
@@ -59,6 +68,11 @@ impl Progress {
                 );
             }
         }
+    }
+
+    /// Files in the results file now (earlier runs' and this one's).
+    pub fn done(&self) -> usize {
+        self.pos
     }
 
     pub fn finish(&self) {
