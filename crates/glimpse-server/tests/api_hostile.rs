@@ -465,3 +465,39 @@ async fn stalled_upload_body_is_cut_off() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// Item 8: method names are not metric labels as sent. 40 made-up methods (one of 8 KB) on
+/// known and unknown routes fold into `method="other"`; the series count stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_fold_into_other_in_metrics() {
+    let s = start(CREDITS, |_| {}, None).await;
+    let long = format!("X{}", "M".repeat(8 * 1024));
+    let mut methods: Vec<String> = (0..39).map(|i| format!("WEIRD{i}")).collect();
+    methods.push(long);
+    for (i, m) in methods.iter().enumerate() {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let path = match i % 3 {
+            0 => "/healthz".to_string(),
+            1 => VIT.to_string(),
+            _ => format!("/no/such/route/{i}"),
+        };
+        let res = s.http.request(method, s.url(&path)).send().await.unwrap();
+        assert!(res.status().is_client_error(), "{m}: {}", res.status());
+    }
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("WEIRD") && !text.contains("XMMM"), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("glimpse_http_requests_total{"))
+        .count();
+    assert!(series <= 6, "{series} series:\n{text}");
+}
