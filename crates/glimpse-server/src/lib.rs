@@ -13,7 +13,7 @@ pub mod error;
 pub mod fetch;
 pub mod hub;
 mod limits;
-mod listen;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
 mod playground;
