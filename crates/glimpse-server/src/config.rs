@@ -155,6 +155,38 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
 
+    /// Seconds a new connection may stay silent before its first byte; silent ones are closed.
+    #[arg(long, env = "GLIMPSE_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 5)]
+    pub first_byte_timeout_secs: u64,
+
+    /// Seconds a connection (HTTP/1 keep-alive or HTTP/2) may stay open with no request in
+    /// flight before the server closes it. HTTP/1 is also cut by the header timeout while it
+    /// waits for its next request.
+    #[arg(long, env = "GLIMPSE_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds between HTTP/2 keep-alive pings on a quiet connection; a ping not answered within
+    /// as long again closes it.
+    #[arg(long, env = "GLIMPSE_HTTP2_KEEP_ALIVE_SECS", default_value_t = 20)]
+    pub http2_keep_alive_secs: u64,
+
+    /// Open client connections at most (lowered to fit the open-file limit). At the cap, idle
+    /// connections are closed to make room; if none frees up, the newcomer gets a 503 and is
+    /// closed.
+    #[arg(long, env = "GLIMPSE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds, after SIGTERM, during which the server keeps serving while `/readyz` answers 503
+    /// so load balancers stop sending; then it stops accepting.
+    #[arg(long, env = "GLIMPSE_SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
+    pub shutdown_drain_secs: u64,
+
+    /// Seconds, after the drain, that calls in flight get to finish before the process exits
+    /// anyway (idle connections are closed at once). Keep preStop + drain + grace under the
+    /// orchestrator's kill deadline (Kubernetes `terminationGracePeriodSeconds`, 40 in deploy/).
+    #[arg(long, env = "GLIMPSE_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+
     /// Seconds after which a reservation still open is taken to belong to a request that died
     /// (a killed replica) and is refunded by the reaper; it runs every quarter of this (at most
     /// every minute). Keep it well above the longest request.
@@ -203,6 +235,12 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("fetch_timeout_secs", &self.fetch_timeout_secs)
             .field("header_timeout_secs", &self.header_timeout_secs)
+            .field("first_byte_timeout_secs", &self.first_byte_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("http2_keep_alive_secs", &self.http2_keep_alive_secs)
+            .field("max_connections", &self.max_connections)
+            .field("shutdown_drain_secs", &self.shutdown_drain_secs)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("reap_after_secs", &self.reap_after_secs)
             .field("log_format", &self.log_format)
             .finish()
@@ -383,6 +421,31 @@ impl ServerConfig {
                 "must be at least 1".into(),
             ));
         }
+        for (var, v) in [
+            (
+                "GLIMPSE_FIRST_BYTE_TIMEOUT_SECS",
+                self.first_byte_timeout_secs,
+            ),
+            ("GLIMPSE_IDLE_TIMEOUT_SECS", self.idle_timeout_secs),
+            ("GLIMPSE_HTTP2_KEEP_ALIVE_SECS", self.http2_keep_alive_secs),
+            ("GLIMPSE_SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs),
+        ] {
+            if !(1..=MAX_CONN_SECS).contains(&v) {
+                return Err(bad(var, format!("must be 1 to {MAX_CONN_SECS}")));
+            }
+        }
+        if self.shutdown_drain_secs > MAX_CONN_SECS {
+            return Err(bad(
+                "GLIMPSE_SHUTDOWN_DRAIN_SECS",
+                format!("must be 0 to {MAX_CONN_SECS}"),
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(bad(
+                "GLIMPSE_MAX_CONNECTIONS",
+                format!("must be 1 to {MAX_CONNECTIONS}"),
+            ));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(bad("GLIMPSE_LOG_FORMAT", "must be text or json".into()));
         }
@@ -393,6 +456,11 @@ impl ServerConfig {
 /// A batch is one tensor in memory: 256 images of 224² are ~150 MB of pixels alone.
 const MAX_BATCH_SIZE: usize = 256;
 const MAX_BATCH_WINDOW_MS: u64 = 1000;
+
+/// Connection timeouts and the shutdown periods: a day is already far past any sane value.
+const MAX_CONN_SECS: u64 = 86_400;
+/// Each connection is a file descriptor and a task; the cap is also clamped to the fd limit.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 fn specs(default: &str, extra: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -423,6 +491,17 @@ mod tests {
             (c.fetch_connect_timeout_secs, c.fetch_timeout_secs),
             (3, 10)
         );
+        assert_eq!(
+            (
+                c.first_byte_timeout_secs,
+                c.idle_timeout_secs,
+                c.http2_keep_alive_secs,
+                c.max_connections,
+            ),
+            (5, 30, 20, 1024)
+        );
+        // preStop (5 s in deploy/k8s) + drain + grace stays under terminationGracePeriodSeconds.
+        assert!(5 + c.shutdown_drain_secs + c.shutdown_grace_secs < 40);
         c.validate().unwrap();
         for (precision, ok) in [("bf16", true), ("INT8", true), ("int4", false), ("", false)] {
             let c = ServerConfig {
@@ -491,6 +570,35 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(var), "{connect}/{total}: {e}");
         }
+    }
+
+    #[test]
+    fn connection_settings_are_checked() {
+        type Set = fn(&mut ServerConfig);
+        let rows: [(Set, &str); 5] = [
+            (
+                |c| c.first_byte_timeout_secs = 0,
+                "GLIMPSE_FIRST_BYTE_TIMEOUT_SECS",
+            ),
+            (|c| c.idle_timeout_secs = 0, "GLIMPSE_IDLE_TIMEOUT_SECS"),
+            (
+                |c| c.http2_keep_alive_secs = 0,
+                "GLIMPSE_HTTP2_KEEP_ALIVE_SECS",
+            ),
+            (|c| c.max_connections = 0, "GLIMPSE_MAX_CONNECTIONS"),
+            (|c| c.shutdown_grace_secs = 0, "GLIMPSE_SHUTDOWN_GRACE_SECS"),
+        ];
+        for (set, var) in rows {
+            let mut c = ServerConfig::default();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(var), "{var}: {e}");
+        }
+        let c = ServerConfig {
+            shutdown_drain_secs: 0,
+            ..ServerConfig::default()
+        };
+        c.validate().unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod hub;
 mod limits;
-mod listen;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
 mod playground;

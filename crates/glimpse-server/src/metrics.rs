@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use glimpse_core::batcher::PassReport;
@@ -29,6 +29,8 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// The route label of a request that matched no route (404s from the fallback): raw paths
 /// would make the label set unbounded.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The method label of a request with a non-standard method.
+pub const OTHER_METHOD: &str = "other";
 
 /// The steps of a classification call timed by `glimpse_stage_duration_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -320,14 +322,31 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| UNMATCHED_ROUTE.to_string());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let metrics = Arc::clone(&state.metrics);
     metrics.inflight.fetch_add(1, Ordering::Relaxed);
     let _guard = InflightGuard(Arc::clone(&metrics));
     let started = Instant::now();
     let res = next.run(req).await;
-    metrics.observe_request(&route, &method, res.status().as_u16(), started.elapsed());
+    metrics.observe_request(&route, method, res.status().as_u16(), started.elapsed());
     res
+}
+
+/// The method label: the standard methods by name, anything else (hyper accepts any token as a
+/// method, up to the header size limit) as `other`, so the label set stays bounded.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => OTHER_METHOD,
+    }
 }
 
 /// `GET /metrics`.
@@ -385,6 +404,17 @@ mod tests {
         assert!(m
             .render()
             .contains("glimpse_queue_depth{model=\"clip\"} 1\n"));
+    }
+
+    #[test]
+    fn unknown_methods_are_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        for m in ["FOO", "get", "PROPFIND"] {
+            assert_eq!(
+                method_label(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "other"
+            );
+        }
     }
 
     #[test]

@@ -68,8 +68,8 @@ pub async fn serve_state(
         tracing::info!(%addr, "listening");
     }
     let st = state.clone();
-    let header_timeout = state.settings.header_timeout;
-    let result = crate::listen::run(listener, app(state.clone()), header_timeout, async move {
+    let limits = state.settings.conn.clone();
+    let result = crate::listen::run(listener, app(state.clone()), limits, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing calls in flight");
         st.set_ready(false);

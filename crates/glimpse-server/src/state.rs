@@ -87,6 +87,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Open reservations older than this are refunded by the reaper.
     pub reap_after: Duration,
+    /// Connection timeouts, the connection cap and the shutdown periods (the accept loop's).
+    pub conn: crate::listen::ConnLimits,
 }
 
 pub struct Inner {
@@ -162,6 +164,7 @@ impl AppState {
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             reap_after: Duration::from_secs(config.reap_after_secs),
+            conn: crate::listen::ConnLimits::from_config(config),
         };
         let settings_limits = settings.decode_limits;
         let rate = (config.rate_limit_per_second > 0.0)

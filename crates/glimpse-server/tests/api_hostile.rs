@@ -563,3 +563,383 @@ async fn keys_that_cannot_pay_hold_no_slot_while_their_uploads_drip() {
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     drop(drips);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connections: silent, idle, over the cap, at shutdown; hyper's own error answers; metric labels.
+// ---------------------------------------------------------------------------------------------
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: an h2c connection that then says
+/// nothing (and never acknowledges the server's SETTINGS or PINGs).
+const H2C_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+fn addr_of(base: &str) -> String {
+    base.trim_start_matches("http://").to_string()
+}
+
+/// Read until the server closes the socket (EOF or reset); `Err(read so far)` if it is still
+/// open after `within`.
+async fn closed_within(
+    sock: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let res = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    match res {
+        Ok(()) => Ok(got),
+        Err(_) => Err(got),
+    }
+}
+
+/// One HTTP/1.1 GET on `sock` (kept alive); returns the status and the body.
+async fn h1_get(sock: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: glimpse\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed mid-answer");
+            got.extend_from_slice(&buf[..n]);
+            if let Some((head, body)) = split_head(&got) {
+                if body.len() >= content_length(&head) {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("no answer in 3 s");
+    let (head, body) = split_head(&got).unwrap();
+    (status_of(&head), body)
+}
+
+fn split_head(raw: &[u8]) -> Option<(String, String)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((
+        String::from_utf8_lossy(&raw[..end]).into_owned(),
+        String::from_utf8_lossy(&raw[end + 4..]).into_owned(),
+    ))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn content_length(head: &str) -> usize {
+    header(head, "content-length").map_or(0, |v| v.parse().unwrap())
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Item 3: a connection that never sends a byte, an HTTP/1 keep-alive connection after its
+/// answer, and an h2c connection with no stream are all closed by the server (read gives EOF)
+/// after the first-byte / idle timeout (1 s here) — not kept forever, not until the 10 s header
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    let s = start(
+        CREDITS,
+        |c| {
+            c.first_byte_timeout_secs = 1;
+            c.idle_timeout_secs = 1;
+            c.http2_keep_alive_secs = 60;
+        },
+        None,
+    )
+    .await;
+    let addr = addr_of(&s.base);
+    let t = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut keep_alive = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(h1_get(&mut keep_alive, "/healthz").await.0, 200);
+    let mut h2c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    h2c.write_all(H2C_PREFACE).await.unwrap();
+    let within = Duration::from_secs(4);
+    let (a, b, c) = tokio::join!(
+        closed_within(&mut silent, within),
+        closed_within(&mut keep_alive, within),
+        closed_within(&mut h2c, within),
+    );
+    assert!(a.is_ok(), "a silent connection is still open after 4 s");
+    assert!(
+        b.is_ok(),
+        "an idle HTTP/1 keep-alive connection is still open after 4 s"
+    );
+    let frames = c.expect("an idle h2c connection is still open after 4 s");
+    // The server spoke HTTP/2 (its SETTINGS frame) before it closed.
+    assert!(frames.len() >= 9 && frames[3] == 4, "{frames:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The server still serves.
+    let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Item 3: HTTP/2 keep-alive pings. A peer that never answers them is dropped after the ping
+/// interval plus as long again (1 s + 1 s here), even though the idle timeout is long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_http2_pings_close_the_connection() {
+    let s = start(
+        CREDITS,
+        |c| {
+            c.idle_timeout_secs = 60;
+            c.http2_keep_alive_secs = 1;
+        },
+        None,
+    )
+    .await;
+    let mut h2c = tokio::net::TcpStream::connect(addr_of(&s.base))
+        .await
+        .unwrap();
+    h2c.write_all(H2C_PREFACE).await.unwrap();
+    let frames = closed_within(&mut h2c, Duration::from_secs(5))
+        .await
+        .expect("an h2c peer that ignores pings is still connected after 5 s");
+    // Walk the frames: one of them is a PING (type 6) without the ACK flag.
+    let mut i = 0;
+    let mut pinged = false;
+    while i + 9 <= frames.len() {
+        let len = u32::from_be_bytes([0, frames[i], frames[i + 1], frames[i + 2]]) as usize;
+        pinged |= frames[i + 3] == 6 && frames[i + 4] & 1 == 0;
+        i += 9 + len;
+    }
+    assert!(pinged, "no PING frame before the close: {frames:?}");
+}
+
+/// Item 3: the connection cap. 20 connections that send nothing (first-byte timeout 30 s) against
+/// a cap of 8: the server closes the idle ones to make room, so at most 8 stay open, and a new
+/// `/healthz` is answered at once instead of waiting behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_sheds_idle_connections_and_healthz_answers() {
+    let s = start(
+        CREDITS,
+        |c| {
+            c.max_connections = 8;
+            c.first_byte_timeout_secs = 30;
+        },
+        None,
+    )
+    .await;
+    let addr = addr_of(&s.base);
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let mut probe = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (status, body) = h1_get(&mut probe, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let mut open = 0;
+    for sock in &mut silent {
+        if closed_within(sock, Duration::from_millis(100))
+            .await
+            .is_err()
+        {
+            open += 1;
+        }
+    }
+    assert!(
+        open <= 8,
+        "{open} of 20 silent connections still open (cap 8)"
+    );
+}
+
+/// Item 11: shutdown. After the signal the server keeps serving for the drain period with
+/// `/readyz` at 503 `NOT_READY`; then it stops accepting, finishes the call in flight, and
+/// exits at once although an idle HTTP/1 keep-alive connection, an idle h2c connection (that
+/// never answers GOAWAY's ping) and a silent one are still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_then_exits_without_waiting_for_idle_connections() {
+    let mut s = api_support::start(CREDITS, |c| {
+        c.shutdown_drain_secs = 1;
+        c.shutdown_grace_secs = 20;
+        c.idle_timeout_secs = 60;
+        c.first_byte_timeout_secs = 60;
+        c.header_timeout_secs = 60;
+    })
+    .await;
+    let addr = addr_of(&s.base);
+    let mut keep_alive = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(h1_get(&mut keep_alive, "/readyz").await.0, 200);
+    let mut h2c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    h2c.write_all(H2C_PREFACE).await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A call in flight: headers and most of an upload sent, the last bytes held back.
+    let mut in_flight = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    body.extend_from_slice(&png(4, 4));
+    body.extend_from_slice(b"\r\n--b--\r\n");
+    let head = format!(
+        "POST {VIT} HTTP/1.1\r\nHost: glimpse\r\nX-API-Key: {}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n",
+        s.key,
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.split_at(body.len() - 8);
+    in_flight.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let t = Instant::now();
+    let server = s.begin_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // During the drain: new connections are still served, and readiness says 503.
+    let mut probe = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("the listener closed at once instead of draining");
+    let (status, text) = h1_get(&mut probe, "/readyz").await;
+    assert_eq!(status, 503, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["code"], "NOT_READY", "{v}");
+    assert_eq!(h1_get(&mut probe, "/healthz").await.0, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // After the drain (1 s) the upload completes: the call in flight is still answered.
+    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(t.elapsed())).await;
+    in_flight.write_all(rest).await.unwrap();
+    let answer = closed_within(&mut in_flight, Duration::from_secs(5))
+        .await
+        .expect("the call in flight held its connection open");
+    let (head, text) = split_head(&answer).expect("no answer to the call in flight");
+    assert_eq!(status_of(&head), 200, "{head}\n{text}");
+    // The server returns right after that call, not after the grace period.
+    let result = tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("idle connections held the shutdown");
+    result.unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    for (name, sock) in [
+        ("keep-alive", &mut keep_alive),
+        ("h2c", &mut h2c),
+        ("silent", &mut silent),
+    ] {
+        assert!(
+            closed_within(sock, Duration::from_millis(500))
+                .await
+                .is_ok(),
+            "the idle {name} connection is still open after shutdown"
+        );
+    }
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+}
+
+/// Item 12: the answers hyper writes itself, before any service runs (bad request line, bad
+/// header, too many headers, URI too long), carry the `{message, code}` JSON body too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hypers_own_error_answers_are_json() {
+    let s = start(CREDITS, |_| {}, None).await;
+    let addr = addr_of(&s.base);
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let rows: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "bad version",
+            b"GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bad method byte",
+            b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "header without colon",
+            b"GET / HTTP/1.1\r\nHost x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "binary garbage",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "200 headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+        ),
+        (
+            "70 000-byte URI",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+        ),
+    ];
+    for (name, raw, want) in rows {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        sock.write_all(&raw).await.unwrap();
+        let got = closed_within(&mut sock, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|g| panic!("{name}: still open: {}", String::from_utf8_lossy(&g)));
+        let (head, body) = split_head(&got).unwrap_or_else(|| panic!("{name}: no answer: {got:?}"));
+        assert_eq!(status_of(&head), want, "{name}: {head}");
+        assert!(
+            header(&head, "content-type").is_some_and(|v| v.starts_with("application/json")),
+            "{name}: {head}"
+        );
+        assert_eq!(content_length(&head), body.len(), "{name}: {head}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{name}: body is not JSON: {head}\n{body:?}"));
+        assert_eq!(v["code"], "VALIDATION_ERROR", "{name}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: {v}"
+        );
+        assert_eq!(v.as_object().unwrap().len(), 2, "{name}: {v}");
+    }
+    // The server is fine afterwards.
+    let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Item 8: method names are not metric labels as sent. 40 made-up methods (one of 8 KB) on
+/// known and unknown routes fold into `method="other"`; the series count stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_fold_into_other_in_metrics() {
+    let s = start(CREDITS, |_| {}, None).await;
+    let long = format!("X{}", "M".repeat(8 * 1024));
+    let mut methods: Vec<String> = (0..39).map(|i| format!("WEIRD{i}")).collect();
+    methods.push(long);
+    for (i, m) in methods.iter().enumerate() {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let path = match i % 3 {
+            0 => "/healthz".to_string(),
+            1 => VIT.to_string(),
+            _ => format!("/no/such/route/{i}"),
+        };
+        let res = s.http.request(method, s.url(&path)).send().await.unwrap();
+        assert!(res.status().is_client_error(), "{m}: {}", res.status());
+    }
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("WEIRD") && !text.contains("XMMM"), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("glimpse_http_requests_total{"))
+        .count();
+    assert!(series <= 6, "{series} series:\n{text}");
+}

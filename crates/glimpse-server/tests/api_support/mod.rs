@@ -33,6 +33,8 @@ pub fn test_config(dir: &std::path::Path) -> ServerConfig {
         vit_model: fixtures().join("models/vit-tiny").display().to_string(),
         allow_private_urls: true,
         max_upload_bytes: 512 * 1024,
+        // No drain period: `stop()` should not wait for load balancers that are not there.
+        shutdown_drain_secs: 0,
         ..ServerConfig::default()
     }
 }
@@ -135,6 +137,15 @@ impl TestServer {
     /// Graceful stop; returns what `serve_state` returned.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop_keeping_dir().await.0
+    }
+
+    /// Ask for shutdown (what SIGTERM does) without waiting: the handle resolves when
+    /// `serve_state` returns.
+    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("stopped once")
     }
 
     /// Graceful stop, handing over the temp folder (and so the database) to look at afterwards.
