@@ -131,6 +131,9 @@ for _ in $(seq 1 300); do
   if curl -fsS -o /dev/null "$BASE/readyz" 2>/dev/null; then break; fi
   sleep 0.2
 done
+grep -q "playground http://127.0.0.1:$PORT/ , API docs http://127.0.0.1:$PORT/docs" "$TMP/serve.log" \
+  || fail "the start-up log does not name the playground and /docs URLs"
+ok "start-up log names the playground and /docs"
 call "$BASE/readyz" "$TMP/ready.json"
 check_json "/readyz" "$TMP/ready.json" 'assert v["status"] == "ready", v'
 call "$BASE/healthz" "$TMP/health.json"

@@ -65,7 +65,19 @@ pub async fn serve_state(
         })
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening");
+        // What a person opens first: the playground and the API docs, at addresses they can paste
+        // (a wildcard bind is reached through loopback on this machine).
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => format!("127.0.0.1:{}", addr.port()),
+            ip if ip.is_unspecified() => format!("[::1]:{}", addr.port()),
+            _ => addr.to_string(),
+        };
+        tracing::info!(
+            %addr,
+            playground = %format!("http://{host}/"),
+            docs = %format!("http://{host}/docs"),
+            "listening: playground http://{host}/ , API docs http://{host}/docs"
+        );
     }
     let st = state.clone();
     let limits = state.settings.conn.clone();

@@ -132,12 +132,32 @@ pub enum ModelsCommand {
         )]
         default_vit: String,
     },
-    /// List the models in the cache.
+    /// The configured models (GLIMPSE_CLIP_MODEL(S), GLIMPSE_VIT_MODEL(S)) with their family and
+    /// where they come from, then any other model in the cache.
     List {
         #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
         model_cache: Option<PathBuf>,
+        /// One JSON array: `{"id", "family", "source", "path", "configured"}` per model.
         #[arg(long)]
         json: bool,
+        #[arg(
+            long,
+            env = "GLIMPSE_CLIP_MODEL",
+            default_value = "openai/clip-vit-base-patch32",
+            hide = true
+        )]
+        default_clip: String,
+        #[arg(
+            long,
+            env = "GLIMPSE_VIT_MODEL",
+            default_value = "google/vit-base-patch16-224",
+            hide = true
+        )]
+        default_vit: String,
+        #[arg(long, env = "GLIMPSE_CLIP_MODELS", value_delimiter = ',', hide = true)]
+        extra_clip: Vec<String>,
+        #[arg(long, env = "GLIMPSE_VIT_MODELS", value_delimiter = ',', hide = true)]
+        extra_vit: Vec<String>,
     },
 }
 

@@ -45,23 +45,90 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        ModelsCommand::List { model_cache, json } => {
+        ModelsCommand::List {
+            model_cache,
+            json,
+            default_clip,
+            default_vit,
+            extra_clip,
+            extra_vit,
+        } => {
             let opts = HubOptions::from_env(model_cache);
-            let models = glimpse_server::hub::list_cached(&opts);
+            let rows = list(
+                &opts,
+                [(default_clip, extra_clip), (default_vit, extra_vit)],
+            );
             if json {
-                let rows: Vec<_> = models
-                    .iter()
-                    .map(|(id, dir)| serde_json::json!({"id": id, "path": dir}))
-                    .collect();
                 println!("{}", serde_json::Value::Array(rows));
-            } else if models.is_empty() {
-                println!("no models in the cache {}", opts.cache_path().display());
             } else {
-                for (id, dir) in models {
-                    println!("{id}\t{}", dir.display());
+                for r in &rows {
+                    let configured = if r["configured"] == true {
+                        "configured"
+                    } else {
+                        "cached"
+                    };
+                    println!(
+                        "{:<40} {:<8} {:<10} {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["family"].as_str().unwrap_or("?"),
+                        configured,
+                        r["source"].as_str().unwrap_or("")
+                    );
                 }
+                println!("(cache: {})", opts.cache_path().display());
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Configured specs first (default, then extras; a blank one is skipped), each
+/// with its family (read from its `config.json` when the files are here) and source; then the
+/// cache's other models.
+fn list(opts: &HubOptions, families: [(String, Vec<String>); 2]) -> Vec<serde_json::Value> {
+    let cached = glimpse_server::hub::list_cached(opts);
+    let family_of = |dir: &std::path::Path| match glimpse_candle::detect_kind(dir) {
+        Ok(glimpse_candle::ModelKind::Clip) => "clip".to_string(),
+        Ok(glimpse_candle::ModelKind::Vit) => "vit".to_string(),
+        Err(_) => "unknown".to_string(),
+    };
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for ((default, extras), slot) in families.into_iter().zip(["clip", "vit"]) {
+        for spec in std::iter::once(default).chain(extras) {
+            let spec = spec.trim().to_string();
+            if spec.is_empty() || seen.contains(&spec) {
+                continue;
+            }
+            seen.push(spec.clone());
+            let local = std::path::Path::new(&spec);
+            let (source, path) = if local.is_dir() {
+                ("local folder".to_string(), Some(local.to_path_buf()))
+            } else if let Some((_, dir)) = cached.iter().find(|(id, _)| *id == spec) {
+                ("Hub, pulled into the cache".to_string(), Some(dir.clone()))
+            } else {
+                ("Hub, not pulled yet: glimpse models pull".to_string(), None)
+            };
+            rows.push(serde_json::json!({
+                "id": glimpse_server::hub::model_id_for(&spec),
+                // From its config.json when here; else the variable it was configured in says.
+                "family": path.as_deref().map_or(slot.to_string(), family_of),
+                "source": source,
+                "path": path,
+                "configured": true,
+            }));
+        }
+    }
+    for (id, dir) in cached {
+        if !seen.contains(&id) {
+            rows.push(serde_json::json!({
+                "id": id,
+                "family": family_of(&dir),
+                "source": "Hub, pulled into the cache",
+                "path": dir,
+                "configured": false,
+            }));
+        }
+    }
+    rows
 }

@@ -267,3 +267,57 @@ fn precision_flag_and_variable_run_the_reduced_kernels_within_bound() {
 
 /// README, `GLIMPSE_PRECISION`: bf16/int8 label and category scores stay within this of fp32.
 const REDUCED_PRECISION_SCORE_BOUND: f64 = 0.02;
+
+/// `models list` shows the configured models (local folders here) with their family and source,
+/// not "no models in the cache".
+#[test]
+fn models_list_shows_the_configured_models() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = glimpse()
+        .args(["models", "list", "--json"])
+        .env("GLIMPSE_MODEL_CACHE", cache.path())
+        .env("GLIMPSE_CLIP_MODEL", fixtures().join("models/clip-tiny"))
+        .env("GLIMPSE_VIT_MODEL", fixtures().join("models/vit-tiny"))
+        .env("GLIMPSE_CLIP_MODELS", "openai/clip-vit-base-patch16")
+        .env_remove("GLIMPSE_VIT_MODELS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {rows}"))
+            .clone()
+    };
+    for (id, family) in [("clip-tiny", "clip"), ("vit-tiny", "vit")] {
+        let r = row(id);
+        assert_eq!(r["family"], family, "{r}");
+        assert_eq!(r["configured"], true, "{r}");
+        assert_eq!(r["source"], "local folder", "{r}");
+    }
+    let hub = row("openai/clip-vit-base-patch16");
+    assert_eq!(hub["family"], "clip", "{hub}");
+    assert!(
+        hub["source"].as_str().unwrap().contains("not pulled"),
+        "{hub}"
+    );
+    let text = glimpse()
+        .args(["models", "list"])
+        .env("GLIMPSE_MODEL_CACHE", cache.path())
+        .env("GLIMPSE_CLIP_MODEL", fixtures().join("models/clip-tiny"))
+        .env("GLIMPSE_VIT_MODEL", fixtures().join("models/vit-tiny"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("clip-tiny") && text.contains("vit-tiny"),
+        "{text}"
+    );
+}
