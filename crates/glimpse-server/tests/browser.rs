@@ -73,8 +73,9 @@ async fn playground_classifies_in_chromium() {
     );
     println!("{log}");
     assert!(out.status.success(), "playground.mjs failed:\n{log}");
-    // The page's one good call was charged once; the wrong-key call was free.
-    assert_eq!(s.balance().await, expect);
+    // The page's three good calls (CLIP, ViT, CLIP again) were charged once each; the wrong-key
+    // call was free.
+    assert_eq!(s.balance().await, credits - 3 * s.config.credits_per_call);
     assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 1000));
     s.stop().await.unwrap();
 }

@@ -11,13 +11,34 @@
   keyInput.value = localStorage.getItem(KEY_STORE) || "";
   keyInput.addEventListener("change", () => localStorage.setItem(KEY_STORE, keyInput.value.trim()));
 
+  const previewNote = $("preview-note");
+  function note(text) {
+    previewNote.textContent = text;
+    previewNote.hidden = !text;
+  }
+  // A file the browser cannot show (HEIC, a PDF, anything not an image) gets a sentence instead
+  // of a broken-image icon; the server still says whether it can read it.
+  preview.addEventListener("error", () => {
+    if (!preview.getAttribute("src")) return;
+    preview.hidden = true;
+    note("This browser cannot preview " + (file ? file.name : "this file") +
+      "; Classify will tell whether Glimpse can read it (JPEG, PNG, WebP, GIF, BMP).");
+  });
   function useFile(f) {
     file = f || null;
     if (preview.src) URL.revokeObjectURL(preview.src);
+    note("");
     if (file) {
+      urlInput.value = "";
+      if (file.type && !file.type.startsWith("image/")) {
+        preview.removeAttribute("src");
+        preview.hidden = true;
+        note(file.name + " does not look like an image (" + file.type + "); Glimpse reads JPEG, " +
+          "PNG, WebP, GIF and BMP.");
+        return;
+      }
       preview.src = URL.createObjectURL(file);
       preview.hidden = false;
-      urlInput.value = "";
     } else {
       preview.removeAttribute("src");
       preview.hidden = true;
@@ -46,6 +67,27 @@
     const el = $("error");
     el.textContent = text;
     el.hidden = !text;
+  }
+
+  // Before each call and after a failure: no answer from an earlier call stays on screen.
+  function clearAnswer() {
+    $("result").textContent = "–";
+    $("chart").replaceChildren();
+    $("imagenet").replaceChildren();
+    $("imagenet-box").hidden = true;
+    $("raw").textContent = "";
+  }
+
+  function drawImagenet(top) {
+    const list = $("imagenet");
+    list.replaceChildren();
+    for (const c of top || []) {
+      const item = document.createElement("li");
+      item.textContent = String(c.label) + " — " + ((Number(c.score) || 0) * 100).toFixed(1) +
+        "% (" + String(c.category) + ")";
+      list.appendChild(item);
+    }
+    $("imagenet-box").hidden = !(top && top.length);
   }
 
   function drawChart(predictions) {
@@ -81,6 +123,7 @@
     const key = keyInput.value.trim();
     localStorage.setItem(KEY_STORE, key);
     showError("");
+    clearAnswer();
     const kind = model();
     const target = new URL("/api/image-classification/" + kind, location.origin);
     if (kind === "clip" && labelsInput.value.trim()) target.searchParams.set("labels", labelsInput.value.trim());
@@ -116,6 +159,7 @@
       }
       $("result").textContent = data.result + " (" + (data.confidence * 100).toFixed(1) + "%)";
       drawChart(data.predictions);
+      drawImagenet(data.imagenet);
       $("status").textContent = "Done in " + data.timingMs + " ms with " + data.modelId + ".";
     } catch (err) {
       showError("Request failed: " + err.message);

@@ -82,20 +82,53 @@ try {
   }
   check(await page.locator("#error").isHidden(), "no error shown");
 
+  // A newcomer is told where a key comes from, in the key's real shape.
+  const help = await page.locator("#key-help").textContent();
+  check(help.includes("glimpse keys create"), "the key hint says how to make a key");
+  check((await page.getByLabel("X-API-Key").getAttribute("placeholder")).startsWith("gk_"), "placeholder gk_…");
+
+  // ViT: the categories chart and the ImageNet top 5 on the page, not only in the raw JSON.
+  await page.getByLabel("ViT (ImageNet classes)").check();
+  await page.getByRole("button", { name: "Classify" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#imagenet li").length === 5,
+    null, { timeout: 30000 });
+  check(await page.locator("#imagenet-box").isVisible(), "ImageNet top 5 shown");
+  const top5 = await page.$$eval("#imagenet li", (els) => els.map((e) => e.textContent));
+  console.log("imagenet:", JSON.stringify(top5));
+  const vitRaw = JSON.parse(await page.locator("#raw").textContent());
+  check(top5[0].startsWith(vitRaw.imagenet[0].label), "top-5 list follows the JSON");
+  check((await page.locator("#chart .bar").count()) === 6, "six category bars");
+
   fs.mkdirSync(path.dirname(shot), { recursive: true });
   await page.screenshot({ path: shot, fullPage: true });
   console.log("screenshot:", shot);
 
+  // A file that is not an image: a sentence, not a broken-image icon.
+  const notImage = path.join(profile, "notes.txt");
+  fs.writeFileSync(notImage, "not an image");
+  await page.getByLabel("Choose an image file").setInputFiles(notImage);
+  await page.locator("#preview-note").waitFor({ state: "visible", timeout: 5000 });
+  check(await page.locator("#preview").isHidden(), "no broken preview for a text file");
+  await page.getByLabel("CLIP (zero-shot labels)").check();
+
   // The key survives a reload (localStorage); a wrong key shows the API's error.
   await page.reload({ waitUntil: "load" });
   check((await page.getByLabel("X-API-Key").inputValue()) === key, "key kept in localStorage");
-  await page.getByLabel("X-API-Key").fill("wrong-key");
+  // An answer first, so there is something on screen that the error must clear.
   await page.getByLabel("Choose an image file").setInputFiles(image);
+  await page.getByRole("button", { name: "Classify" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#chart .bar").length === 6,
+    null, { timeout: 30000 });
+  await page.getByLabel("X-API-Key").fill("wrong-key");
   await page.getByRole("button", { name: "Classify" }).click();
   await page.locator("#error").waitFor({ state: "visible", timeout: 15000 });
   const err = await page.locator("#error").textContent();
   console.log("error shown:", err);
   check(/\(UNAUTHORIZED\)|\(INVALID_API_KEY\)|\([A-Z_]+\)$/.test(err), "error shows {message, code}");
+  // Nothing of the earlier answer stays under the error.
+  check((await page.locator("#chart .bar").count()) === 0, "chart cleared after the error");
+  check((await page.locator("#result").textContent()).trim() === "–", "result cleared after the error");
+  check(await page.locator("#imagenet-box").isHidden(), "top 5 cleared after the error");
 } catch (e) {
   console.error(e.stack || String(e));
   try { await page.screenshot({ path: shot, fullPage: true }); } catch (_) { /* best effort */ }
