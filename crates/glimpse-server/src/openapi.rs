@@ -54,8 +54,9 @@ impl Modify for Security {
                 "Your API key (gk_…).",
             ))),
         );
+        // Listed alphabetically by Swagger's Authorize dialog: "api_key" before "bearer_…".
         components.add_security_scheme(
-            "admin_token",
+            "bearer_admin_token",
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
@@ -96,6 +97,18 @@ pub fn document(clip_ids: &[String], vit_ids: &[String]) -> utoipa::openapi::Ope
                     "vitModel" => p.schema = Some(enum_of(vit_ids)),
                     _ => {}
                 }
+            }
+        }
+    }
+    // The form fields too: Swagger's "Try it out" pre-fills a plain string property with
+    // "string", which is no model id; with the allow-list as an enum it offers the real ones.
+    if let Some(components) = doc.components.as_mut() {
+        for (form, field, ids) in [
+            ("ClipForm", "clipModel", clip_ids),
+            ("VitForm", "vitModel", vit_ids),
+        ] {
+            if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(form) {
+                obj.properties.insert(field.to_string(), enum_of(ids));
             }
         }
     }
@@ -199,13 +212,16 @@ pub struct ClipForm {
     /// The image (JPEG, PNG, WebP, GIF, BMP). Required unless `url` is given.
     #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream", nullable = false)]
     pub image: Option<Vec<u8>>,
-    /// Same as the query parameter (the query wins).
-    #[schema(nullable = false)]
+    /// Same as the query parameter (the query wins). Empty: the default labels.
+    #[schema(
+        nullable = false,
+        example = "car,document,motorcycle,truck,person,other"
+    )]
     pub labels: Option<String>,
-    /// Same as the query parameter (the query wins; an upload wins over both).
-    #[schema(nullable = false)]
+    /// Same as the query parameter (the query wins; an upload wins over both). Empty: not used.
+    #[schema(nullable = false, example = "")]
     pub url: Option<String>,
-    /// Same as the query parameter (the query wins).
+    /// Same as the query parameter (the query wins). Empty: the server's default CLIP model.
     #[schema(rename = "clipModel", nullable = false)]
     pub clip_model: Option<String>,
 }
@@ -216,10 +232,10 @@ pub struct VitForm {
     /// The image (JPEG, PNG, WebP, GIF, BMP). Required unless `url` is given.
     #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream", nullable = false)]
     pub image: Option<Vec<u8>>,
-    /// Same as the query parameter (the query wins; an upload wins over both).
-    #[schema(nullable = false)]
+    /// Same as the query parameter (the query wins; an upload wins over both). Empty: not used.
+    #[schema(nullable = false, example = "")]
     pub url: Option<String>,
-    /// Same as the query parameter (the query wins).
+    /// Same as the query parameter (the query wins). Empty: the server's default ViT model.
     #[schema(rename = "vitModel", nullable = false)]
     pub vit_model: Option<String>,
 }
@@ -270,31 +286,31 @@ pub struct IdempotencyHeader {
 pub enum ClassifyErrors {
     /// VALIDATION_ERROR: no image, unreadable or unsupported image, bad url, url that cannot be
     /// fetched or is not an image, bad labels, unknown model. No credit is spent.
-    #[response(status = 400, headers(("X-Credits-Remaining" = i64, description = "Balance")))]
+    #[response(status = 400, headers(("X-Credits-Remaining" = i64, description = "Balance")), example = json!({"message": "labels must hold at least 1 non-empty label", "code": "VALIDATION_ERROR"}))]
     Validation(ErrorBody),
     /// UNAUTHORIZED: missing, malformed, unknown or revoked X-API-Key.
-    #[response(status = 401)]
+    #[response(status = 401, example = json!({"message": "missing or invalid X-API-Key header", "code": "UNAUTHORIZED"}))]
     Unauthorized(ErrorBody),
     /// INSUFFICIENT_CREDITS: the balance is below the call's cost (checked before any fetch).
-    #[response(status = 402, headers(("X-Credits-Remaining" = i64, description = "Balance")))]
+    #[response(status = 402, headers(("X-Credits-Remaining" = i64, description = "Balance")), example = json!({"message": "insufficient credits for this call; top up the key", "code": "INSUFFICIENT_CREDITS"}))]
     Credits(ErrorBody),
     /// IDEMPOTENCY_IN_PROGRESS: a request with this Idempotency-Key is still running.
-    #[response(status = 409)]
+    #[response(status = 409, example = json!({"message": "a request with this Idempotency-Key is still running", "code": "IDEMPOTENCY_IN_PROGRESS"}))]
     InProgress(ErrorBody),
     /// PAYLOAD_TOO_LARGE: upload or fetched image over the size limit.
-    #[response(status = 413)]
+    #[response(status = 413, example = json!({"message": "the upload is larger than 20971520 bytes", "code": "PAYLOAD_TOO_LARGE"}))]
     TooLarge(ErrorBody),
     /// IDEMPOTENCY_MISMATCH: the Idempotency-Key was used with a different request.
-    #[response(status = 422)]
+    #[response(status = 422, example = json!({"message": "this Idempotency-Key was used with a different request", "code": "IDEMPOTENCY_MISMATCH"}))]
     Mismatch(ErrorBody),
     /// RATE_LIMITED: this key's rate limit was hit.
-    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")), example = json!({"message": "rate limit for this API key reached; retry after the Retry-After seconds", "code": "RATE_LIMITED"}))]
     RateLimited(ErrorBody),
     /// INTERNAL_ERROR: unexpected server error; the call was not charged.
-    #[response(status = 500)]
+    #[response(status = 500, example = json!({"message": "internal server error; the call was not charged, retry later", "code": "INTERNAL_ERROR"}))]
     Internal(ErrorBody),
     /// OVERLOADED: too many calls in flight, shutting down, or the key store is unavailable.
-    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")), example = json!({"message": "too many requests in flight; retry shortly", "code": "OVERLOADED"}))]
     Overloaded(ErrorBody),
 }
 
@@ -382,25 +398,25 @@ fn account() {}
 #[utoipa::path(post, path = "/admin/keys", tag = "admin", summary = "Create a key",
     request_body = CreateKey,
     responses((status = 201, description = "The new key (the secret is shown only here)", body = NewKey), AdminErrors),
-    security(("admin_token" = [])))]
+    security(("bearer_admin_token" = [])))]
 fn admin_create_key() {}
 
 #[utoipa::path(get, path = "/admin/keys", tag = "admin", summary = "List keys",
     responses((status = 200, description = "Every key", body = Vec<KeyInfo>), AdminErrors),
-    security(("admin_token" = [])))]
+    security(("bearer_admin_token" = [])))]
 fn admin_list_keys() {}
 
 #[utoipa::path(post, path = "/admin/keys/{id}/topup", tag = "admin", summary = "Add credits",
     params(("id" = String, Path, description = "Key id")),
     request_body = Topup,
     responses((status = 200, description = "The new balance", body = Balance), AdminErrors),
-    security(("admin_token" = [])))]
+    security(("bearer_admin_token" = [])))]
 fn admin_topup() {}
 
 #[utoipa::path(post, path = "/admin/keys/{id}/revoke", tag = "admin", summary = "Revoke a key",
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "Revoked", body = Revoked), AdminErrors),
-    security(("admin_token" = [])))]
+    security(("bearer_admin_token" = [])))]
 fn admin_revoke() {}
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",

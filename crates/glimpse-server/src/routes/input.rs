@@ -7,6 +7,7 @@
 //!   the form; when both give one, the query string wins (the seed documents them as query
 //!   parameters, the form fields are a convenience);
 //! - an upload and a `url` together: the upload wins; neither: 400;
+//! - an empty form text field counts as not sent (a form's unfilled inputs);
 //! - a POST that is not multipart is read as URL mode and its body is not read.
 //!
 //! While reading, a SHA-256 fingerprint of the request (method, path, query, and each form field's
@@ -189,7 +190,11 @@ async fn read_form(
         };
         let text = String::from_utf8(data)
             .map_err(|_| ApiError::validation(format!("form field '{name}' is not UTF-8 text")))?;
-        slot.get_or_insert(text);
+        // An empty form field is an unfilled one (Swagger's "Try it out" and HTML forms send
+        // them): the same as leaving it out.
+        if !text.trim().is_empty() {
+            slot.get_or_insert(text);
+        }
     }
     // The query string wins over the form.
     input.labels = input.labels.take().or(form_labels);
