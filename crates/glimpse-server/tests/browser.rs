@@ -1,4 +1,5 @@
-//! The playground in a real browser: `tests/browser/playground.mjs` drives headless Debian
+//! The playground and Swagger UI in a real browser: `tests/browser/playground.mjs` and
+//! `swagger.mjs` drive headless Debian
 //! chromium (via playwright-core) against a live server: key, upload, Classify, chart, credits.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `npm ci` run in `tests/browser/`. With
@@ -77,5 +78,44 @@ async fn playground_classifies_in_chromium() {
     // call was free.
     assert_eq!(s.balance().await, credits - 3 * s.config.credits_per_call);
     assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 1000));
+    s.stop().await.unwrap();
+}
+
+/// Swagger UI's "Try it out" on POST /clip with its own defaults and an image: 200, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_try_it_out_answers_in_chromium() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let missing = missing_tools(&dir, &chromium);
+    if !missing.is_empty() {
+        let what = missing.join(", ");
+        if std::env::var_os("CI").is_some() {
+            panic!("browser test cannot run in CI, missing: {what}");
+        }
+        eprintln!("\n!!!! SKIPPING the Swagger browser test, missing: {what} !!!!\n");
+        return;
+    }
+    let s = start(5, |_| {}).await;
+    let (base, key) = (s.base.clone(), s.key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("swagger.mjs"))
+            .arg(&base)
+            .arg(&key)
+            .current_dir(&dir)
+            .env("CHROMIUM", &chromium)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{log}");
+    assert!(out.status.success(), "swagger.mjs failed:\n{log}");
+    assert_eq!(s.balance().await, 4);
     s.stop().await.unwrap();
 }
