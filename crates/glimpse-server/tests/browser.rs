@@ -1,6 +1,6 @@
 //! The playground and Swagger UI in a real browser: `tests/browser/playground.mjs` and
-//! `swagger.mjs` drive headless Debian
-//! chromium (via playwright-core) against a live server: key, upload, Classify, chart, credits.
+//! `swagger.mjs` drive headless Debian chromium (via playwright-core) against a live server:
+//! key, upload, Classify, chart, credits; Authorize, Try it out, Execute.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `npm ci` run in `tests/browser/`. With
 //! `CI` set a missing piece is a failure; without it the test says so loudly and passes.
