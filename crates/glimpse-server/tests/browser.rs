@@ -28,8 +28,9 @@ fn missing_tools(dir: &std::path::Path, chromium: &str) -> Vec<String> {
     missing
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn playground_classifies_in_chromium() {
+/// Run `tests/browser/SCRIPT base key` with node and chromium; `None` (said loudly) when a tool is
+/// missing outside CI. Fails the test when the script does.
+async fn run_script(script: &str, base: &str, key: &str, env: &[(&str, String)]) -> Option<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let missing = missing_tools(&dir, &chromium);
@@ -38,10 +39,34 @@ async fn playground_classifies_in_chromium() {
         if std::env::var_os("CI").is_some() {
             panic!("browser test cannot run in CI, missing: {what}");
         }
-        eprintln!("\n!!!! SKIPPING the playground browser test, missing: {what} !!!!\n");
-        return;
+        eprintln!("\n!!!! SKIPPING the {script} browser test, missing: {what} !!!!\n");
+        return None;
     }
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script))
+        .arg(base)
+        .arg(key)
+        .current_dir(&dir)
+        .env("CHROMIUM", &chromium);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("node runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{log}");
+    assert!(out.status.success(), "{script} failed:\n{log}");
+    Some(())
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playground_classifies_in_chromium() {
     let credits = 50;
     let s = start(credits, |c| c.credits_per_call = 2).await;
     let expect = credits - s.config.credits_per_call;
@@ -51,29 +76,16 @@ async fn playground_classifies_in_chromium() {
             .display()
             .to_string()
     });
-    let (base, key) = (s.base.clone(), s.key.clone());
-    let shot = screenshot.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(dir.join("playground.mjs"))
-            .arg(&base)
-            .arg(&key)
-            .current_dir(&dir)
-            .env("CHROMIUM", &chromium)
-            .env("GLIMPSE_SCREENSHOT", &shot)
-            .env("GLIMPSE_EXPECT_CREDITS", expect.to_string())
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{log}");
-    assert!(out.status.success(), "playground.mjs failed:\n{log}");
+    let env = [
+        ("GLIMPSE_SCREENSHOT", screenshot.clone()),
+        ("GLIMPSE_EXPECT_CREDITS", expect.to_string()),
+    ];
+    if run_script("playground.mjs", &s.base, &s.key, &env)
+        .await
+        .is_none()
+    {
+        return;
+    }
     // The page's three good calls (CLIP, ViT, CLIP again) were charged once each; the wrong-key
     // call was free.
     assert_eq!(s.balance().await, credits - 3 * s.config.credits_per_call);
@@ -84,38 +96,13 @@ async fn playground_classifies_in_chromium() {
 /// Swagger UI's "Try it out" on POST /clip with its own defaults and an image: 200, charged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_try_it_out_answers_in_chromium() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let missing = missing_tools(&dir, &chromium);
-    if !missing.is_empty() {
-        let what = missing.join(", ");
-        if std::env::var_os("CI").is_some() {
-            panic!("browser test cannot run in CI, missing: {what}");
-        }
-        eprintln!("\n!!!! SKIPPING the Swagger browser test, missing: {what} !!!!\n");
+    let s = start(5, |_| {}).await;
+    if run_script("swagger.mjs", &s.base, &s.key, &[])
+        .await
+        .is_none()
+    {
         return;
     }
-    let s = start(5, |_| {}).await;
-    let (base, key) = (s.base.clone(), s.key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(dir.join("swagger.mjs"))
-            .arg(&base)
-            .arg(&key)
-            .current_dir(&dir)
-            .env("CHROMIUM", &chromium)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{log}");
-    assert!(out.status.success(), "swagger.mjs failed:\n{log}");
     assert_eq!(s.balance().await, 4);
     s.stop().await.unwrap();
 }

@@ -112,25 +112,13 @@ pub struct ClassifyArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Download models (default: the configured CLIP and ViT models) into the cache.
+    /// Download models (default: every configured CLIP and ViT model) into the cache.
     Pull {
         ids: Vec<String>,
         #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
         model_cache: Option<PathBuf>,
-        #[arg(
-            long,
-            env = "GLIMPSE_CLIP_MODEL",
-            default_value = "openai/clip-vit-base-patch32",
-            hide = true
-        )]
-        default_clip: String,
-        #[arg(
-            long,
-            env = "GLIMPSE_VIT_MODEL",
-            default_value = "google/vit-base-patch16-224",
-            hide = true
-        )]
-        default_vit: String,
+        #[command(flatten)]
+        configured: ConfiguredModels,
     },
     /// The configured models (GLIMPSE_CLIP_MODEL(S), GLIMPSE_VIT_MODEL(S)) with their family and
     /// where they come from, then any other model in the cache.
@@ -140,25 +128,52 @@ pub enum ModelsCommand {
         /// One JSON array: `{"id", "family", "source", "path", "configured"}` per model.
         #[arg(long)]
         json: bool,
-        #[arg(
-            long,
-            env = "GLIMPSE_CLIP_MODEL",
-            default_value = "openai/clip-vit-base-patch32",
-            hide = true
-        )]
-        default_clip: String,
-        #[arg(
-            long,
-            env = "GLIMPSE_VIT_MODEL",
-            default_value = "google/vit-base-patch16-224",
-            hide = true
-        )]
-        default_vit: String,
-        #[arg(long, env = "GLIMPSE_CLIP_MODELS", value_delimiter = ',', hide = true)]
-        extra_clip: Vec<String>,
-        #[arg(long, env = "GLIMPSE_VIT_MODELS", value_delimiter = ',', hide = true)]
-        extra_vit: Vec<String>,
+        #[command(flatten)]
+        configured: ConfiguredModels,
     },
+}
+
+/// The models `serve` would load, from the same variables.
+#[derive(Debug, Args)]
+pub struct ConfiguredModels {
+    #[arg(
+        long,
+        env = "GLIMPSE_CLIP_MODEL",
+        default_value = "openai/clip-vit-base-patch32",
+        hide = true
+    )]
+    pub default_clip: String,
+    #[arg(
+        long,
+        env = "GLIMPSE_VIT_MODEL",
+        default_value = "google/vit-base-patch16-224",
+        hide = true
+    )]
+    pub default_vit: String,
+    #[arg(long, env = "GLIMPSE_CLIP_MODELS", value_delimiter = ',', hide = true)]
+    pub extra_clip: Vec<String>,
+    #[arg(long, env = "GLIMPSE_VIT_MODELS", value_delimiter = ',', hide = true)]
+    pub extra_vit: Vec<String>,
+}
+
+impl ConfiguredModels {
+    /// `(family, specs)`: the default first, then the extras, blanks and repeats dropped.
+    pub fn by_family(&self) -> [(&'static str, Vec<String>); 2] {
+        let specs = |default: &str, extras: &[String]| {
+            let mut out: Vec<String> = Vec::new();
+            for s in std::iter::once(default).chain(extras.iter().map(String::as_str)) {
+                let s = s.trim();
+                if !s.is_empty() && !out.iter().any(|o| o == s) {
+                    out.push(s.to_string());
+                }
+            }
+            out
+        };
+        [
+            ("clip", specs(&self.default_clip, &self.extra_clip)),
+            ("vit", specs(&self.default_vit, &self.extra_vit)),
+        ]
+    }
 }
 
 #[derive(Debug, Args)]

@@ -11,11 +11,14 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
         ModelsCommand::Pull {
             ids,
             model_cache,
-            default_clip,
-            default_vit,
+            configured,
         } => {
             let ids = if ids.is_empty() {
-                vec![default_clip, default_vit]
+                configured
+                    .by_family()
+                    .into_iter()
+                    .flat_map(|(_, specs)| specs)
+                    .collect()
             } else {
                 ids
             };
@@ -48,16 +51,10 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
         ModelsCommand::List {
             model_cache,
             json,
-            default_clip,
-            default_vit,
-            extra_clip,
-            extra_vit,
+            configured,
         } => {
             let opts = HubOptions::from_env(model_cache);
-            let rows = list(
-                &opts,
-                [(default_clip, extra_clip), (default_vit, extra_vit)],
-            );
+            let rows = list(&opts, configured.by_family());
             if json {
                 println!("{}", serde_json::Value::Array(rows));
             } else {
@@ -82,10 +79,10 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Configured specs first (default, then extras; a blank one is skipped), each
-/// with its family (read from its `config.json` when the files are here) and source; then the
+/// Configured specs first (default, then extras), each with its family (read from its
+/// `config.json` when the files are here, else the variable it came from) and source; then the
 /// cache's other models.
-fn list(opts: &HubOptions, families: [(String, Vec<String>); 2]) -> Vec<serde_json::Value> {
+fn list(opts: &HubOptions, families: [(&'static str, Vec<String>); 2]) -> Vec<serde_json::Value> {
     let cached = glimpse_server::hub::list_cached(opts);
     let family_of = |dir: &std::path::Path| match glimpse_candle::detect_kind(dir) {
         Ok(glimpse_candle::ModelKind::Clip) => "clip".to_string(),
@@ -94,10 +91,9 @@ fn list(opts: &HubOptions, families: [(String, Vec<String>); 2]) -> Vec<serde_js
     };
     let mut rows = Vec::new();
     let mut seen = Vec::new();
-    for ((default, extras), slot) in families.into_iter().zip(["clip", "vit"]) {
-        for spec in std::iter::once(default).chain(extras) {
-            let spec = spec.trim().to_string();
-            if spec.is_empty() || seen.contains(&spec) {
+    for (slot, specs) in families {
+        for spec in specs {
+            if seen.contains(&spec) {
                 continue;
             }
             seen.push(spec.clone());
@@ -111,7 +107,6 @@ fn list(opts: &HubOptions, families: [(String, Vec<String>); 2]) -> Vec<serde_js
             };
             rows.push(serde_json::json!({
                 "id": glimpse_server::hub::model_id_for(&spec),
-                // From its config.json when here; else the variable it was configured in says.
                 "family": path.as_deref().map_or(slot.to_string(), family_of),
                 "source": source,
                 "path": path,

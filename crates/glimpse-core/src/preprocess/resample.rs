@@ -163,6 +163,14 @@ fn precompute(in_size: usize, out_size: usize, outs: Range<usize>, filter: Filte
 }
 
 impl Coeffs {
+    /// The input indices all these outputs read: from the first's first tap to past the last's
+    /// last (taps move forward with the output index).
+    fn span(&self) -> (usize, usize) {
+        let (a, _) = self.bounds[0];
+        let (b, n) = self.bounds[self.bounds.len() - 1];
+        (a, b + n)
+    }
+
     fn taps(&self, i: usize) -> (usize, &[i32]) {
         let (min, n) = self.bounds[i];
         (min, &self.weights[i * self.ksize..i * self.ksize + n])
@@ -267,9 +275,7 @@ fn horizontal_then_vertical(
     // Source rows the horizontal pass must produce: those the vertical pass reads, or the
     // window's own rows when there is no vertical pass.
     let (first_row, last_row) = if need_v {
-        let (a, _) = vert.bounds[0];
-        let (b, n) = vert.bounds[win_h - 1];
-        (a, b + n)
+        vert.span()
     } else {
         (rows.start, rows.end)
     };
@@ -312,11 +318,7 @@ fn vertical_then_horizontal(
     let mut horiz = need_h.then(|| precompute(w, out_w, cols.clone(), filter));
     // Source columns the horizontal pass reads (or the window's own without one).
     let (first_col, last_col) = match &horiz {
-        Some(c) => {
-            let (a, _) = c.bounds[0];
-            let (b, n) = c.bounds[win_w - 1];
-            (a, b + n)
-        }
+        Some(c) => c.span(),
         None => (cols.start, cols.end),
     };
     let strip_w = last_col - first_col;
