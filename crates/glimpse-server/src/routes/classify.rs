@@ -279,6 +279,17 @@ async fn run_claimed(
                 "this Idempotency-Key was used with a different request",
             ))
         }
+        IdempotencyClaim::LimitReached => {
+            return Err(ApiError {
+                retry_after: Some(60),
+                ..ApiError::new(
+                    ErrorCode::RateLimited,
+                    "this API key holds the most stored Idempotency-Key answers allowed \
+                     (GLIMPSE_IDEMPOTENCY_MAX_PER_KEY); retry later, when older ones expire, \
+                     or without an Idempotency-Key",
+                )
+            })
+        }
     }
     let result = run(state, key, plan, started).await;
     // Stored: the success and a bad image (the same request would fail the same way). Not
