@@ -87,6 +87,10 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Open reservations older than this are refunded by the reaper.
     pub reap_after: Duration,
+    /// How long a served call retries a failing settle before it answers 503 uncharged.
+    pub settle_retry: Duration,
+    /// Stored `Idempotency-Key` answers older than this are pruned by the reaper.
+    pub idempotency_ttl: Duration,
 }
 
 pub struct Inner {
@@ -157,6 +161,8 @@ impl AppState {
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             reap_after: Duration::from_secs(config.reap_after_secs),
+            settle_retry: config.settle_retry(),
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
         };
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));

@@ -6,7 +6,7 @@
 //! model's batching queue → settle; a server-side failure after the debit (500, or 503 when
 //! the queue is full) refunds.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -293,10 +293,15 @@ async fn run_claimed(
     }
     let result = run(state, key, plan, started).await;
     // Stored: the success and a bad image (the same request would fail the same way). Not
-    // stored, so a retry can succeed: 402 (top up and retry), 5xx, 503.
+    // stored, so a retry can succeed: 402 (top up and retry), 5xx, 503, and any transient
+    // failure (a fetch that timed out, could not connect or met an upstream error; a decode
+    // over the time limit).
     let stored = match &result {
         Ok(o) => Some((o.status.as_u16(), o.body.clone())),
-        Err(e) if e.code == ErrorCode::Validation || e.code == ErrorCode::PayloadTooLarge => {
+        Err(e)
+            if !e.transient
+                && (e.code == ErrorCode::Validation || e.code == ErrorCode::PayloadTooLarge) =>
+        {
             Some((
                 e.status().as_u16(),
                 serde_json::to_string(&e.body()).unwrap_or_default(),
@@ -387,11 +392,29 @@ async fn run(
         serde_json::to_string(&r).map_err(ApiError::internal)
     }) {
         Ok(body) => {
-            let settle = state.store.settle(&debit.id, 200, ms);
-            if let Err(e) = timed(&state.metrics, Stage::Ledger, settle).await {
-                // The credit is taken and the answer is good: log, and let the reaper not
-                // matter (settle is idempotent against it).
-                tracing::error!(error = %e, debit = %debit.id, "settle failed");
+            // A 200 leaves only once its charge is committed: an open reservation is the
+            // reaper's to refund, so an answer sent before its settle commits could be free.
+            let settled = match settle(state, &debit.id, ms).await {
+                Ok(()) => Ok(()),
+                // Its last try may have committed unheard: then the answer stands.
+                Err(e) => match state.store.reservation(&debit.id).await {
+                    Ok(r) if r.state == "settled" => Ok(()),
+                    _ => Err(e),
+                },
+            };
+            if let Err(e) = settled {
+                tracing::error!(error = %e, debit = %debit.id, "settle failed for good; answering 503");
+                let refund = state.store.refund(&debit.id, 503, ms);
+                match timed(&state.metrics, Stage::Ledger, refund).await {
+                    Ok(_) => state.metrics.credits_refunded(cost),
+                    Err(re) => {
+                        tracing::error!(error = %re, debit = %debit.id, "refund failed; the reaper will retry")
+                    }
+                }
+                return Err(ApiError::overloaded(
+                    "the key store is unavailable; the call was not charged, retry later",
+                    1,
+                ));
             }
             Ok(Outcome {
                 status: StatusCode::OK,
@@ -411,9 +434,34 @@ async fn run(
     }
 }
 
+/// Settles a served call, retrying while the store fails for up to `settle_retry` (a write
+/// lock held by another process, a database connection that died): 50 ms, doubling to 1 s.
+/// `Ok` once the reservation is settled (a settle that committed unheard is found by the next
+/// try: settling a settled reservation is a no-op).
+async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreError> {
+    let deadline = Instant::now() + state.settings.settle_retry;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let settle = state.store.settle(debit_id, 200, ms);
+        match timed(&state.metrics, Stage::Ledger, settle).await {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::Database(_)) if Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, debit = %debit_id, "settle failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn fetch_error(e: FetchError) -> ApiError {
     match e {
         FetchError::TooLarge { .. } => ApiError::too_large(e.to_string()),
+        // The upstream may answer next time: never stored for an Idempotency-Key replay.
+        FetchError::Timeout(_) | FetchError::Upstream(_) => {
+            ApiError::validation(e.to_string()).transient()
+        }
         other => ApiError::validation(other.to_string()),
     }
 }
@@ -445,7 +493,7 @@ async fn decode(
             tracing::warn!(error = %join, "image decoder panicked");
             Err(ApiError::validation("the image could not be decoded"))
         }
-        Err(_) => Err(ApiError::validation("the image took too long to decode")),
+        Err(_) => Err(ApiError::validation("the image took too long to decode").transient()),
     }
 }
 
