@@ -520,7 +520,7 @@ async fn idempotency_stores_no_transient_failure_and_is_bounded() {
     let h = Arc::clone(&hits);
     let img = Arc::new(image_bytes("motorcycle.jpg"));
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let first = h.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+        let first = h.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);
         let img = Arc::clone(&img);
         async move {
             use axum::response::IntoResponse;
