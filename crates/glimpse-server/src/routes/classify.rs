@@ -3,8 +3,9 @@
 //! key (401) → read and validate input (400, free) → idempotency claim → balance check (402,
 //! before any URL is fetched) → bytes (upload or fetcher) → decode + preprocess on the blocking
 //! pool under a time limit (400 for bad images, free) → debit (402) → forward pass through the
-//! model's batching queue → settle; a server-side failure after the debit (500, or 503 when
-//! the queue is full) refunds.
+//! model's batching queue → settle, retried while the store fails, before the 200 leaves (a 200
+//! is never sent uncharged); a server-side failure after the debit (500, or 503 when the queue
+//! is full or the settle never commits) refunds.
 
 use std::time::{Duration, Instant};
 
