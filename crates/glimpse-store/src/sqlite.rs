@@ -201,6 +201,9 @@ impl SqliteStore {
                 .max_connections(options.max_connections)
                 .after_release(|conn, _| {
                     Box::pin(async move {
+                        if !conn.is_in_transaction() {
+                            return Ok(true);
+                        }
                         // Runs the ROLLBACK a dropped transaction queued; a connection still
                         // counted inside a transaction after that is closed, not reused (a full
                         // disk would otherwise leave it refusing every BEGIN until a restart).
