@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -193,6 +194,24 @@ pub struct ServerConfig {
     #[arg(long, env = "GLIMPSE_REAP_AFTER_SECS", default_value_t = 600)]
     pub reap_after_secs: u64,
 
+    /// Seconds a call whose answer is ready keeps retrying its settle (the charge) while the
+    /// store fails (a write lock held by another process, a dropped database connection) before
+    /// it answers 503 uncharged instead: a 200 is only sent once its charge is committed. At most
+    /// half of GLIMPSE_REAP_AFTER_SECS is used, so the reaper never refunds a call still settling.
+    #[arg(long, env = "GLIMPSE_SETTLE_RETRY_SECS", default_value_t = 30)]
+    pub settle_retry_secs: u64,
+
+    /// Seconds an `Idempotency-Key` answer is kept and replayed (Stripe keeps 24 h); older rows
+    /// are pruned by the reaper and a reused key after that runs as new.
+    #[arg(long, env = "GLIMPSE_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+
+    /// Most stored `Idempotency-Key` answers (within the TTL) one API key may hold; a call with a
+    /// new Idempotency-Key over that answers 429 RATE_LIMITED and stores nothing (nothing older
+    /// is evicted, so a stored answer is never lost before its TTL).
+    #[arg(long, env = "GLIMPSE_IDEMPOTENCY_MAX_PER_KEY", default_value_t = 5000)]
+    pub idempotency_max_per_key: u32,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "GLIMPSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -242,6 +261,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("shutdown_drain_secs", &self.shutdown_drain_secs)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("reap_after_secs", &self.reap_after_secs)
+            .field("settle_retry_secs", &self.settle_retry_secs)
+            .field("idempotency_ttl_secs", &self.idempotency_ttl_secs)
+            .field("idempotency_max_per_key", &self.idempotency_max_per_key)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -283,6 +305,22 @@ impl ServerConfig {
     }
     pub fn vit_specs(&self) -> Vec<String> {
         specs(&self.vit_model, &self.extra_vit_models)
+    }
+
+    /// How long a served call retries its settle: `settle_retry_secs`, at most half of
+    /// `reap_after_secs`.
+    pub fn settle_retry(&self) -> Duration {
+        Duration::from_secs(self.settle_retry_secs)
+            .min(Duration::from_secs(self.reap_after_secs) / 2)
+    }
+
+    /// The store's tuning from these settings (what `serve` opens the store with).
+    pub fn store_options(&self) -> glimpse_store::StoreOptions {
+        glimpse_store::StoreOptions {
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            idempotency_max_per_key: self.idempotency_max_per_key,
+            ..glimpse_store::StoreOptions::default()
+        }
     }
 
     /// Check everything that can be checked without I/O. The message names the variable.
@@ -398,6 +436,24 @@ impl ServerConfig {
                 "GLIMPSE_REAP_AFTER_SECS must be at least 1"
             ));
         }
+        if self.settle_retry_secs == 0 {
+            return Err(bad(
+                "GLIMPSE_SETTLE_RETRY_SECS",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.idempotency_ttl_secs == 0 {
+            return Err(bad(
+                "GLIMPSE_IDEMPOTENCY_TTL_SECS",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.idempotency_max_per_key == 0 {
+            return Err(bad(
+                "GLIMPSE_IDEMPOTENCY_MAX_PER_KEY",
+                "must be at least 1".into(),
+            ));
+        }
         if self.fetch_timeout_secs == 0 {
             return Err(bad(
                 "GLIMPSE_FETCH_TIMEOUT_SECS",
@@ -487,6 +543,40 @@ mod tests {
         assert_eq!(c.credits_per_call, 1);
         assert_eq!((c.batch_size, c.batch_window_ms), (8, 10));
         assert_eq!(c.precision, "fp32");
+        assert_eq!(
+            (
+                c.settle_retry_secs,
+                c.idempotency_ttl_secs,
+                c.idempotency_max_per_key
+            ),
+            (30, 86_400, 5000)
+        );
+        assert_eq!(c.settle_retry(), Duration::from_secs(30));
+        let c2 = ServerConfig {
+            reap_after_secs: 10,
+            ..ServerConfig::default()
+        };
+        assert_eq!(c2.settle_retry(), Duration::from_secs(5));
+        let o = c.store_options();
+        assert_eq!(o.idempotency_ttl, glimpse_store::DEFAULT_IDEMPOTENCY_TTL);
+        assert_eq!(
+            o.idempotency_max_per_key,
+            glimpse_store::DEFAULT_IDEMPOTENCY_MAX_PER_KEY
+        );
+        for (settle, reap, ok) in [(0, 600, false), (600, 600, true), (1, 1, true)] {
+            let c = ServerConfig {
+                settle_retry_secs: settle,
+                reap_after_secs: reap,
+                ..ServerConfig::default()
+            };
+            match c.validate() {
+                Ok(()) => assert!(ok, "{settle}/{reap} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{settle}/{reap} refused: {e}");
+                    assert!(e.to_string().contains("GLIMPSE_SETTLE_RETRY_SECS"), "{e}");
+                }
+            }
+        }
         assert_eq!(
             (c.fetch_connect_timeout_secs, c.fetch_timeout_secs),
             (3, 10)

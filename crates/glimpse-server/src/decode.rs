@@ -146,7 +146,8 @@ impl DecodeGate {
                 tracing::warn!(error = %join, "image decoder panicked");
                 Err(ApiError::validation("the image could not be decoded"))
             }
-            Err(_) => Err(ApiError::validation("the image took too long to decode")),
+            // The machine may be less busy next time: never stored for an Idempotency-Key replay.
+            Err(_) => Err(ApiError::validation("the image took too long to decode").transient()),
         }
     }
 }

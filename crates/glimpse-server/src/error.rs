@@ -96,6 +96,10 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// A failure the same request may not meet again (a `?url=` fetch that timed out, could not
+    /// connect or got an upstream error; a decode over the time limit): never stored as an
+    /// `Idempotency-Key` answer, whatever its code, so a retry runs again.
+    pub transient: bool,
 }
 
 impl ApiError {
@@ -104,6 +108,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            transient: false,
+        }
+    }
+    /// Marks the error as `transient`.
+    pub fn transient(self) -> Self {
+        ApiError {
+            transient: true,
+            ..self
         }
     }
     pub fn validation(message: impl Into<String>) -> Self {

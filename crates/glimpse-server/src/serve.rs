@@ -20,7 +20,8 @@ use crate::hub::{model_id_for, resolve_model, HubOptions};
 use crate::routes::app;
 use crate::state::{AppState, Models};
 
-/// The reaper runs every quarter of `reap_after`, and at least once a minute.
+/// The reaper runs every quarter of `reap_after`, and at least once a minute; it refunds stale
+/// reservations and prunes expired `Idempotency-Key` answers.
 const REAP_EVERY_MAX: Duration = Duration::from_secs(60);
 
 /// Run the server on `listener` until `shutdown` resolves, then stop accepting, let the calls in
@@ -31,7 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let store = glimpse_store::connect(&config.database_url)
+    let store = glimpse_store::connect_with(&config.database_url, config.store_options())
         .await
         .map_err(|e| anyhow!("cannot open the key store (GLIMPSE_DATABASE_URL): {e}"))?;
     let models = load_models(&config).await?;
@@ -48,6 +49,7 @@ pub async fn serve_state(
     let reaper = {
         let store = Arc::clone(&state.store);
         let reap_after = state.settings.reap_after;
+        let idempotency_ttl = state.settings.idempotency_ttl;
         let metrics = Arc::clone(&state.metrics);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval((reap_after / 4).min(REAP_EVERY_MAX));
@@ -60,6 +62,11 @@ pub async fn serve_state(
                         tracing::warn!(refunded = n, "refunded stale reservations");
                     }
                     Err(e) => tracing::warn!(error = %e, "reaping stale reservations failed"),
+                }
+                match store.prune_idempotency(idempotency_ttl).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "pruned expired idempotency answers"),
+                    Err(e) => tracing::warn!(error = %e, "pruning idempotency answers failed"),
                 }
             }
         })

@@ -89,6 +89,10 @@ pub struct Settings {
     pub reap_after: Duration,
     /// Connection timeouts, the connection cap and the shutdown periods (the accept loop's).
     pub conn: crate::listen::ConnLimits,
+    /// How long a served call retries a failing settle before it answers 503 uncharged.
+    pub settle_retry: Duration,
+    /// Stored `Idempotency-Key` answers older than this are pruned by the reaper.
+    pub idempotency_ttl: Duration,
 }
 
 pub struct Inner {
@@ -165,6 +169,8 @@ impl AppState {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             reap_after: Duration::from_secs(config.reap_after_secs),
             conn: crate::listen::ConnLimits::from_config(config),
+            settle_retry: config.settle_retry(),
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
         };
         let settings_limits = settings.decode_limits;
         let rate = (config.rate_limit_per_second > 0.0)

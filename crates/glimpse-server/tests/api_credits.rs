@@ -362,3 +362,265 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
     let store = glimpse_store::connect(&db).await.unwrap();
     assert_eq!(store.balance(&key_id).await.unwrap(), 4);
 }
+
+/// The real store, except that `settle` fails (as a locked or lost database would) while
+/// `failing_settles` is above zero, counting down.
+struct FlakySettle {
+    inner: Arc<dyn glimpse_store::Store>,
+    failing_settles: std::sync::atomic::AtomicUsize,
+}
+
+mod flaky {
+    use super::FlakySettle;
+    use glimpse_store::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[async_trait::async_trait]
+    impl Store for FlakySettle {
+        async fn settle(&self, debit_id: &str, status: u16, latency_ms: f64) -> Result<()> {
+            let failing =
+                self.failing_settles
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                return Err(StoreError::Database("simulated: database is locked".into()));
+            }
+            self.inner.settle(debit_id, status, latency_ms).await
+        }
+        async fn create_key(&self, name: &str, credits: i64) -> Result<NewKey> {
+            self.inner.create_key(name, credits).await
+        }
+        async fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+            self.inner.list_keys().await
+        }
+        async fn topup(&self, key_id: &str, credits: i64) -> Result<i64> {
+            self.inner.topup(key_id, credits).await
+        }
+        async fn revoke(&self, key_id: &str) -> Result<()> {
+            self.inner.revoke(key_id).await
+        }
+        async fn authenticate(&self, raw_key: &str) -> Result<Option<KeyInfo>> {
+            self.inner.authenticate(raw_key).await
+        }
+        async fn balance(&self, key_id: &str) -> Result<i64> {
+            self.inner.balance(key_id).await
+        }
+        async fn debit(&self, req: &DebitRequest) -> Result<Debit> {
+            self.inner.debit(req).await
+        }
+        async fn refund(&self, debit_id: &str, status: u16, latency_ms: f64) -> Result<i64> {
+            self.inner.refund(debit_id, status, latency_ms).await
+        }
+        async fn account(&self, key_id: &str, recent: usize) -> Result<Account> {
+            self.inner.account(key_id, recent).await
+        }
+        async fn reap_stale(&self, older_than: Duration) -> Result<u64> {
+            self.inner.reap_stale(older_than).await
+        }
+        async fn idempotency_claim(&self, k: &str, ik: &str, h: &str) -> Result<IdempotencyClaim> {
+            self.inner.idempotency_claim(k, ik, h).await
+        }
+        async fn idempotency_complete(&self, k: &str, ik: &str, s: u16, b: &str) -> Result<()> {
+            self.inner.idempotency_complete(k, ik, s, b).await
+        }
+        async fn idempotency_abort(&self, k: &str, ik: &str) -> Result<()> {
+            self.inner.idempotency_abort(k, ik).await
+        }
+        async fn prune_idempotency(&self, older_than: Duration) -> Result<u64> {
+            self.inner.prune_idempotency(older_than).await
+        }
+        async fn ping(&self) -> Result<()> {
+            self.inner.ping().await
+        }
+        async fn check_writes(&self) -> Result<()> {
+            self.inner.check_writes().await
+        }
+        async fn ledger_totals(&self, key_id: &str) -> Result<LedgerTotals> {
+            self.inner.ledger_totals(key_id).await
+        }
+        async fn reservation(&self, debit_id: &str) -> Result<Reservation> {
+            self.inner.reservation(debit_id).await
+        }
+        async fn close(&self) {
+            self.inner.close().await
+        }
+    }
+}
+
+/// Issue 20 item 5: a settle that fails after the answer is ready must not give the answer away.
+/// Settles that fail for a while are retried (the call is answered 200 and charged); settles
+/// that keep failing past `GLIMPSE_SETTLE_RETRY_SECS` answer 503 uncharged. After the reaper
+/// has run, the key is charged exactly once per 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_calls_are_charged_even_when_the_settle_fails() {
+    use std::sync::atomic::Ordering;
+    let flaky: Arc<std::sync::OnceLock<Arc<FlakySettle>>> = Arc::default();
+    let slot = Arc::clone(&flaky);
+    let s = start_wrapped(
+        10,
+        |c| {
+            c.reap_after_secs = 2;
+            c.settle_retry_secs = 1;
+        },
+        |_| None,
+        move |inner| {
+            let f = Arc::new(FlakySettle {
+                inner,
+                failing_settles: 0.into(),
+            });
+            let _ = slot.set(Arc::clone(&f));
+            f
+        },
+    )
+    .await;
+    let flaky = flaky.get().unwrap();
+    let send = || {
+        s.http
+            .post(s.url(CLIP))
+            .header("X-API-Key", &s.key)
+            .multipart(form("motorcycle.jpg"))
+            .send()
+    };
+    let mut ok = 0;
+    // Three failed tries (50 + 100 + 200 ms of back-off), then the settle goes through.
+    flaky.failing_settles.store(3, Ordering::SeqCst);
+    let (status, headers, body) = json(send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-credits-remaining"], "9");
+    ok += 1;
+    let (status, _, body) = json(send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    ok += 1;
+    // A store that stays down past the retry budget: no 200 leaves.
+    flaky.failing_settles.store(usize::MAX, Ordering::SeqCst);
+    let t = std::time::Instant::now();
+    let res = send().await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "1");
+    let (status, _, body) = json(res).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("OVERLOADED")));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    flaky.failing_settles.store(0, Ordering::SeqCst);
+    // The reaper (every 0.5 s here, for reservations over 2 s old) changes nothing now.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(s.balance().await, 10 - ok);
+    let t = s.store.ledger_totals(&s.key_id).await.unwrap();
+    assert_eq!(t.debits - t.refunds, ok, "{t:?}");
+    s.stop().await.unwrap();
+}
+
+/// Issue 20 items 6 and 7 over HTTP: a fetch that failed for a passing reason (upstream 5xx,
+/// timeout) is not stored, so the retry with the same Idempotency-Key runs and succeeds; a key
+/// holds at most GLIMPSE_IDEMPOTENCY_MAX_PER_KEY stored answers (429 past that); the server
+/// prunes answers older than GLIMPSE_IDEMPOTENCY_TTL_SECS on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_stores_no_transient_failure_and_is_bounded() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // First hit of each path fails (500, or answers after the 1 s fetch limit), then the image.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    let img = Arc::new(image_bytes("motorcycle.jpg"));
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let first = h.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);
+        let img = Arc::clone(&img);
+        async move {
+            use axum::response::IntoResponse;
+            if first && uri.path() == "/flaky-500" {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+            if first && uri.path() == "/flaky-slow" {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            (
+                [(axum::http::header::CONTENT_TYPE, "image/jpeg")],
+                img.as_ref().clone(),
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = start(20, |c| {
+        c.fetch_timeout_secs = 1;
+        c.fetch_connect_timeout_secs = 1;
+        c.idempotency_max_per_key = 3;
+        c.idempotency_ttl_secs = 2;
+        c.reap_after_secs = 4;
+    })
+    .await;
+    let by_url = |path: &str, ik: &str| {
+        s.get_by_url(VIT, &format!("{up}{path}"))
+            .header("Idempotency-Key", ik)
+            .send()
+    };
+    for (path, ik) in [("/flaky-500", "t-500"), ("/flaky-slow", "t-slow")] {
+        let (status, _, body) = json(by_url(path, ik).await.unwrap()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("VALIDATION_ERROR")),
+            "{path}: {body}"
+        );
+        let (status, _, body) = json(by_url(path, ik).await.unwrap()).await;
+        assert_eq!(
+            status, 200,
+            "{path}: the retry got the stored failure: {body}"
+        );
+    }
+    assert_eq!(s.balance().await, 18);
+    // Two answers stored (t-500, t-slow): one more fits, the next new key does not.
+    let (status, _, _) = json(by_url("/ok", "k-3").await.unwrap()).await;
+    assert_eq!(status, 200);
+    let res = by_url("/ok", "k-4").await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    let (status, _, body) = json(res).await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("RATE_LIMITED")));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("GLIMPSE_IDEMPOTENCY_MAX_PER_KEY"),
+        "{body}"
+    );
+    assert_eq!(s.balance().await, 17, "the refused call is not charged");
+    // Stored answers still replay at the cap.
+    let (status, headers, _) = json(by_url("/ok", "k-3").await.unwrap()).await;
+    assert_eq!(
+        (status, &headers["x-credits-remaining"]),
+        (200, &"17".parse().unwrap())
+    );
+    // The reaper (every second here) prunes the answers once they are 2 s old: nothing is left
+    // for a prune to find, and the key has room again.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        s.store
+            .prune_idempotency(Duration::from_secs(2))
+            .await
+            .unwrap(),
+        0,
+        "the server did not prune expired idempotency answers"
+    );
+    let (status, _, body) = json(by_url("/ok", "k-4").await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    s.stop().await.unwrap();
+}
+
+/// `/readyz` follows the write path: a database file deleted under the running server (which
+/// would otherwise keep "charging" into the deleted file) turns it 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_when_the_database_file_is_deleted() {
+    let s = start(1, |_| {}).await;
+    let res = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let db = s
+        .config
+        .database_url
+        .trim_start_matches("sqlite://")
+        .to_string();
+    std::fs::remove_file(&db).unwrap();
+    let res = s.http.get(s.url("/readyz")).send().await.unwrap();
+    let status = res.status();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_error(status, &body, 503, "NOT_READY");
+    s.stop().await.unwrap();
+}

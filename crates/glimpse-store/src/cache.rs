@@ -130,6 +130,9 @@ impl Store for CachedStore {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
+    async fn check_writes(&self) -> Result<()> {
+        self.inner.check_writes().await
+    }
     async fn ledger_totals(&self, key_id: &str) -> Result<LedgerTotals> {
         self.inner.ledger_totals(key_id).await
     }

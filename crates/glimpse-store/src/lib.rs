@@ -18,6 +18,13 @@
 //! Idempotency claims: a claim still `in_progress` after `StoreOptions::idempotency_takeover_after`
 //! (default 5 minutes) is assumed to belong to a crashed request and may be taken over by a new
 //! claim with the same request hash (the claim answers `New` again).
+//!
+//! Stored idempotency answers expire after `StoreOptions::idempotency_ttl` (default 24 h, as
+//! Stripe's): a claim that finds an expired row treats it as absent, and `prune_idempotency`
+//! deletes them (the server calls it from its reaper). A key holds at most
+//! `StoreOptions::idempotency_max_per_key` live rows: a claim over that answers `LimitReached`
+//! (nothing is evicted, so no stored answer is dropped before its TTL and a retry is never charged
+//! twice). On PostgreSQL the cap may be overshot by the claims of one key running concurrently.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +123,9 @@ pub enum IdempotencyClaim {
     InProgress,
     /// Same key, different request.
     Mismatch,
+    /// A new claim, but the key already holds `StoreOptions::idempotency_max_per_key` live
+    /// rows: nothing was stored.
+    LimitReached,
 }
 
 /// Sums of a key's ledger, as positive numbers: `balance == topups - debits + refunds`.
@@ -148,6 +158,10 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// An idempotency claim left `in_progress` this long may be taken over (see crate docs).
     pub idempotency_takeover_after: Duration,
+    /// Stored idempotency rows older than this are expired (see crate docs).
+    pub idempotency_ttl: Duration,
+    /// Most live idempotency rows one key may hold (see crate docs).
+    pub idempotency_max_per_key: u32,
 }
 
 impl Default for StoreOptions {
@@ -156,9 +170,19 @@ impl Default for StoreOptions {
             auth_cache_ttl: Duration::from_secs(5),
             max_connections: 8,
             idempotency_takeover_after: Duration::from_secs(300),
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            idempotency_max_per_key: DEFAULT_IDEMPOTENCY_MAX_PER_KEY,
         }
     }
 }
+
+/// Stripe keeps idempotency keys 24 h.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// 5000 rows of at most a few KiB each: a few MiB per key at worst.
+pub const DEFAULT_IDEMPOTENCY_MAX_PER_KEY: u32 = 5000;
+/// How long a `check_writes` answer is reused, so a busy `/readyz` costs at most one probe write
+/// per interval.
+pub const WRITE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest cache TTL accepted: the contract wants a revocation to bite quickly everywhere.
 pub const MAX_AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -191,6 +215,11 @@ pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Arc<dyn St
             "auth cache TTL {:?} is over the {:?} limit",
             options.auth_cache_ttl, MAX_AUTH_CACHE_TTL
         )));
+    }
+    if options.idempotency_max_per_key == 0 || options.idempotency_ttl.is_zero() {
+        return Err(StoreError::Invalid(
+            "idempotency TTL and rows per key must be at least 1".into(),
+        ));
     }
     if options.max_connections == 0 {
         return Err(StoreError::Invalid(
@@ -259,6 +288,10 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_idempotency(&self, older_than: Duration) -> Result<u64>;
     /// Reachability check for `/readyz`.
     async fn ping(&self) -> Result<()>;
+    /// Whether writes work, for `/readyz`: a one-row write committed in its own transaction (at
+    /// most once per `WRITE_CHECK_EVERY`, the answer is reused in between) and, on SQLite, that
+    /// the file opened is still the one at its path (not deleted or replaced under the server).
+    async fn check_writes(&self) -> Result<()>;
     /// Ledger sums for one key (for invariant checks: `balance == topups - debits + refunds`).
     async fn ledger_totals(&self, key_id: &str) -> Result<LedgerTotals>;
     /// One reservation, whatever its state.

@@ -40,6 +40,9 @@ fn age_secs(age: Duration) -> f64 {
 pub struct PostgresStore {
     pool: PgPool,
     takeover_after: Duration,
+    idempotency_ttl: Duration,
+    idempotency_max_per_key: u32,
+    write_check: WriteCheck,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -79,6 +82,9 @@ impl PostgresStore {
         Ok(Self {
             pool,
             takeover_after: options.idempotency_takeover_after,
+            idempotency_ttl: options.idempotency_ttl,
+            idempotency_max_per_key: options.idempotency_max_per_key,
+            write_check: WriteCheck::default(),
         })
     }
 
@@ -472,8 +478,20 @@ impl Store for PostgresStore {
     ) -> Result<IdempotencyClaim> {
         check_idempotency_key(idempotency_key)?;
         // The blocking row can vanish (an abort) between our insert and our read: try again.
+        let expiry = age_secs(self.idempotency_ttl);
         for _ in 0..3 {
             let mut tx = self.write().await?;
+            // An answer stored longer ago than the TTL is no answer any more.
+            sqlx::query(
+                "DELETE FROM idempotency WHERE key_id = $1 AND idempotency_key = $2
+                 AND created_at < now() - make_interval(secs => $3)",
+            )
+            .bind(key_id)
+            .bind(idempotency_key)
+            .bind(expiry)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
             // Waits for a concurrent uncommitted claim of the same key, then does nothing.
             let inserted = sqlx::query(
                 "INSERT INTO idempotency (key_id, idempotency_key, request_hash, state)
@@ -486,6 +504,21 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
             if inserted.rows_affected() == 1 {
+                // Claims of one key running at once do not see each other's rows here: the cap
+                // can be overshot by that many.
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM idempotency WHERE key_id = $1
+                     AND created_at >= now() - make_interval(secs => $2)",
+                )
+                .bind(key_id)
+                .bind(expiry)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if live > i64::from(self.idempotency_max_per_key) {
+                    tx.rollback().await.map_err(db_err)?;
+                    return Ok(IdempotencyClaim::LimitReached);
+                }
                 tx.commit().await.map_err(db_err)?;
                 return Ok(IdempotencyClaim::New);
             }
@@ -584,16 +617,22 @@ impl Store for PostgresStore {
     }
 
     async fn prune_idempotency(&self, older_than: Duration) -> Result<u64> {
-        let mut tx = self.write().await?;
-        let gone = sqlx::query(
-            "DELETE FROM idempotency WHERE created_at < now() - make_interval(secs => $1)",
-        )
-        .bind(age_secs(older_than))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(gone.rows_affected())
+        let mut total = 0u64;
+        loop {
+            let gone = sqlx::query(
+                "DELETE FROM idempotency WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency
+                 WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+            )
+            .bind(age_secs(older_than))
+            .bind(PRUNE_BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            total += gone.rows_affected();
+            if gone.rows_affected() < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -602,6 +641,20 @@ impl Store for PostgresStore {
             .await
             .map(|_| ())
             .map_err(db_err)
+    }
+
+    async fn check_writes(&self) -> Result<()> {
+        self.write_check
+            .run(|| async {
+                // Fails on a read-only server (a standby after a failover, a full disk that
+                // turned the cluster read-only) as any debit would.
+                sqlx::query("UPDATE write_check SET at = now() WHERE id = 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(db_err)
+            })
+            .await
     }
 
     async fn ledger_totals(&self, key_id: &str) -> Result<LedgerTotals> {

@@ -17,6 +17,12 @@
 //! its own answer only once that transaction has committed. A forward pass answers up to a batch
 //! of calls at once, and their settles then cost one `BEGIN IMMEDIATE` … `COMMIT` instead of one
 //! each.
+//!
+//! A connection whose transaction could not be closed (a COMMIT that failed on a full disk or an
+//! I/O error: SQLite may already have rolled it back, so sqlx's own ROLLBACK fails and sqlx still
+//! counts the transaction as open) is closed when it goes back to the pool instead of being
+//! reused, where every later `BEGIN` on it would fail ("attempted to call begin_with at non-zero
+//! transaction depth"); see `SqliteStore::open`.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -30,7 +36,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use crate::keys::{generate_key, hashes_match, new_id, parse_key};
 use crate::sqlutil::*;
@@ -51,6 +57,11 @@ fn cutoff_modifier(age: Duration) -> String {
 pub struct SqliteStore {
     pool: SqlitePool,
     takeover_after: Duration,
+    idempotency_ttl: Duration,
+    idempotency_max_per_key: u32,
+    /// The database file as opened (none in memory), for `check_writes`.
+    file: Option<FileId>,
+    write_check: WriteCheck,
     /// This process's writers, in arrival order (tokio's mutex is fair): held from before
     /// `BEGIN IMMEDIATE` to the commit or rollback.
     write_turn: Arc<tokio::sync::Mutex<()>>,
@@ -105,6 +116,55 @@ impl Tx {
     async fn commit(self) -> std::result::Result<(), sqlx::Error> {
         self.tx.commit().await
     }
+    /// Rolled back before the write turn goes to the next writer (a dropped one would be rolled
+    /// back later, on the connection's next use, and the next writer would wait for it).
+    async fn rollback(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+/// Which file a store opened, so a file deleted or replaced under a running server is noticed.
+struct FileId {
+    path: std::path::PathBuf,
+    #[cfg(unix)]
+    id: (u64, u64),
+}
+
+impl FileId {
+    fn of(path: &std::path::Path) -> Result<Self> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| StoreError::Database(format!("cannot stat {}: {e}", path.display())))?;
+        #[cfg(not(unix))]
+        let _ = meta;
+        Ok(FileId {
+            path: path.to_path_buf(),
+            #[cfg(unix)]
+            id: {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino())
+            },
+        })
+    }
+
+    /// `Err` when the path no longer holds the file that was opened.
+    fn check(&self) -> Result<()> {
+        let now = FileId::of(&self.path).map_err(|_| {
+            StoreError::Database(format!(
+                "the database file {} is gone (deleted or moved under the running server)",
+                self.path.display()
+            ))
+        })?;
+        #[cfg(unix)]
+        if now.id != self.id {
+            return Err(StoreError::Database(format!(
+                "the database file {} was replaced under the running server",
+                self.path.display()
+            )));
+        }
+        #[cfg(not(unix))]
+        let _ = now;
+        Ok(())
+    }
 }
 
 fn key_info(row: &SqliteRow) -> Result<KeyInfo, sqlx::Error> {
@@ -137,16 +197,45 @@ impl SqliteStore {
                 .max_lifetime(None);
         } else {
             connect = connect.journal_mode(SqliteJournalMode::Wal);
-            pool = pool.max_connections(options.max_connections);
+            pool = pool
+                .max_connections(options.max_connections)
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        if !conn.is_in_transaction() {
+                            return Ok(true);
+                        }
+                        // Runs the ROLLBACK a dropped transaction queued; a connection still
+                        // counted inside a transaction after that is closed, not reused (a full
+                        // disk would otherwise leave it refusing every BEGIN until a restart).
+                        conn.ping().await?;
+                        let clean = !conn.is_in_transaction();
+                        if !clean {
+                            tracing::warn!(
+                                "closing a database connection left inside a failed transaction"
+                            );
+                        }
+                        Ok(clean)
+                    })
+                });
         }
+        let filename = connect.get_filename().to_path_buf();
         let pool = pool.connect_with(connect).await.map_err(db_err)?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(migrate_err)?;
+        let file = if memory {
+            None
+        } else {
+            Some(FileId::of(&filename)?)
+        };
         Ok(Self {
             pool,
             takeover_after: options.idempotency_takeover_after,
+            idempotency_ttl: options.idempotency_ttl,
+            idempotency_max_per_key: options.idempotency_max_per_key,
+            file,
+            write_check: WriteCheck::default(),
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
             group: Arc::new(Mutex::new(Vec::new())),
         })
@@ -688,7 +777,19 @@ impl Store for SqliteStore {
         request_hash: &str,
     ) -> Result<IdempotencyClaim> {
         check_idempotency_key(idempotency_key)?;
+        let expiry = cutoff_modifier(self.idempotency_ttl);
         let mut tx = self.write().await?;
+        // An answer stored longer ago than the TTL is no answer any more.
+        sqlx::query(
+            "DELETE FROM idempotency WHERE key_id = $1 AND idempotency_key = $2
+             AND created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $3)",
+        )
+        .bind(key_id)
+        .bind(idempotency_key)
+        .bind(&expiry)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency (key_id, idempotency_key, request_hash, state)
              VALUES ($1, $2, $3, 'in_progress') ON CONFLICT DO NOTHING",
@@ -700,6 +801,20 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         if inserted.rows_affected() == 1 {
+            // The write lock is held: no other claim can slip past this count.
+            let live: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM idempotency WHERE key_id = $1
+                 AND created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $2)",
+            )
+            .bind(key_id)
+            .bind(&expiry)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if live > i64::from(self.idempotency_max_per_key) {
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(IdempotencyClaim::LimitReached);
+            }
             tx.commit().await.map_err(db_err)?;
             return Ok(IdempotencyClaim::New);
         }
@@ -745,6 +860,7 @@ impl Store for SqliteStore {
         } else {
             IdempotencyClaim::InProgress
         };
+        tx.rollback().await.map_err(db_err)?;
         Ok(claim)
     }
 
@@ -800,16 +916,25 @@ impl Store for SqliteStore {
     }
 
     async fn prune_idempotency(&self, older_than: Duration) -> Result<u64> {
-        let mut tx = self.write().await?;
-        let gone = sqlx::query(
-            "DELETE FROM idempotency WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $1)",
-        )
-        .bind(cutoff_modifier(older_than))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(gone.rows_affected())
+        let modifier = cutoff_modifier(older_than);
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.write().await?;
+            let gone = sqlx::query(
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency
+                 WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $1) LIMIT $2)",
+            )
+            .bind(&modifier)
+            .bind(PRUNE_BATCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            total += gone.rows_affected();
+            if gone.rows_affected() < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -818,6 +943,26 @@ impl Store for SqliteStore {
             .await
             .map(|_| ())
             .map_err(db_err)
+    }
+
+    async fn check_writes(&self) -> Result<()> {
+        if let Some(file) = &self.file {
+            file.check()?;
+        }
+        self.write_check
+            .run(|| async {
+                let mut tx = self.write().await?;
+                sqlx::query(concat!(
+                    "UPDATE write_check SET at = ",
+                    now!(),
+                    " WHERE id = 1"
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            })
+            .await
     }
 
     async fn ledger_totals(&self, key_id: &str) -> Result<LedgerTotals> {

@@ -61,3 +61,40 @@ pub fn recent_limit(recent: usize) -> i64 {
 pub fn finite(latency_ms: f64) -> Option<f64> {
     latency_ms.is_finite().then_some(latency_ms)
 }
+
+/// Idempotency rows deleted per prune transaction, so one prune never holds locks for long.
+pub const PRUNE_BATCH: i64 = 1000;
+
+/// Longest a `check_writes` probe may take before it counts as failed (a write lock held
+/// elsewhere would otherwise keep `/readyz` waiting for the whole busy timeout).
+const WRITE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The last `check_writes` probe and when it ran: one probe at a time, its answer reused for
+/// `WRITE_CHECK_EVERY`.
+#[derive(Default)]
+pub struct WriteCheck {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl WriteCheck {
+    pub async fn run<Fut>(&self, probe: impl FnOnce() -> Fut) -> Result<(), StoreError>
+    where
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = &*last {
+            if at.elapsed() < crate::WRITE_CHECK_EVERY {
+                return answer.clone().map_err(StoreError::Database);
+            }
+        }
+        let answer = match tokio::time::timeout(WRITE_CHECK_TIMEOUT, probe()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the write check failed: {e}")),
+            Err(_) => Err(format!(
+                "the write check did not commit within {WRITE_CHECK_TIMEOUT:?}"
+            )),
+        };
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer.map_err(StoreError::Database)
+    }
+}

@@ -15,6 +15,7 @@ fn options() -> StoreOptions {
         auth_cache_ttl: TTL,
         max_connections: 4,
         idempotency_takeover_after: TAKEOVER,
+        ..StoreOptions::default()
     }
 }
 
@@ -353,6 +354,117 @@ async fn story_postgres() {
     common::with_postgres_replicas(&options(), story).await;
 }
 
+const IDEM_TTL: Duration = Duration::from_millis(2000);
+
+/// Issue 20 item 7: stored idempotency answers expire after the TTL (a reused key then runs as
+/// new, even with another request), expired rows are pruned, and a key holds at most
+/// `idempotency_max_per_key` live rows (a new claim over that is refused, nothing is evicted).
+async fn idempotency_expiry_and_cap(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    use IdempotencyClaim::*;
+    let k = a.create_key("idem", 1).await.unwrap();
+    let id = k.id.as_str();
+    for ik in ["c0", "c1", "c2"] {
+        assert_eq!(a.idempotency_claim(id, ik, "h").await.unwrap(), New, "{ik}");
+    }
+    a.idempotency_complete(id, "c0", 200, "body0")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.idempotency_claim(id, "c3", "h").await.unwrap(),
+        LimitReached
+    );
+    assert_eq!(
+        a.idempotency_claim(id, "c3", "h").await.unwrap(),
+        LimitReached,
+        "a refused claim stores nothing"
+    );
+    // At the cap, a stored answer still replays and a running one still answers 409/422.
+    let done = Completed {
+        status: 200,
+        body: "body0".into(),
+    };
+    assert_eq!(b.idempotency_claim(id, "c0", "h").await.unwrap(), done);
+    assert_eq!(
+        b.idempotency_claim(id, "c1", "h").await.unwrap(),
+        InProgress
+    );
+    assert_eq!(b.idempotency_claim(id, "c1", "x").await.unwrap(), Mismatch);
+    // An aborted claim frees its slot; other keys have their own cap.
+    a.idempotency_abort(id, "c1").await.unwrap();
+    assert_eq!(b.idempotency_claim(id, "c3", "h").await.unwrap(), New);
+    let other = a.create_key("other", 1).await.unwrap();
+    assert_eq!(
+        a.idempotency_claim(&other.id, "c9", "h").await.unwrap(),
+        New
+    );
+
+    // Past the TTL the stored answer is gone: the same key with another request runs as new,
+    // and the cap counts only live rows.
+    tokio::time::sleep(IDEM_TTL + Duration::from_millis(200)).await;
+    assert_eq!(b.idempotency_claim(id, "c0", "other").await.unwrap(), New);
+    assert_eq!(a.idempotency_claim(id, "c4", "h").await.unwrap(), New);
+    assert_eq!(a.idempotency_claim(id, "c5", "h").await.unwrap(), New);
+    assert_eq!(
+        a.idempotency_claim(id, "c6", "h").await.unwrap(),
+        LimitReached
+    );
+    // Pruning deletes the expired rows (c2, c3 and the other key's c9), not the live ones.
+    assert_eq!(a.prune_idempotency(IDEM_TTL).await.unwrap(), 3);
+    assert_eq!(b.prune_idempotency(IDEM_TTL).await.unwrap(), 0);
+    assert_eq!(
+        a.idempotency_claim(id, "c0", "h").await.unwrap(),
+        Mismatch,
+        "the new c0 claim is live"
+    );
+}
+
+fn idem_options() -> StoreOptions {
+    StoreOptions {
+        idempotency_ttl: IDEM_TTL,
+        idempotency_max_per_key: 3,
+        ..options()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_expiry_and_cap_sqlite() {
+    let (_dir, a, b) = common::sqlite_replicas(&idem_options()).await;
+    idempotency_expiry_and_cap(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_expiry_and_cap_postgres() {
+    common::with_postgres_replicas(&idem_options(), idempotency_expiry_and_cap).await;
+}
+
+/// `check_writes` holds on a healthy store (both backends), and on SQLite fails once the file
+/// the store opened is deleted under it (issue 20 item 11: it would keep "charging" into a
+/// deleted file).
+async fn writes_check(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    a.check_writes().await.unwrap();
+    b.check_writes().await.unwrap();
+    a.check_writes().await.unwrap(); // from its cache
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_writes_sqlite_and_a_deleted_file() {
+    let (dir, a, b) = common::sqlite_replicas(&options()).await;
+    writes_check(a.clone(), b).await;
+    let db = dir.path().join("glimpse.db");
+    std::fs::remove_file(&db).unwrap();
+    let e = a.check_writes().await.unwrap_err().to_string();
+    assert!(e.contains("gone"), "{e}");
+    // A new file at the same path is not the one the store has open.
+    std::fs::write(&db, b"").unwrap();
+    let e = a.check_writes().await.unwrap_err().to_string();
+    assert!(e.contains("replaced"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_writes_postgres() {
+    common::with_postgres_replicas(&options(), writes_check).await;
+}
+
 #[tokio::test]
 async fn connect_refuses_unknown_schemes_and_long_ttls() {
     match connect("mysql://localhost/x").await {
@@ -397,4 +509,116 @@ async fn sqlite_debit_waits_for_a_held_write_lock() {
     );
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     assert_eq!(debit.await.unwrap().unwrap().balance, 0);
+}
+
+/// A tmpfs of `size` mounted on a fresh temp folder, unmounted on drop; `None` (after a loud
+/// message) where this process may not mount.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "!!!!! SKIPPED: cannot mount a tmpfs here (not root?); the disk-full test did not run"
+            );
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fills the file system holding `path` until a write fails.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    for chunk in [64 * 1024, 4096, 512] {
+        let buf = vec![0xa5u8; chunk];
+        while f.write_all(&buf).and_then(|_| f.sync_all()).is_ok() {}
+    }
+}
+
+/// Issue 20 item 4: after a disk-full episode the store writes again without being reopened
+/// (every connection that met the failure is rolled back or dropped), and `check_writes`
+/// reports the episode while it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writes_recover_after_disk_full() {
+    let Some(fs) = Tmpfs::mount("3m") else { return };
+    let url = format!("sqlite://{}", fs.0.path().join("glimpse.db").display());
+    let store = connect_with(&url, options()).await.expect("open on tmpfs");
+    let key = store.create_key("full", 1_000_000).await.unwrap();
+    let filler = fs.0.path().join("filler");
+    fill(&filler);
+    // Writes now fail, as a database error (503 over HTTP), never a panic.
+    let mut failed = 0;
+    for _ in 0..50 {
+        match store.debit(&debit_req(&key.id, 1)).await {
+            Ok(d) => {
+                let _ = store.settle(&d.id, 200, 1.0).await;
+            }
+            Err(StoreError::Database(_)) => failed += 1,
+            Err(e) => panic!("unexpected error on a full disk: {e}"),
+        }
+        if failed >= 8 {
+            break;
+        }
+    }
+    assert!(failed > 0, "no write failed on a full disk");
+    assert!(
+        store.check_writes().await.is_err(),
+        "check_writes must report a full disk"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // Free again: every write works at once, on every pooled connection, with no reopen.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    store
+        .check_writes()
+        .await
+        .expect("check_writes after freeing");
+    let before = store.balance(&key.id).await.unwrap();
+    for round in 0..3 {
+        for i in 0..12 {
+            let d = store
+                .debit(&debit_req(&key.id, 1))
+                .await
+                .unwrap_or_else(|e| panic!("debit {round}/{i} after freeing the disk: {e}"));
+            store
+                .settle(&d.id, 200, 1.0)
+                .await
+                .unwrap_or_else(|e| panic!("settle {round}/{i} after freeing the disk: {e}"));
+        }
+        let many: Vec<_> = (0..8)
+            .map(|_| {
+                let s = Arc::clone(&store);
+                let id = key.id.clone();
+                tokio::spawn(async move { s.debit(&debit_req(&id, 1)).await })
+            })
+            .collect();
+        for t in many {
+            let d = t.await.unwrap().expect("concurrent debit after freeing");
+            store.settle(&d.id, 200, 1.0).await.unwrap();
+        }
+        store.topup(&key.id, 1).await.expect("topup after freeing");
+    }
+    assert_eq!(store.balance(&key.id).await.unwrap(), before - 3 * 20 + 3);
+    let t = store.ledger_totals(&key.id).await.unwrap();
+    assert_eq!(
+        t.topups - t.debits + t.refunds,
+        store.balance(&key.id).await.unwrap()
+    );
+    store.close().await;
 }

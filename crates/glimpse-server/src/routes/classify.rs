@@ -3,10 +3,11 @@
 //! key (401) → read and validate input (400, free) → idempotency claim → balance check (402,
 //! before any URL is fetched) → bytes (upload or fetcher) → decode + preprocess on the blocking
 //! pool under a time limit (400 for bad images, free) → debit (402) → forward pass through the
-//! model's batching queue → settle; a server-side failure after the debit (500, or 503 when
-//! the queue is full) refunds.
+//! model's batching queue → settle, retried while the store fails, before the 200 leaves (a 200
+//! is never sent uncharged); a server-side failure after the debit (500, or 503 when the queue
+//! is full or the settle never commits) refunds.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -293,13 +294,29 @@ async fn run_claimed(
                 "this Idempotency-Key was used with a different request",
             ))
         }
+        IdempotencyClaim::LimitReached => {
+            return Err(ApiError {
+                retry_after: Some(60),
+                ..ApiError::new(
+                    ErrorCode::RateLimited,
+                    "this API key holds the most stored Idempotency-Key answers allowed \
+                     (GLIMPSE_IDEMPOTENCY_MAX_PER_KEY); retry later, when older ones expire, \
+                     or without an Idempotency-Key",
+                )
+            })
+        }
     }
     let result = run(state, key, plan, started).await;
     // Stored: the success and a bad image (the same request would fail the same way). Not
-    // stored, so a retry can succeed: 402 (top up and retry), 5xx, 503.
+    // stored, so a retry can succeed: 402 (top up and retry), 5xx, 503, and any transient
+    // failure (a fetch that timed out, could not connect or met an upstream error; a decode
+    // over the time limit).
     let stored = match &result {
         Ok(o) => Some((o.status.as_u16(), o.body.clone())),
-        Err(e) if e.code == ErrorCode::Validation || e.code == ErrorCode::PayloadTooLarge => {
+        Err(e)
+            if !e.transient
+                && (e.code == ErrorCode::Validation || e.code == ErrorCode::PayloadTooLarge) =>
+        {
             Some((
                 e.status().as_u16(),
                 serde_json::to_string(&e.body()).unwrap_or_default(),
@@ -414,11 +431,29 @@ async fn run(
         serde_json::to_string(&r).map_err(ApiError::internal)
     }) {
         Ok(body) => {
-            let settle = state.store.settle(&debit.id, 200, ms);
-            if let Err(e) = timed(&state.metrics, Stage::Ledger, settle).await {
-                // The credit is taken and the answer is good: log, and let the reaper not
-                // matter (settle is idempotent against it).
-                tracing::error!(error = %e, debit = %debit.id, "settle failed");
+            // A 200 leaves only once its charge is committed: an open reservation is the
+            // reaper's to refund, so an answer sent before its settle commits could be free.
+            let settled = match settle(state, &debit.id, ms).await {
+                Ok(()) => Ok(()),
+                // Its last try may have committed unheard: then the answer stands.
+                Err(e) => match state.store.reservation(&debit.id).await {
+                    Ok(r) if r.state == "settled" => Ok(()),
+                    _ => Err(e),
+                },
+            };
+            if let Err(e) = settled {
+                tracing::error!(error = %e, debit = %debit.id, "settle failed for good; answering 503");
+                let refund = state.store.refund(&debit.id, 503, ms);
+                match timed(&state.metrics, Stage::Ledger, refund).await {
+                    Ok(_) => state.metrics.credits_refunded(cost),
+                    Err(re) => {
+                        tracing::error!(error = %re, debit = %debit.id, "refund failed; the reaper will retry")
+                    }
+                }
+                return Err(ApiError::overloaded(
+                    "the key store is unavailable; the call was not charged, retry later",
+                    1,
+                ));
             }
             Ok(Outcome {
                 status: StatusCode::OK,
@@ -449,6 +484,27 @@ fn own_key_error(e: StoreError) -> ApiError {
     }
 }
 
+/// Settles a served call, retrying while the store fails for up to `settle_retry` (a write
+/// lock held by another process, a database connection that died): 50 ms, doubling to 1 s.
+/// `Ok` once the reservation is settled (a settle that committed unheard is found by the next
+/// try: settling a settled reservation is a no-op).
+async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreError> {
+    let deadline = Instant::now() + state.settings.settle_retry;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let settle = state.store.settle(debit_id, 200, ms);
+        match timed(&state.metrics, Stage::Ledger, settle).await {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::Database(_)) if Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, debit = %debit_id, "settle failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What a failed `?url=` fetch tells the client: its own URL's faults, the size cap, and
 /// otherwise only that the fetch failed. The upstream's status, content type, or whether a port
 /// answered would make the server a scanner of other hosts; they go to the log.
@@ -468,9 +524,10 @@ fn fetch_error(e: FetchError) -> ApiError {
                 "url is not allowed: it must point to a public http or https address",
             )
         }
+        // The upstream may answer next time: never stored for an Idempotency-Key replay.
         FetchError::Timeout(detail) | FetchError::Upstream(detail) => {
             tracing::info!(%detail, "url fetch failed");
-            ApiError::validation("could not fetch the image from url")
+            ApiError::validation("could not fetch the image from url").transient()
         }
     }
 }

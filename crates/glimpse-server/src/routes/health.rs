@@ -22,8 +22,9 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Models are loaded (they are before the listener serves) and the store answers; 503 while
-/// shutting down, so load balancers stop sending.
+/// Models are loaded (they are before the listener serves), the store answers and its writes
+/// work (`Store::check_writes`: a one-row commit at most once a second, and on SQLite the file
+/// opened is still there); 503 while shutting down, so load balancers stop sending.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if !state.is_ready() {
         return ApiError::new(ErrorCode::NotReady, "shutting down").into_response();
@@ -31,6 +32,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: store unreachable");
         return ApiError::new(ErrorCode::NotReady, "the key store is unreachable").into_response();
+    }
+    if let Err(e) = state.store.check_writes().await {
+        tracing::warn!(error = %e, "readiness: store writes fail");
+        return ApiError::new(ErrorCode::NotReady, "the key store cannot write").into_response();
     }
     Json(Health {
         status: "ready".into(),

@@ -63,6 +63,17 @@ pub async fn start_with(
     tweak: impl FnOnce(&mut ServerConfig),
     models: impl FnOnce(&ServerConfig) -> Option<Models>,
 ) -> TestServer {
+    start_wrapped(credits, tweak, models, |s| s).await
+}
+
+/// As `start_with`, the server's store being `wrap` of the real one (for store fault injection;
+/// `TestServer::store` stays the real one).
+pub async fn start_wrapped(
+    credits: i64,
+    tweak: impl FnOnce(&mut ServerConfig),
+    models: impl FnOnce(&ServerConfig) -> Option<Models>,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
@@ -71,7 +82,7 @@ pub async fn start_with(
         &config.database_url,
         StoreOptions {
             auth_cache_ttl: Duration::ZERO,
-            ..StoreOptions::default()
+            ..config.store_options()
         },
     )
     .await
@@ -80,7 +91,7 @@ pub async fn start_with(
         Some(m) => m,
         None => load_models(&config).await.unwrap(),
     };
-    let state = AppState::new(&config, Arc::clone(&store), models).unwrap();
+    let state = AppState::new(&config, wrap(Arc::clone(&store)), models).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();

@@ -43,7 +43,7 @@ pub async fn start(
         &config.database_url,
         StoreOptions {
             auth_cache_ttl: Duration::ZERO,
-            ..StoreOptions::default()
+            ..config.store_options()
         },
     )
     .await
