@@ -404,10 +404,12 @@ async fn run(
             if let Some(limit) = &state.failed_fetches {
                 let _ = limit.check(&key.id);
             }
-            return Err(ApiError::validation(
+            let generic = ApiError::validation(
                 "the file at url is not an image Glimpse can decode (JPEG, PNG, WebP, GIF or BMP \
                  within the size limits)",
-            ));
+            );
+            // A decode that ran out of time may succeed next time: keep it unstored.
+            return Err(if e.transient { generic.transient() } else { generic });
         }
         Err(e) => return Err(e),
     };
