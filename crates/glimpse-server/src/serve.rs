@@ -34,7 +34,9 @@ pub async fn serve(
     config.validate()?;
     let store = glimpse_store::connect_with(&config.database_url, config.store_options())
         .await
-        .map_err(|e| anyhow!("cannot open the key store (GLIMPSE_DATABASE_URL): {e}"))?;
+        .map_err(|e| {
+            anyhow!("cannot open the key store (GLIMPSE_DATABASE_URL / --database-url): {e}")
+        })?;
     let models = load_models(&config).await?;
     let state = AppState::new(&config, store, models)?;
     serve_state(state, listener, shutdown).await

@@ -63,11 +63,39 @@ const KEY_COLUMNS: &str = concat!(
     " AS created_at"
 );
 
+/// How long the first connection at start-up may take before the store gives up with a reason.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PostgresStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         // The URL may hold a password: never echo it in errors.
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Invalid(format!("bad PostgreSQL URL: {e}")))?;
+        // One direct connection first: the pool retries a failing connect until its acquire
+        // timeout and then says only "pool timed out"; this says where and why, quickly.
+        let target = format!("{}:{}", connect.get_host(), connect.get_port());
+        match tokio::time::timeout(
+            FIRST_CONNECT_TIMEOUT,
+            sqlx::Connection::connect_with(&connect),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let conn: sqlx::PgConnection = conn;
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Database(format!(
+                    "cannot connect to PostgreSQL at {target}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError::Database(format!(
+                    "PostgreSQL at {target} did not answer within {} s",
+                    FIRST_CONNECT_TIMEOUT.as_secs()
+                )))
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))

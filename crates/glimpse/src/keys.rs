@@ -17,7 +17,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
         eprintln!("glimpse: key store {}", describe_database(&args.database_url));
         let store = connect(&args.database_url)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the store (GLIMPSE_DATABASE_URL): {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot open the key store (GLIMPSE_DATABASE_URL / --database-url): {e}"))?;
         match args.command {
             KeysCommand::Create { credits, name, json } => {
                 let key = store.create_key(&name, credits).await?;

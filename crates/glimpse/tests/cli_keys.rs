@@ -130,3 +130,33 @@ fn config_file_fills_unset_variables_and_loses_to_them() {
     assert!(out.status.success());
     assert!(dir.path().join("from-env.db").exists());
 }
+
+/// An unreachable PostgreSQL is reported within seconds with its host, port and cause, and the
+/// message names both ways the URL may have been given.
+#[test]
+fn an_unreachable_postgres_says_where_and_why_quickly() {
+    // Port 1 on loopback: nothing listens there, the connect is refused at once.
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args([
+            "keys",
+            "list",
+            "--database-url",
+            "postgres://glimpse@127.0.0.1:1/x",
+        ])
+        .env_remove("GLIMPSE_CONFIG")
+        .env_remove("GLIMPSE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "took {took:?}: {err}"
+    );
+}

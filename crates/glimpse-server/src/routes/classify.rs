@@ -409,7 +409,11 @@ async fn run(
                  within the size limits)",
             );
             // A decode that ran out of time may succeed next time: keep it unstored.
-            return Err(if e.transient { generic.transient() } else { generic });
+            return Err(if e.transient {
+                generic.transient()
+            } else {
+                generic
+            });
         }
         Err(e) => return Err(e),
     };
