@@ -291,6 +291,10 @@ pub enum ClassifyErrors {
     /// UNAUTHORIZED: missing, malformed, unknown or revoked X-API-Key.
     #[response(status = 401, example = json!({"message": "missing or invalid X-API-Key header", "code": "UNAUTHORIZED"}))]
     Unauthorized(ErrorBody),
+    /// NOT_FOUND: this endpoint's model family is turned off on this server (its
+    /// GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL is empty).
+    #[response(status = 404, example = json!({"message": "the ViT endpoint is turned off on this server (GLIMPSE_VIT_MODEL is empty)", "code": "NOT_FOUND"}))]
+    Off(ErrorBody),
     /// INSUFFICIENT_CREDITS: the balance is below the call's cost (checked before any fetch).
     #[response(status = 402, headers(("X-Credits-Remaining" = i64, description = "Balance")), example = json!({"message": "insufficient credits for this call; top up the key", "code": "INSUFFICIENT_CREDITS"}))]
     Credits(ErrorBody),

@@ -152,8 +152,9 @@ impl AppState {
         images: Arc<dyn ImageSource>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
-        if models.clip.is_empty() || models.vit.is_empty() {
-            anyhow::bail!("the server needs at least one CLIP and one ViT model");
+        // A family with no model has its endpoint turned off (404); none at all serves nothing.
+        if models.clip.is_empty() && models.vit.is_empty() {
+            anyhow::bail!("the server needs at least one CLIP or ViT model");
         }
         let settings = Settings {
             credits_per_call: config.credits_per_call,

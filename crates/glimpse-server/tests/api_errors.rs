@@ -324,3 +324,52 @@ async fn private_urls_are_refused_unless_allowed() {
     assert_eq!(s.balance().await, 3);
     s.stop().await.unwrap();
 }
+
+/// A server may serve one family only: with `GLIMPSE_VIT_MODEL` empty it starts, CLIP answers,
+/// and the ViT endpoint says it is turned off (404), free; before, the server refused to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_family_can_be_turned_off() {
+    let s = start(5, |c| c.vit_model = String::new()).await;
+    let form = || {
+        reqwest::multipart::Form::new().part(
+            "image",
+            reqwest::multipart::Part::bytes(image_bytes("astronaut.png")).file_name("a.png"),
+        )
+    };
+    let res = s
+        .http
+        .post(format!("{}/api/image-classification/vit", s.base))
+        .header("X-API-Key", &s.key)
+        .multipart(form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "NOT_FOUND", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("GLIMPSE_VIT_MODEL"),
+        "{body}"
+    );
+    let res = s
+        .http
+        .post(format!("{}/api/image-classification/clip", s.base))
+        .header("X-API-Key", &s.key)
+        .multipart(form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(s.balance().await, 4);
+    let ready = s
+        .http
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    s.stop().await.unwrap();
+}

@@ -109,6 +109,21 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
             Err(e) => return own_key_error(e).into_response(),
         }
     }
+    // A family whose default model is set empty is turned off on this server.
+    let off = match kind {
+        Kind::Clip => state.models.clip.is_empty(),
+        Kind::Vit => state.models.vit.is_empty(),
+    };
+    if off {
+        let (route, var) = match kind {
+            Kind::Clip => ("CLIP", "GLIMPSE_CLIP_MODEL"),
+            Kind::Vit => ("ViT", "GLIMPSE_VIT_MODEL"),
+        };
+        let e = ApiError::not_found(format!(
+            "the {route} endpoint is turned off on this server ({var} is empty)"
+        ));
+        return with_balance(&state, &key, e.into_response()).await;
+    }
     // Announced from arrival, while the body is still being read, so a batch about to start
     // waits (up to the window) for the calls right behind it; `run` hands over to the chosen
     // model's own announcement.
