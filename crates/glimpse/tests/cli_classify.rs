@@ -321,3 +321,29 @@ fn models_list_shows_the_configured_models() {
         "{text}"
     );
 }
+
+/// A model the Hub (here a closed loopback port standing in for it) cannot give: the error names
+/// the model and says how to point at a local folder, with the flags each command really takes.
+#[test]
+fn an_unreachable_hub_names_the_model_and_the_right_flags() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["classify", "vit", "--model", "acme/no-such-model"])
+        .arg(fixtures().join("images/astronaut.png"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
+        .env("GLIMPSE_MODEL_CACHE", cache.path())
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("GLIMPSE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "acme/no-such-model",
+        "GLIMPSE_VIT_MODEL",
+        "--vit-model",
+        "classify --model",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
