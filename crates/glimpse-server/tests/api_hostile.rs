@@ -536,13 +536,19 @@ async fn failed_fetches_are_counted_and_tell_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_cannot_pay_hold_no_slot_while_their_uploads_drip() {
     let s = start(0, |c| c.max_in_flight = 2, None).await;
-    let payer = s.store.create_key("payer", 5).await.unwrap();
+    let payer = s.store.create_key("payer", 1).await.unwrap();
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut drips = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
         let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Half of them with a fresh Idempotency-Key: one this key never used buys no body read.
+        let idem = if i % 2 == 1 {
+            format!("Idempotency-Key: fresh-{i}\r\n")
+        } else {
+            String::new()
+        };
         let head = format!(
-            "POST {VIT} HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\n\
+            "POST {VIT} HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\n{idem}\
              Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n\
              --b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n",
             s.key
@@ -552,15 +558,21 @@ async fn keys_that_cannot_pay_hold_no_slot_while_their_uploads_drip() {
         drips.push(c);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let res = s
-        .http
-        .post(s.url(VIT))
-        .header("X-API-Key", &payer.key)
-        .multipart(form(png(8, 8)))
-        .send()
-        .await
-        .unwrap();
+    let call = || {
+        s.http
+            .post(s.url(VIT))
+            .header("X-API-Key", &payer.key)
+            .header("Idempotency-Key", "payer-1")
+            .multipart(form(png(8, 8)))
+    };
+    let res = call().send().await.unwrap();
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let first = res.text().await.unwrap_or_default();
+    // The payer is now at 0: a replay of its stored answer still comes back (its key is known),
+    // not a 402.
+    let res = call().send().await.unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(res.text().await.unwrap(), first);
     drop(drips);
 }
 

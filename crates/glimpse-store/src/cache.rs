@@ -121,6 +121,9 @@ impl Store for CachedStore {
             .idempotency_complete(key_id, idempotency_key, status, body)
             .await
     }
+    async fn idempotency_known(&self, key_id: &str, idempotency_key: &str) -> Result<bool> {
+        self.inner.idempotency_known(key_id, idempotency_key).await
+    }
     async fn idempotency_abort(&self, key_id: &str, idempotency_key: &str) -> Result<()> {
         self.inner.idempotency_abort(key_id, idempotency_key).await
     }

@@ -283,6 +283,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Forget a claim whose request failed before producing a stored answer.
     async fn idempotency_abort(&self, key_id: &str, idempotency_key: &str) -> Result<()>;
+    /// Whether this key holds an unexpired claim or stored answer under `idempotency_key` (what
+    /// a replay would need), without the request's fingerprint. The default says yes, which
+    /// only costs the caller an early answer.
+    async fn idempotency_known(&self, _key_id: &str, _idempotency_key: &str) -> Result<bool> {
+        Ok(true)
+    }
     /// Delete idempotency claims (any state) made more than `older_than` ago; returns how many.
     /// Stripe keeps keys at least 24 h: call it with at least that.
     async fn prune_idempotency(&self, older_than: Duration) -> Result<u64>;

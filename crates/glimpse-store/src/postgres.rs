@@ -498,6 +498,21 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn idempotency_known(&self, key_id: &str, idempotency_key: &str) -> Result<bool> {
+        check_idempotency_key(idempotency_key)?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM idempotency WHERE key_id = $1 AND idempotency_key = $2
+             AND created_at >= now() - make_interval(secs => $3)",
+        )
+        .bind(key_id)
+        .bind(idempotency_key)
+        .bind(age_secs(self.idempotency_ttl))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
     async fn idempotency_claim(
         &self,
         key_id: &str,

@@ -770,6 +770,21 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn idempotency_known(&self, key_id: &str, idempotency_key: &str) -> Result<bool> {
+        check_idempotency_key(idempotency_key)?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM idempotency WHERE key_id = $1 AND idempotency_key = $2
+             AND created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $3)",
+        )
+        .bind(key_id)
+        .bind(idempotency_key)
+        .bind(cutoff_modifier(self.idempotency_ttl))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
     async fn idempotency_claim(
         &self,
         key_id: &str,

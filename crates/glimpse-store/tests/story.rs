@@ -369,6 +369,12 @@ async fn idempotency_expiry_and_cap(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     a.idempotency_complete(id, "c0", 200, "body0")
         .await
         .unwrap();
+    // Known without the fingerprint: stored (c0) and running (c1); never used (zz): not.
+    for (ik, known) in [("c0", true), ("c1", true), ("zz", false)] {
+        assert_eq!(b.idempotency_known(id, ik).await.unwrap(), known, "{ik}");
+    }
+    let other_key = a.create_key("stranger", 1).await.unwrap();
+    assert!(!b.idempotency_known(&other_key.id, "c0").await.unwrap());
     assert_eq!(
         b.idempotency_claim(id, "c3", "h").await.unwrap(),
         LimitReached
@@ -401,6 +407,7 @@ async fn idempotency_expiry_and_cap(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     // Past the TTL the stored answer is gone: the same key with another request runs as new,
     // and the cap counts only live rows.
     tokio::time::sleep(IDEM_TTL + Duration::from_millis(200)).await;
+    assert!(!a.idempotency_known(id, "c2").await.unwrap(), "expired");
     assert_eq!(b.idempotency_claim(id, "c0", "other").await.unwrap(), New);
     assert_eq!(a.idempotency_claim(id, "c4", "h").await.unwrap(), New);
     assert_eq!(a.idempotency_claim(id, "c5", "h").await.unwrap(), New);

@@ -96,9 +96,16 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
         Err(e) => return with_balance(&state, &key, e.into_response()).await,
     };
     // A key that cannot pay is answered before its body is read, so it cannot hold in-flight
-    // slots by dripping uploads. With an Idempotency-Key the stored answer of a completed call
-    // must still replay whatever the balance is now, so that check waits for the body (`run`).
-    if idem.is_none() {
+    // slots by dripping uploads. Only an Idempotency-Key this key already used (whose stored
+    // answer must replay whatever the balance is now) waits for the body (`run` checks again).
+    let replay = match &idem {
+        Some(ik) => match state.store.idempotency_known(&key.id, ik).await {
+            Ok(known) => known,
+            Err(e) => return own_key_error(e).into_response(),
+        },
+        None => false,
+    };
+    if !replay {
         match state.store.balance(&key.id).await {
             Ok(b) if b < state.settings.credits_per_call => {
                 let mut res = ApiError::insufficient_credits().into_response();
