@@ -270,7 +270,7 @@ impl std::fmt::Debug for ServerConfig {
 }
 
 /// A Postgres URL may carry a password (`postgres://user:secret@host/db`): keep it out of logs.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://<REDACTED>@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),

@@ -23,9 +23,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::state::AppState;
 
-/// Multipart framing the upload limit does not count (boundaries, part headers, text fields).
-const FRAMING: u64 = 64 * 1024;
-
 /// The request body, shared between the handler (which may read some or all of it) and this
 /// layer (which reads what is left once the handler has answered).
 struct Shared(Arc<Mutex<Option<Body>>>);
@@ -62,7 +59,8 @@ pub async fn drain_unread_body(
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = state.settings.max_upload_bytes as u64 + FRAMING;
+    // The same bound the router's body limit allows: the upload plus its multipart framing.
+    let limit = (state.settings.max_upload_bytes + crate::routes::MULTIPART_SLACK) as u64;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -98,22 +98,23 @@ impl RateLimiter {
 
 /// A key whose `?url=` fetches keep failing (`GLIMPSE_FAILED_FETCHES_PER_MINUTE`).
 pub fn fetches_limited(retry_after: u64) -> ApiError {
-    ApiError {
-        retry_after: Some(retry_after),
-        ..ApiError::new(
-            ErrorCode::RateLimited,
-            "too many failed url fetches for this API key; retry after the Retry-After seconds",
-        )
-    }
+    limited(
+        "too many failed url fetches for this API key; retry after the Retry-After seconds",
+        retry_after,
+    )
 }
 
 pub fn rate_limited(retry_after: u64) -> ApiError {
+    limited(
+        "rate limit for this API key reached; retry after the Retry-After seconds",
+        retry_after,
+    )
+}
+
+fn limited(message: &str, retry_after: u64) -> ApiError {
     ApiError {
         retry_after: Some(retry_after),
-        ..ApiError::new(
-            ErrorCode::RateLimited,
-            "rate limit for this API key reached; retry after the Retry-After seconds",
-        )
+        ..ApiError::new(ErrorCode::RateLimited, message)
     }
 }
 

@@ -80,8 +80,6 @@ impl ImageSource for Fetcher {
 pub struct Settings {
     pub credits_per_call: i64,
     pub max_upload_bytes: usize,
-    pub decode_limits: DecodeLimits,
-    pub decode_timeout: Duration,
     pub templates: Vec<String>,
     pub admin_token: Option<String>,
     pub header_timeout: Duration,
@@ -159,12 +157,6 @@ impl AppState {
         let settings = Settings {
             credits_per_call: config.credits_per_call,
             max_upload_bytes: config.max_upload_bytes,
-            decode_limits: DecodeLimits {
-                max_pixels: config.max_image_pixels,
-                max_side: config.max_image_side,
-                ..DecodeLimits::default()
-            },
-            decode_timeout: Duration::from_secs(config.decode_timeout_secs),
             templates: config.prompt_templates.clone(),
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             header_timeout: Duration::from_secs(config.header_timeout_secs),
@@ -173,7 +165,6 @@ impl AppState {
             settle_retry: config.settle_retry(),
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
         };
-        let settings_limits = settings.decode_limits;
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
         let batchers = Batchers::new(config, &models)?;
@@ -199,7 +190,11 @@ impl AppState {
                     .decode_threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
                 config.decode_memory_mb,
-                settings_limits,
+                DecodeLimits {
+                    max_pixels: config.max_image_pixels,
+                    max_side: config.max_image_side,
+                    ..DecodeLimits::default()
+                },
                 Duration::from_secs(config.decode_timeout_secs),
             ),
         })))

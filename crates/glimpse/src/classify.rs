@@ -42,8 +42,8 @@ impl Session {
         };
         let templates: Vec<String> = args.templates.split('|').map(str::to_string).collect();
         let spec = args.model.clone().unwrap_or_else(|| match args.kind {
-            Kind::Clip => args.default_clip.clone(),
-            Kind::Vit => args.default_vit.clone(),
+            Kind::Clip => args.configured.default_clip.clone(),
+            Kind::Vit => args.configured.default_vit.clone(),
         });
         let mut hub = HubOptions::from_env(args.model_cache.clone());
         hub.progress = true;

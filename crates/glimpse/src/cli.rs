@@ -94,20 +94,9 @@ pub struct ClassifyArgs {
     /// Where pulled models live.
     #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
     pub model_cache: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "GLIMPSE_CLIP_MODEL",
-        default_value = "openai/clip-vit-base-patch32",
-        hide = true
-    )]
-    pub default_clip: String,
-    #[arg(
-        long,
-        env = "GLIMPSE_VIT_MODEL",
-        default_value = "google/vit-base-patch16-224",
-        hide = true
-    )]
-    pub default_vit: String,
+    /// The configured models (`--model` overrides the default of the chosen family).
+    #[command(flatten)]
+    pub configured: ConfiguredModels,
 }
 
 #[derive(Debug, Subcommand)]

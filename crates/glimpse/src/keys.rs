@@ -96,10 +96,7 @@ fn describe_database(url: &str) -> String {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     else {
-        return match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-            _ => url.to_string(),
-        };
+        return glimpse_server::config::redact_url(url);
     };
     let path = std::path::Path::new(rest.split('?').next().unwrap_or(rest));
     let abs = std::env::current_dir()

@@ -22,7 +22,7 @@ use crate::state::AppState;
 use crate::{metrics, playground, request_id};
 
 /// Multipart framing around the image: boundaries, part headers, the small text fields.
-const MULTIPART_SLACK: usize = 64 * 1024;
+pub(crate) const MULTIPART_SLACK: usize = 64 * 1024;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
