@@ -237,7 +237,7 @@ fn build(
 }
 
 fn internal(what: &str) -> impl Fn(candle_core::Error) -> CoreError + '_ {
-    move |e| CoreError::Internal(format!("CLIP {what} forward pass failed: {e}"))
+    move |e| CoreError::internal(format!("CLIP {what} forward pass failed: {e}"))
 }
 
 impl ClipModel {
@@ -279,13 +279,13 @@ impl ClipModel {
         };
         let (s, max) = (first.len(), self.config.text.max_position_embeddings);
         if s == 0 || s > max || ids.iter().any(|r| r.len() != s) {
-            return Err(CoreError::Internal(format!(
+            return Err(CoreError::internal(format!(
                 "token rows must share one length between 1 and {max}"
             )));
         }
         let vocab = self.config.text.vocab_size;
         if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(CoreError::Internal(format!(
+            return Err(CoreError::internal(format!(
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
@@ -321,10 +321,10 @@ impl ZeroShotModel for ClipModel {
 
     fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            CoreError::Model(
+            CoreError::model(
                 "this CLIP model has no tokenizer (random weights, for image benchmarks); \
                  load a model folder with tokenizer.json to embed text"
-                    .into(),
+                    ,
             )
         })?;
         if texts.is_empty() {

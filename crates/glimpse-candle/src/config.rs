@@ -99,7 +99,7 @@ pub struct VitConfig {
 }
 
 pub(crate) fn model_err(msg: impl Into<String>) -> CoreError {
-    CoreError::Model(msg.into())
+    CoreError::model(msg)
 }
 
 /// Read and parse `<dir>/config.json` into a JSON object.

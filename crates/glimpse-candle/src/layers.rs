@@ -332,13 +332,13 @@ pub(crate) fn check_pixels(
     let (h, w) = cfg.image_size;
     let c = cfg.num_channels;
     if pixels.height != h || pixels.width != w {
-        return Err(glimpse_core::CoreError::Internal(format!(
+        return Err(glimpse_core::CoreError::internal(format!(
             "model expects {h}x{w} images, got {}x{}",
             pixels.height, pixels.width
         )));
     }
     if pixels.data.len() != pixels.batch * c * h * w {
-        return Err(glimpse_core::CoreError::Internal(format!(
+        return Err(glimpse_core::CoreError::internal(format!(
             "pixel batch holds {} values, expected {} x {c} x {h} x {w}",
             pixels.data.len(),
             pixels.batch

@@ -24,13 +24,13 @@ impl Runtime {
     pub(crate) fn new(threads: Option<usize>) -> Result<Self, CoreError> {
         let pool = match threads {
             None => None,
-            Some(0) => return Err(CoreError::Model("threads must be at least 1".into())),
+            Some(0) => return Err(CoreError::model("threads must be at least 1")),
             Some(n) => Some(Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .thread_name(|i| format!("glimpse-model-{i}"))
                     .build()
-                    .map_err(|e| CoreError::Model(format!("cannot start {n} threads: {e}")))?,
+                    .map_err(|e| CoreError::model(format!("cannot start {n} threads: {e}")))?,
             )),
         };
         Ok(Runtime { pool })

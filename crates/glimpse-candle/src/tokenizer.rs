@@ -67,7 +67,7 @@ impl ClipTokenizer {
         self.inner
             .encode(text, true)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| CoreError::Internal(format!("tokenizing {text:?}: {e}")))
+            .map_err(|e| CoreError::internal(format!("tokenizing {text:?}: {e}")))
     }
 
     /// Token ids of several texts, right-padded with the pad id to the longest.

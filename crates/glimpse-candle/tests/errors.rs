@@ -33,7 +33,7 @@ fn copy_model(name: &str, skip: &[&str], edit: impl FnOnce(&mut Value)) -> tempf
 
 fn model_error(r: Result<impl std::fmt::Debug, CoreError>) -> String {
     match r {
-        Err(CoreError::Model(m)) => m,
+        Err(e @ CoreError::Model { .. }) => e.to_string(),
         other => panic!("expected CoreError::Model, got {other:?}"),
     }
 }
@@ -143,7 +143,7 @@ fn wrongly_sized_pixels_are_an_internal_error() {
     };
     assert!(matches!(
         model.embed_images(&bad),
-        Err(CoreError::Internal(_))
+        Err(CoreError::Internal { .. })
     ));
     let short = PixelBatch {
         data: vec![0.0; 10],
@@ -153,11 +153,11 @@ fn wrongly_sized_pixels_are_an_internal_error() {
     };
     assert!(matches!(
         model.embed_images(&short),
-        Err(CoreError::Internal(_))
+        Err(CoreError::Internal { .. })
     ));
     assert!(matches!(
         model.embed_token_ids(&[vec![49406, 99999]]),
-        Err(CoreError::Internal(_))
+        Err(CoreError::Internal { .. })
     ));
     assert!(model
         .embed_images(&PixelBatch::stack(&[], 224, 224))

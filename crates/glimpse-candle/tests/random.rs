@@ -34,7 +34,7 @@ fn random_clip_has_the_openai_shapes() {
         assert!((model.logit_scale() - 2.6592f32.exp()).abs() < 1e-3);
         // No tokenizer: a clear error, while token ids still run through the text tower.
         match model.embed_texts(&["a photo of a car.".to_string()]) {
-            Err(CoreError::Model(m)) => assert!(m.contains("no tokenizer"), "{m}"),
+            Err(CoreError::Model { message: m, .. }) => assert!(m.contains("no tokenizer"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(

@@ -55,7 +55,7 @@ enum Kind {
 }
 
 fn model_err(msg: impl Into<String>) -> CoreError {
-    CoreError::Model(format!("preprocessor_config.json: {}", msg.into()))
+    CoreError::model(format!("preprocessor_config.json: {}", msg.into()))
 }
 
 fn get_bool(obj: &Map<String, Value>, key: &str, default: Option<bool>) -> Result<bool> {
@@ -269,7 +269,7 @@ impl PreprocessConfig {
     /// Read and parse a `preprocessor_config.json` file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path)
-            .map_err(|e| CoreError::Model(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| CoreError::model(format!("cannot read {}: {e}", path.display())))?;
         Self::from_json_str(&s)
     }
 

@@ -132,7 +132,7 @@ impl DecodeGate {
             let (h, w) = cfg.output_size();
             let data = cfg.preprocess(&img);
             if data.len() != 3 * h * w {
-                return Err(glimpse_core::CoreError::Internal(format!(
+                return Err(glimpse_core::CoreError::internal(format!(
                     "preprocess gave {} values for {h}x{w}",
                     data.len()
                 )));

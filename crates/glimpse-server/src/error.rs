@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn internal_errors_hide_their_detail() {
-        let e = ApiError::from(CoreError::Internal("/secret/path/model.safetensors".into()));
+        let e = ApiError::from(CoreError::internal("/secret/path/model.safetensors"));
         assert_eq!(e.code, ErrorCode::Internal);
         assert!(!e.message.contains("/secret"), "{}", e.message);
         let e = ApiError::from(CoreError::InvalidImage("not a png".into()));

@@ -226,8 +226,8 @@ impl ZeroShotModel for FakeClip {
     }
     fn embed_images(&self, pixels: &PixelBatch) -> CoreResult<Vec<Vec<f32>>> {
         match self.behaviour {
-            Behaviour::Fail => Err(CoreError::Internal(
-                "/secret/weights.safetensors: bad tensor".into(),
+            Behaviour::Fail => Err(CoreError::internal(
+                "/secret/weights.safetensors: bad tensor",
             )),
             Behaviour::Panic => panic!("boom at /secret/src/model.rs"),
             Behaviour::Slow => {

@@ -68,7 +68,7 @@ fn defaults_follow_the_processor_type() {
 
 fn model_error(json: &str) -> String {
     match PreprocessConfig::from_json_str(json) {
-        Err(CoreError::Model(m)) => m,
+        Err(e @ CoreError::Model { .. }) => e.to_string(),
         other => panic!("expected a Model error, got {other:?}"),
     }
 }
