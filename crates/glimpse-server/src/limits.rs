@@ -7,31 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
 use crate::error::{ApiError, ErrorCode};
-use crate::state::AppState;
-
-/// Middleware for the classification routes: hold one in-flight permit for the whole call, or
-/// answer 503 OVERLOADED at once when none is free (also while shutting down).
-pub async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.is_ready() {
-        return ApiError::overloaded("the server is shutting down; retry on another replica", 1)
-            .into_response();
-    }
-    match state.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let res = next.run(req).await;
-            drop(permit);
-            res
-        }
-        Err(_) => {
-            ApiError::overloaded("too many requests in flight; retry shortly", 1).into_response()
-        }
-    }
-}
 
 struct Bucket {
     tokens: f64,

@@ -7,9 +7,9 @@ pub mod classify;
 pub mod health;
 pub mod input;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue};
-use axum::middleware::{from_fn, from_fn_with_state, map_response};
+use axum::middleware::{from_fn, from_fn_with_state, map_response, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -17,7 +17,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::docs;
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::shed_load;
 use crate::state::AppState;
 use crate::{metrics, playground, request_id};
 
@@ -122,4 +121,23 @@ async fn normalize_errors(res: Response) -> Response {
         fresh.headers_mut().insert(k, v.clone());
     }
     fresh
+}
+
+/// Middleware for the classification routes: hold one in-flight permit for the whole call, or
+/// answer 503 OVERLOADED at once when none is free (also while shutting down).
+pub async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.is_ready() {
+        return ApiError::overloaded("the server is shutting down; retry on another replica", 1)
+            .into_response();
+    }
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let res = next.run(req).await;
+            drop(permit);
+            res
+        }
+        Err(_) => {
+            ApiError::overloaded("too many requests in flight; retry shortly", 1).into_response()
+        }
+    }
 }
