@@ -19,7 +19,8 @@ use crate::layers::{
 use crate::presets::ClipPreset;
 use crate::runtime::Runtime;
 use crate::tokenizer::ClipTokenizer;
-use crate::{LoadOptions, ModelKind, Precision};
+use crate::{LoadOptions, Precision};
+use glimpse_core::ModelFamily;
 
 /// transformers initialises embeddings and class tokens with this standard deviation.
 const INIT_STD: f64 = 0.02;
@@ -162,7 +163,7 @@ pub struct ClipModel {
 /// `tokenizer.json` and `model.safetensors` (or `pytorch_model.bin`).
 pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
     let json = config::read_config_json(dir)?;
-    if config::kind_of(&json)? != ModelKind::Clip {
+    if config::kind_of(&json)? != ModelFamily::Clip {
         return Err(model_err(format!(
             "{}: config.json describes a ViT classifier, not a CLIP model",
             dir.display()
@@ -323,8 +324,7 @@ impl ZeroShotModel for ClipModel {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
             CoreError::model(
                 "this CLIP model has no tokenizer (random weights, for image benchmarks); \
-                 load a model folder with tokenizer.json to embed text"
-                    ,
+                 load a model folder with tokenizer.json to embed text",
             )
         })?;
         if texts.is_empty() {

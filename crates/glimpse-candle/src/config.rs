@@ -7,7 +7,7 @@ use std::path::Path;
 use glimpse_core::CoreError;
 use serde_json::{Map, Value};
 
-use crate::ModelKind;
+use glimpse_core::ModelFamily;
 
 /// Activation functions of `transformers.activations.ACT2FN` that these models use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +123,10 @@ pub fn read_config_json(dir: &Path) -> Result<Map<String, Value>, CoreError> {
     }
 }
 
-pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelKind, CoreError> {
+pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelFamily, CoreError> {
     match cfg.get("model_type").and_then(Value::as_str) {
-        Some("clip") => return Ok(ModelKind::Clip),
-        Some("vit") => return Ok(ModelKind::Vit),
+        Some("clip") => return Ok(ModelFamily::Clip),
+        Some("vit") => return Ok(ModelFamily::Vit),
         _ => {}
     }
     let archs: Vec<&str> = cfg
@@ -135,10 +135,10 @@ pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelKind, CoreError> {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if archs.contains(&"CLIPModel") {
-        return Ok(ModelKind::Clip);
+        return Ok(ModelFamily::Clip);
     }
     if archs.contains(&"ViTForImageClassification") {
-        return Ok(ModelKind::Vit);
+        return Ok(ModelFamily::Vit);
     }
     match cfg.get("model_type") {
         Some(Value::String(t)) => Err(model_err(format!(
@@ -490,11 +490,11 @@ mod tests {
     fn kind_from_model_type_or_architectures() {
         assert_eq!(
             kind_of(&obj(r#"{"model_type": "vit"}"#)).unwrap(),
-            ModelKind::Vit
+            ModelFamily::Vit
         );
         assert_eq!(
             kind_of(&obj(r#"{"architectures": ["CLIPModel"]}"#)).unwrap(),
-            ModelKind::Clip
+            ModelFamily::Clip
         );
         let e = kind_of(&obj(r#"{"model_type": "bert"}"#))
             .unwrap_err()

@@ -28,7 +28,11 @@ pub mod weights;
 
 use std::path::Path;
 
-use glimpse_core::CoreError;
+use std::sync::Arc;
+
+use glimpse_core::{CoreError, Network};
+
+pub use glimpse_core::ModelFamily;
 
 pub use clip::{load_clip, random_clip, ClipModel};
 pub use presets::{ClipPreset, VitPreset};
@@ -90,13 +94,6 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
 }
 
-/// The two model families Glimpse runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    Clip,
-    Vit,
-}
-
 /// The matmul kernel `precision` runs on this CPU, and whether it is a fast one (for start-up logs
 /// and `glimpse bench`): a reduced precision without its instructions is no faster than fp32
 /// (bf16) or much slower (int8 on the scalar tile).
@@ -127,9 +124,24 @@ pub fn kernel_for(precision: Precision) -> (&'static str, bool) {
 
 /// Which model a Hugging Face folder holds, from `config.json`'s `model_type` (or, failing that,
 /// its `architectures`).
-pub fn detect_kind(dir: &Path) -> Result<ModelKind, CoreError> {
+pub fn detect_kind(dir: &Path) -> Result<ModelFamily, CoreError> {
     let cfg = config::read_config_json(dir)?;
     config::kind_of(&cfg)
+}
+
+/// Load whatever model a Hugging Face folder holds, as the family its `config.json` names: the
+/// one place that maps a family to its loader.
+pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<(ModelFamily, Network), CoreError> {
+    Ok(match detect_kind(dir)? {
+        ModelFamily::Clip => (
+            ModelFamily::Clip,
+            Network::ZeroShot(Arc::new(load_clip(dir, opts)?)),
+        ),
+        ModelFamily::Vit => (
+            ModelFamily::Vit,
+            Network::Classifier(Arc::new(load_vit(dir, opts)?)),
+        ),
+    })
 }
 
 /// [`random_clip`] with load options (precision, threads), for benchmarks.

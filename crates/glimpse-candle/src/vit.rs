@@ -17,7 +17,8 @@ use crate::engine::{Dense, Norm, VisionEncoder};
 use crate::layers::{check_pixels, Encoder, LayerNames, PatchEmbedding, VIT_NAMES, VIT_V5_NAMES};
 use crate::presets::VitPreset;
 use crate::runtime::Runtime;
-use crate::{LoadOptions, ModelKind, Precision};
+use crate::{LoadOptions, Precision};
+use glimpse_core::ModelFamily;
 
 #[derive(Debug, Clone)]
 pub struct VitModel {
@@ -33,7 +34,7 @@ pub struct VitModel {
 /// and `model.safetensors` (or `pytorch_model.bin`).
 pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
     let json = config::read_config_json(dir)?;
-    if config::kind_of(&json)? != ModelKind::Vit {
+    if config::kind_of(&json)? != ModelFamily::Vit {
         return Err(model_err(format!(
             "{}: config.json describes a CLIP model, not a ViT classifier",
             dir.display()

@@ -6,9 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use glimpse_candle::{detect_kind, load_clip, load_vit, LoadOptions, ModelKind, Precision};
+use glimpse_candle::{detect_kind, load_clip, load_vit, LoadOptions, Precision};
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::CoreError;
+use glimpse_core::ModelFamily;
 use serde_json::Value;
 
 /// A copy of a fixture model folder, with `edit` applied to its config.json.
@@ -46,11 +47,11 @@ fn clip_err(dir: &Path) -> String {
 fn kinds_are_detected() {
     assert_eq!(
         detect_kind(&model_dir("clip-tiny")).unwrap(),
-        ModelKind::Clip
+        ModelFamily::Clip
     );
     assert_eq!(
         detect_kind(&model_dir("vit-tiny-bin")).unwrap(),
-        ModelKind::Vit
+        ModelFamily::Vit
     );
 }
 

@@ -8,10 +8,14 @@ pub mod categories;
 pub mod error;
 pub mod image;
 pub mod labels;
+pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod registry;
 pub mod response;
 pub mod scoring;
 
 pub use backend::{ImageClassifier, ZeroShotModel};
 pub use error::{CoreError, Result};
+pub use model::{ModelFamily, Network, ServedModel, Task};
+pub use registry::Registry;

@@ -1,16 +1,13 @@
-//! The classification walk shared by the server and `glimpse classify`: preprocess → model → scores →
-//! API response. Label prompt embeddings are cached per (model, prompt) so a repeated label set costs no
-//! text-encoder time.
+//! Label embeddings for zero-shot models: prompts from templates, embedded once and cached per
+//! (model, prompt), so a repeated label set costs no text-encoder time. The scoring walk itself is
+//! [`crate::model::ServedModel::classify`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
+use crate::backend::ZeroShotModel;
 use crate::labels::prompts_for;
-use crate::response::ClassificationResponse;
-use crate::scoring::{
-    clip_predictions, clip_probabilities, ensemble, top_k_imagenet, vit_category_predictions,
-};
+use crate::scoring::ensemble;
 use crate::Result;
 
 /// Bounded cache of normalised prompt embeddings, keyed by prompt text. One per model.
@@ -99,47 +96,11 @@ pub fn label_embeddings(
         .collect())
 }
 
-/// Zero-shot answers for a batch of preprocessed images against one label set.
-pub fn classify_clip(
-    model: &dyn ZeroShotModel,
-    model_id: &str,
-    cache: &PromptCache,
-    pixels: &PixelBatch,
-    labels: &[String],
-    templates: &[String],
-) -> Result<Vec<ClassificationResponse>> {
-    let text = label_embeddings(model, cache, labels, templates)?;
-    let images = model.embed_images(pixels)?;
-    let scale = model.logit_scale();
-    Ok(images
-        .iter()
-        .map(|img| {
-            let probs = clip_probabilities(img, &text, scale);
-            ClassificationResponse::new("clip", model_id, clip_predictions(labels, &probs))
-        })
-        .collect())
-}
-
-/// ImageNet answers mapped to categories, with the top 5 raw classes.
-pub fn classify_vit(
-    model: &dyn ImageClassifier,
-    model_id: &str,
-    pixels: &PixelBatch,
-) -> Result<Vec<ClassificationResponse>> {
-    let probs = model.classify(pixels)?;
-    Ok(probs
-        .iter()
-        .map(|p| {
-            let mut r = ClassificationResponse::new("vit", model_id, vit_category_predictions(p));
-            r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
-            r
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::PixelBatch;
+    use crate::model::ServedModel;
     use crate::preprocess::{PreprocessConfig, ResizeTarget};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -199,8 +160,8 @@ mod tests {
 
     #[test]
     fn repeated_label_set_costs_no_text_encoder_time() {
-        let model = Fake::new();
-        let cache = PromptCache::new(1000);
+        let fake = Arc::new(Fake::new());
+        let model = ServedModel::zero_shot("m", fake.clone());
         let labels: Vec<String> = vec!["car".into(), "person".into()];
         let templates = vec!["a photo of a {label}.".to_string()];
         let px = PixelBatch {
@@ -209,26 +170,25 @@ mod tests {
             height: 2,
             width: 2,
         };
-        let r = classify_clip(&model, "m", &cache, &px, &labels, &templates).unwrap();
+        let r = model.classify_all(&px, &labels, &templates).unwrap();
         assert_eq!(r[0].result, "car");
-        assert_eq!(model.text_calls.load(Ordering::SeqCst), 1);
-        let r2 = classify_clip(&model, "m", &cache, &px, &labels, &templates).unwrap();
+        assert_eq!(fake.text_calls.load(Ordering::SeqCst), 1);
+        let r2 = model.classify_all(&px, &labels, &templates).unwrap();
         assert_eq!(r, r2);
         assert_eq!(
-            model.text_calls.load(Ordering::SeqCst),
+            fake.text_calls.load(Ordering::SeqCst),
             1,
             "second call hit the encoder"
         );
         // A new label only embeds the new prompt.
         let more: Vec<String> = vec!["car".into(), "truck".into()];
-        classify_clip(&model, "m", &cache, &px, &more, &templates).unwrap();
-        assert_eq!(model.texts_embedded.load(Ordering::SeqCst), 3);
+        model.classify_all(&px, &more, &templates).unwrap();
+        assert_eq!(fake.texts_embedded.load(Ordering::SeqCst), 3);
     }
 
     #[test]
     fn batch_gives_one_answer_per_image() {
-        let model = Fake::new();
-        let cache = PromptCache::new(10);
+        let model = ServedModel::zero_shot("m", Arc::new(Fake::new()));
         let px = PixelBatch {
             data: vec![0.0; 36],
             batch: 3,
@@ -236,7 +196,9 @@ mod tests {
             width: 2,
         };
         let labels: Vec<String> = vec!["car".into(), "dog".into()];
-        let r = classify_clip(&model, "m", &cache, &px, &labels, &["{label}".to_string()]).unwrap();
+        let r = model
+            .classify_all(&px, &labels, &["{label}".to_string()])
+            .unwrap();
         assert_eq!(r.len(), 3);
         let sum: f32 = r[0].predictions.iter().map(|p| p.score).sum();
         assert!((sum - 1.0).abs() < 1e-6);

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
-use glimpse_core::batcher::{clip_batcher, BatchError, BatchOptions, Batcher, ClipJob, PassGate};
-use glimpse_core::pipeline::{classify_clip, PromptCache};
+use glimpse_core::batcher::{model_batcher, BatchError, BatchOptions, Batcher, ModelJob, PassGate};
+use glimpse_core::model::ServedModel;
 use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
 use glimpse_core::Result;
 
@@ -306,7 +306,7 @@ fn a_model_error_or_panic_reaches_every_waiting_job() {
     let b = Arc::new(
         Batcher::new("fail", opts(8, 100, 64), move |xs: &[i32]| {
             if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                return Err(BatchError::Model("boom".into()));
+                return Err(BatchError::model("boom"));
             }
             if xs.contains(&-1) {
                 panic!("the model panicked on purpose");
@@ -317,9 +317,7 @@ fn a_model_error_or_panic_reaches_every_waiting_job() {
     );
     let answers = submit_all(&b, &[1, 2, 3, 4]);
     assert!(
-        answers
-            .iter()
-            .all(|a| *a == Err(BatchError::Model("boom".into()))),
+        answers.iter().all(|a| *a == Err(BatchError::model("boom"))),
         "{answers:?}"
     );
     let answers = submit_all(&b, &[5, -1, 6]);
@@ -456,8 +454,8 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
         vec!["cat".into(), "dog".into()],
         vec!["car".into(), "person".into(), "tree".into()],
     ];
-    let jobs: Vec<ClipJob> = (0..8)
-        .map(|i| ClipJob {
+    let jobs: Vec<ModelJob> = (0..8)
+        .map(|i| ModelJob {
             pixels: (0..12)
                 .map(|k| ((i * 7 + k * 3) % 11) as f32 / 10.0)
                 .collect(),
@@ -467,33 +465,24 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
         })
         .collect();
     // The answers the unbatched pipeline gives, one call per image.
-    let single_cache = PromptCache::new(100);
+    let single = ServedModel::zero_shot("m", model.clone());
     let singles: Vec<_> = jobs
         .iter()
         .map(|j| {
             let px = PixelBatch::stack(std::slice::from_ref(&j.pixels), 2, 2);
-            classify_clip(
-                model.as_ref(),
-                "m",
-                &single_cache,
-                &px,
-                &j.labels,
-                &templates,
-            )
-            .unwrap()
-            .remove(0)
+            single
+                .classify_all(&px, &j.labels, &templates)
+                .unwrap()
+                .remove(0)
         })
         .collect();
     model.image_calls.store(0, Ordering::SeqCst);
     model.text_calls.store(0, Ordering::SeqCst);
 
-    let cache = Arc::new(PromptCache::new(100));
     let b = Arc::new(
-        clip_batcher(
-            model.clone(),
-            "m".into(),
-            Arc::clone(&cache),
-            templates.clone(),
+        model_batcher(
+            Arc::new(ServedModel::zero_shot("m", model.clone())),
+            Arc::new(templates.clone()),
             opts(8, 200, 64),
             None,
         )

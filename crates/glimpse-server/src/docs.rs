@@ -6,6 +6,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use glimpse_core::Task;
+
 use crate::state::AppState;
 
 const CSS: &[u8] = include_bytes!("../assets/swagger/swagger-ui.css");
@@ -43,8 +45,8 @@ const INIT: &str = r##"window.onload = function () {
 "##;
 
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    let clip: Vec<String> = state.models.clip.iter().map(|e| e.id.clone()).collect();
-    let vit: Vec<String> = state.models.vit.iter().map(|e| e.id.clone()).collect();
+    let clip = state.models.ids(Task::ZeroShot);
+    let vit = state.models.ids(Task::Classify);
     Json(crate::openapi::document(&clip, &vit)).into_response()
 }
 

@@ -3,8 +3,11 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use glimpse_core::batcher::BatchError;
 use glimpse_core::CoreError;
 use glimpse_store::StoreError;
+
+use crate::fetch::FetchError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -185,13 +188,55 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Core errors: the caller's input → 400, anything else is ours → 500.
+/// Core errors: the caller's input → 400, anything else is ours → 500 (logged with its causes).
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         if e.is_client_error() {
             ApiError::validation(e.to_string())
         } else {
-            ApiError::internal(e)
+            ApiError::internal(glimpse_core::error::chain(&e))
+        }
+    }
+}
+
+/// A job the batcher could not answer: a full queue is shed as 503 (after the debit, so the
+/// caller refunds it); a model failure after a successful decode is ours, whatever its kind.
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Overloaded => {
+                ApiError::overloaded("the inference queue is full; retry shortly", 1)
+            }
+            other => ApiError::internal(glimpse_core::error::chain(&other)),
+        }
+    }
+}
+
+/// What a failed `?url=` fetch tells the client: its own URL's faults, the size cap, and
+/// otherwise only that the fetch failed. The upstream's status, content type, or whether a port
+/// answered would make the server a scanner of other hosts; they go to the log.
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::TooLarge { .. } => ApiError::too_large(e.to_string()),
+            // About the client's own URL ("url must not contain a username or password"); the same
+            // faults of a redirect target ("the redirect target of url …") are the upstream's.
+            FetchError::InvalidUrl(m) if m.starts_with("url ") => ApiError::validation(m),
+            FetchError::InvalidUrl(detail) => {
+                tracing::info!(%detail, "url fetch failed");
+                ApiError::validation("could not fetch the image from url")
+            }
+            FetchError::Forbidden(detail) => {
+                tracing::info!(%detail, "url refused");
+                ApiError::validation(
+                    "url is not allowed: it must point to a public http or https address",
+                )
+            }
+            // The upstream may answer next time: never stored for an Idempotency-Key replay.
+            FetchError::Timeout(detail) | FetchError::Upstream(detail) => {
+                tracing::info!(%detail, "url fetch failed");
+                ApiError::validation("could not fetch the image from url").transient()
+            }
         }
     }
 }

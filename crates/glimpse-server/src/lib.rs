@@ -28,5 +28,7 @@ pub use auth::{ApiKey, API_KEY_HEADER, CREDITS_HEADER};
 pub use config::ServerConfig;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use routes::app;
-pub use serve::{init_tracing, load_models, serve, serve_state, shutdown_signal};
+pub use serve::{
+    init_tracing, load_models, load_served, serve, serve_state, shutdown_signal, warm_up,
+};
 pub use state::{AppState, ImageSource, Models};

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use glimpse_candle::{load_clip, load_vit, LoadOptions};
+use glimpse_candle::LoadOptions;
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::labels::parse_labels;
-use glimpse_core::pipeline::{classify_clip, classify_vit, PromptCache};
-use glimpse_core::preprocess::PreprocessConfig;
-use glimpse_core::{ImageClassifier, ZeroShotModel};
+use glimpse_core::{CoreError, ServedModel, Task};
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
@@ -119,45 +117,59 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
             "GLIMPSE_PRECISION has no fast kernel on this CPU"
         ),
     }
-    let mut clip: Vec<(String, Arc<dyn ZeroShotModel>)> = Vec::new();
-    for spec in config.clip_specs() {
-        let id = unique_id(
-            &spec,
-            clip.iter().map(|(i, _)| i.as_str()),
-            "GLIMPSE_CLIP_MODELS",
-        )?;
-        let (hub, templates, opts) = (hub.clone(), templates.clone(), opts.clone());
-        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let dir = resolve(&spec, &hub, "GLIMPSE_CLIP_MODEL")?;
-            let m = load_clip(&dir, &opts)
-                .map_err(|e| anyhow!("cannot load CLIP model '{spec}': {e}"))?;
-            warm_clip(&m, &templates).with_context(|| format!("warm-up of '{spec}' failed"))?;
-            Ok(m)
-        })
-        .await??;
-        tracing::info!(model = %id, precision = precision.as_str(), "CLIP model ready");
-        clip.push((id, Arc::new(model)));
+    let mut models: Vec<ServedModel> = Vec::new();
+    for task in Task::ALL {
+        let specs = match task {
+            Task::ZeroShot => config.clip_specs(),
+            Task::Classify => config.vit_specs(),
+        };
+        for spec in specs {
+            let id = unique_id(
+                &spec,
+                models.iter().filter(|m| m.task() == task).map(|m| m.id()),
+                task.extra_models_var(),
+            )?;
+            let (hub, templates, opts) = (hub.clone(), templates.clone(), opts.clone());
+            let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let dir = resolve(&spec, &hub, task.model_var())?;
+                let model = load_served(&dir, id, task, &opts)
+                    .map_err(|e| anyhow!("cannot load {} model '{spec}': {e}", task.title()))?;
+                warm_up(&model, &templates)
+                    .with_context(|| format!("warm-up of '{spec}' failed"))?;
+                Ok(model)
+            })
+            .await??;
+            tracing::info!(
+                model = %model.id(),
+                family = %model.family(),
+                precision = precision.as_str(),
+                "{} model ready",
+                task.title()
+            );
+            models.push(model);
+        }
     }
-    let mut vit: Vec<(String, Arc<dyn ImageClassifier>)> = Vec::new();
-    for spec in config.vit_specs() {
-        let id = unique_id(
-            &spec,
-            vit.iter().map(|(i, _)| i.as_str()),
-            "GLIMPSE_VIT_MODELS",
-        )?;
-        let (hub, opts) = (hub.clone(), opts.clone());
-        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let dir = resolve(&spec, &hub, "GLIMPSE_VIT_MODEL")?;
-            let m = load_vit(&dir, &opts)
-                .map_err(|e| anyhow!("cannot load ViT model '{spec}': {e}"))?;
-            warm_vit(&m).with_context(|| format!("warm-up of '{spec}' failed"))?;
-            Ok(m)
-        })
-        .await??;
-        tracing::info!(model = %id, precision = precision.as_str(), "ViT model ready");
-        vit.push((id, Arc::new(model)));
+    Ok(Models(models))
+}
+
+/// The model in `dir` as `task` serves it, or an error naming the folder when its family serves
+/// another task.
+pub fn load_served(
+    dir: &Path,
+    id: String,
+    task: Task,
+    opts: &LoadOptions,
+) -> Result<ServedModel, CoreError> {
+    let (family, network) = glimpse_candle::load_model(dir, opts)?;
+    if family.task() != task {
+        return Err(CoreError::model(format!(
+            "{}: config.json describes a {family} model, which the {} endpoint serves, not the {} one",
+            dir.display(),
+            family.task().title(),
+            task.title()
+        )));
     }
-    Ok(Models::new(clip, vit))
+    ServedModel::new(id, family, network)
 }
 
 fn resolve(spec: &str, hub: &HubOptions, var: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -182,22 +194,18 @@ fn unique_id<'a>(
     Ok(id)
 }
 
-fn blank(cfg: &PreprocessConfig) -> PixelBatch {
+/// One forward pass on a grey image (against the default labels for zero-shot models), through
+/// the same scoring path requests take, so the first call is not the slow one.
+pub fn warm_up(model: &ServedModel, templates: &[String]) -> Result<(), CoreError> {
+    let cfg = model.preprocess_config();
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
     let (h, w) = cfg.output_size();
-    PixelBatch::single(cfg.preprocess(&img), h, w)
-}
-
-fn warm_clip(m: &dyn ZeroShotModel, templates: &[String]) -> anyhow::Result<()> {
-    let px = blank(m.preprocess_config());
-    let labels = parse_labels(None)?;
-    // A throwaway cache: the request path has its own per-model cache.
-    classify_clip(m, "warmup", &PromptCache::new(64), &px, &labels, templates)?;
-    Ok(())
-}
-
-fn warm_vit(m: &dyn ImageClassifier) -> anyhow::Result<()> {
-    classify_vit(m, "warmup", &blank(m.preprocess_config()))?;
+    let px = PixelBatch::single(cfg.preprocess(&img), h, w);
+    let labels = match model.task() {
+        Task::ZeroShot => parse_labels(None)?,
+        Task::Classify => Vec::new(),
+    };
+    model.classify_all(&px, &labels, templates)?;
     Ok(())
 }
 

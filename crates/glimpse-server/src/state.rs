@@ -5,61 +5,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use glimpse_core::batcher::{BatchOptions, PassGate};
 use glimpse_core::image::DecodeLimits;
-use glimpse_core::pipeline::PromptCache;
-use glimpse_core::{ImageClassifier, ZeroShotModel};
+use glimpse_core::{ImageClassifier, Registry, ServedModel, ZeroShotModel};
 use glimpse_store::Store;
 use tokio::sync::Semaphore;
 
-use crate::batch::Batchers;
 use crate::config::ServerConfig;
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::limits::RateLimiter;
 
-/// A loaded CLIP model and the id requests name it by.
-pub struct ClipEntry {
-    pub id: String,
-    pub model: Arc<dyn ZeroShotModel>,
-    /// Prompt embeddings of this model, by prompt text.
-    pub prompts: Arc<PromptCache>,
-}
-
-pub struct VitEntry {
-    pub id: String,
-    pub model: Arc<dyn ImageClassifier>,
-}
-
-/// The models a server holds. The first of each kind is the default; all of them form the
-/// allow-list a `clipModel`/`vitModel` parameter is checked against.
-pub struct Models {
-    pub clip: Vec<ClipEntry>,
-    pub vit: Vec<VitEntry>,
-}
+/// The models a server starts with, in the order they were configured: each task's first model
+/// is its default (see [`Registry`]).
+pub struct Models(pub Vec<ServedModel>);
 
 impl Models {
+    /// From zero-shot and classifier networks (CLIP and ViT families) with their ids: what tests
+    /// and embedders with models already in hand call.
     pub fn new(
         clip: Vec<(String, Arc<dyn ZeroShotModel>)>,
         vit: Vec<(String, Arc<dyn ImageClassifier>)>,
     ) -> Self {
-        Models {
-            clip: clip
-                .into_iter()
-                .map(|(id, model)| ClipEntry {
-                    id,
-                    model,
-                    prompts: Arc::new(PromptCache::new(PROMPT_CACHE_CAPACITY)),
-                })
-                .collect(),
-            vit: vit
-                .into_iter()
-                .map(|(id, model)| VitEntry { id, model })
-                .collect(),
-        }
+        let clip = clip
+            .into_iter()
+            .map(|(id, m)| ServedModel::zero_shot(id, m));
+        let vit = vit
+            .into_iter()
+            .map(|(id, m)| ServedModel::classifier(id, m));
+        Models(clip.chain(vit).collect())
     }
 }
-
-/// Prompts kept per model: 64 labels × a few templates × many label sets.
-const PROMPT_CACHE_CAPACITY: usize = 8192;
 
 /// Where the server gets `?url=` images. The real one is the SSRF-safe [`Fetcher`]; tests may
 /// count calls with their own.
@@ -94,28 +69,27 @@ pub struct Settings {
 }
 
 pub struct Inner {
-    pub settings: Settings,
-    pub store: Arc<dyn Store>,
-    pub models: Models,
-    /// One batching queue + worker thread per model: every forward pass runs there.
-    pub batchers: Batchers,
-    pub images: Arc<dyn ImageSource>,
+    pub(crate) settings: Settings,
+    pub(crate) store: Arc<dyn Store>,
+    /// The served models, each with the batching queue + worker thread its forward passes run on.
+    pub(crate) models: Registry,
+    pub(crate) images: Arc<dyn ImageSource>,
     /// Classification calls in progress; `try_acquire` failing means shed with 503.
-    pub in_flight: Arc<Semaphore>,
-    pub rate: Option<RateLimiter>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) rate: Option<RateLimiter>,
     /// Failed `?url=` fetches per key (`GLIMPSE_FAILED_FETCHES_PER_MINUTE`).
-    pub failed_fetches: Option<RateLimiter>,
+    pub(crate) failed_fetches: Option<RateLimiter>,
     /// Cleared when shutdown starts, so `/readyz` tells load balancers to stop sending.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// What `/metrics` reports.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Image decodes: memory budget, thread pool, time limit.
-    pub decoder: crate::decode::DecodeGate,
+    pub(crate) decoder: crate::decode::DecodeGate,
 }
 
 /// Cheap to clone; the router's state.
 #[derive(Clone)]
-pub struct AppState(pub Arc<Inner>);
+pub struct AppState(Arc<Inner>);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -150,10 +124,6 @@ impl AppState {
         images: Arc<dyn ImageSource>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
-        // A family with no model has its endpoint turned off (404); none at all serves nothing.
-        if models.clip.is_empty() && models.vit.is_empty() {
-            anyhow::bail!("the server needs at least one CLIP or ViT model");
-        }
         let settings = Settings {
             credits_per_call: config.credits_per_call,
             max_upload_bytes: config.max_upload_bytes,
@@ -167,14 +137,21 @@ impl AppState {
         };
         let rate = (config.rate_limit_per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
-        let batchers = Batchers::new(config, &models)?;
+        // A task with no model has its endpoint turned off (404); none at all serves nothing.
+        // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
+        let gate = Some(Arc::new(PassGate::new(config.inference_workers)));
+        let models = Registry::new(
+            models.0,
+            config.prompt_templates.clone(),
+            batch_options(config),
+            gate,
+        )?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let m = Arc::clone(&metrics);
-        batchers.on_batch(&models, move |_, _, pass| m.observe_pass(pass));
+        models.on_batch(move |_, pass| m.observe_pass(pass));
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
-            batchers,
             models,
             images,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -200,11 +177,38 @@ impl AppState {
         })))
     }
 
+    /// The served models and their batchers.
+    pub fn models(&self) -> &Registry {
+        &self.models
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// How every model's batcher forms its passes.
+fn batch_options(config: &ServerConfig) -> BatchOptions {
+    BatchOptions {
+        max_batch: config.batch_size,
+        window: Duration::from_millis(config.batch_window_ms),
+        // `max_in_flight` already sheds the excess; the queue bound is the last guard when
+        // several models share it.
+        queue_capacity: config.max_in_flight,
+        // Calls announce themselves on arrival: a lone call never waits the window.
+        wait_for_announced: true,
+        // Closed-loop clients split into alternating groups; keep the groups equal.
+        balance: true,
+        // ... unless one pass of both groups is timed faster than two; then regroup them.
+        regroup: true,
     }
 }

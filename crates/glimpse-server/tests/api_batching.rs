@@ -6,6 +6,7 @@ mod api_support;
 use std::sync::Arc;
 
 use api_support::{http_client, image_bytes, test_config};
+use glimpse_core::Task;
 use glimpse_server::{load_models, serve_state, AppState, ServerConfig};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
@@ -94,7 +95,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
         c.batch_window_ms = 300;
     })
     .await;
-    let key = state.store.create_key("batch", 100).await.unwrap();
+    let key = state.store().create_key("batch", 100).await.unwrap();
     let (base, stop) = serve_test_state(state.clone()).await;
     let http = http_client();
 
@@ -104,8 +105,8 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
             sequential.push(call(&http, &base, &key.key, ep, im).await);
         }
     }
-    let before_clip = state.batchers.clip[0].stats();
-    let before_vit = state.batchers.vit[0].stats();
+    let before_clip = batcher(&state, Task::ZeroShot).stats();
+    let before_vit = batcher(&state, Task::Classify).stats();
     assert_eq!(
         before_clip.max_batch_seen, 1,
         "one at a time: {before_clip:?}"
@@ -127,8 +128,8 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
     }
 
     for (name, before, after) in [
-        ("clip", before_clip, state.batchers.clip[0].stats()),
-        ("vit", before_vit, state.batchers.vit[0].stats()),
+        ("clip", before_clip, batcher(&state, Task::ZeroShot).stats()),
+        ("vit", before_vit, batcher(&state, Task::Classify).stats()),
     ] {
         let passes = after.batches - before.batches;
         assert_eq!(after.jobs - before.jobs, IMAGES.len(), "{name}");
@@ -136,7 +137,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
         assert!(passes < IMAGES.len(), "{name}: {passes} passes for 8 calls");
         assert!(after.max_batch_seen <= 8, "{name}: {after:?}");
     }
-    assert_eq!(state.batchers.queue_depth(), 0);
+    assert_eq!(state.models().queue_depth(), 0);
     // /metrics sees every batch: its histogram counts the passes and sums the images.
     let text = http
         .get(format!("{base}/metrics"))
@@ -154,8 +155,8 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     };
     let (clip, vit) = (
-        state.batchers.clip[0].stats(),
-        state.batchers.vit[0].stats(),
+        batcher(&state, Task::ZeroShot).stats(),
+        batcher(&state, Task::Classify).stats(),
     );
     assert_eq!(
         series("glimpse_batch_size_count"),
@@ -166,7 +167,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
         (clip.jobs + vit.jobs) as f64
     );
     // 32 calls, one credit each, none refunded.
-    assert_eq!(state.store.balance(&key.id).await.unwrap(), 100 - 32);
+    assert_eq!(state.store().balance(&key.id).await.unwrap(), 100 - 32);
     let _ = stop.send(());
     drop(dir);
 }
@@ -174,7 +175,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
 #[tokio::test]
 async fn batch_size_one_still_answers_every_call() {
     let (state, _dir) = load_test_state(|c| c.batch_size = 1).await;
-    let key = state.store.create_key("one", 10).await.unwrap();
+    let key = state.store().create_key("one", 10).await.unwrap();
     let (base, _stop) = serve_test_state(state.clone()).await;
     let http = Arc::new(http_client());
     let tasks: Vec<_> = IMAGES[..4]
@@ -187,7 +188,7 @@ async fn batch_size_one_still_answers_every_call() {
     for t in tasks {
         assert!(t.await.unwrap()["predictions"].is_array());
     }
-    let s = state.batchers.clip[0].stats();
+    let s = batcher(&state, Task::ZeroShot).stats();
     assert_eq!((s.batches, s.jobs, s.max_batch_seen), (4, 4, 1));
 }
 
@@ -198,7 +199,7 @@ async fn reduced_precision_servers_answer_close_to_fp32() {
     let mut answers = Vec::new();
     for precision in ["fp32", "bf16", "int8"] {
         let (state, _dir) = load_test_state(|c| c.precision = precision.into()).await;
-        let key = state.store.create_key("p", 100).await.unwrap();
+        let key = state.store().create_key("p", 100).await.unwrap();
         let (base, stop) = serve_test_state(state).await;
         let http = http_client();
         // (endpoint, image) → labels and scores, in the answer's order.
@@ -244,4 +245,9 @@ async fn reduced_precision_servers_answer_close_to_fp32() {
             "{name}: answers identical to fp32, precision not applied"
         );
     }
+}
+
+/// The batcher of `task`'s default model.
+fn batcher(state: &AppState, task: Task) -> &glimpse_core::batcher::ModelBatcher {
+    &state.models().default_for(task).expect("a model").batcher
 }

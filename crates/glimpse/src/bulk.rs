@@ -28,8 +28,8 @@ use progress::Progress;
 pub(crate) use results::AnswerLine;
 use results::{ErrorBody, ErrorLine, Results};
 
-use crate::classify::{prepare, Session};
 use crate::cli::ClassifyArgs;
+use crate::session::{prepare, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BulkError {

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
+use glimpse_core::Task;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,17 +38,18 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Clip,
-    Vit,
+/// `clip` or `vit`: the endpoint whose task to run (see [`Task::endpoint`]).
+fn task_parser() -> impl clap::builder::TypedValueParser<Value = Task> {
+    clap::builder::PossibleValuesParser::new(Task::ALL.map(Task::endpoint))
+        .map(|name| Task::from_endpoint(&name).expect("a possible value"))
 }
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("input").required(true).args(["images", "input_dir"]))]
 pub struct ClassifyArgs {
     /// `clip` (zero-shot against --labels) or `vit` (ImageNet mapped to categories).
-    pub kind: Kind,
+    #[arg(value_parser = task_parser())]
+    pub kind: Task,
     /// Image files (or `--input-dir` for a whole folder; exactly one of the two).
     pub images: Vec<PathBuf>,
     /// Bulk mode: classify every file under DIR (recursively, sorted by relative path) into

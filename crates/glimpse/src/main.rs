@@ -8,6 +8,7 @@ mod cli;
 mod config_file;
 mod keys;
 mod models;
+mod session;
 
 use std::process::ExitCode;
 

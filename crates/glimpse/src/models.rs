@@ -85,8 +85,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
 fn list(opts: &HubOptions, families: [(&'static str, Vec<String>); 2]) -> Vec<serde_json::Value> {
     let cached = glimpse_server::hub::list_cached(opts);
     let family_of = |dir: &std::path::Path| match glimpse_candle::detect_kind(dir) {
-        Ok(glimpse_candle::ModelKind::Clip) => "clip".to_string(),
-        Ok(glimpse_candle::ModelKind::Vit) => "vit".to_string(),
+        Ok(family) => family.model_type().to_string(),
         Err(_) => "unknown".to_string(),
     };
     let mut rows = Vec::new();

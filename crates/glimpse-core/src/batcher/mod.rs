@@ -3,6 +3,10 @@
 //! short window (or until the batch is full), runs ONE call on the whole batch and answers every
 //! job on its own reply callback.
 //!
+//! Three parts: this module is the queue and its worker thread; `policy` decides how each pass is
+//! formed (pure functions, tested without threads or clocks); `jobs` adapts a served model to the
+//! queue (stack the images, one `ServedModel::classify`).
+//!
 //! The queue is std threads and channels, and replies are plain callbacks, so core stays free of
 //! any async runtime: the server wraps a callback around a tokio oneshot, a CLI can block on
 //! [`Batcher::submit_wait`].
@@ -15,17 +19,17 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
-use crate::pipeline::{label_embeddings, PromptCache};
-use crate::response::ClassificationResponse;
-use crate::scoring::{
-    clip_predictions, clip_probabilities, top_k_imagenet, vit_category_predictions,
-};
 use crate::CoreError;
 
+mod jobs;
+mod policy;
+
+pub use jobs::{model_batcher, ModelBatcher, ModelJob};
+pub use policy::{next_step, plan_pass, Collect, PassPlan, PassTimes, QueueState, ANNOUNCE_POLL};
+
 /// Why a submitted job got no answer. `Clone`, because one failed forward pass fails every job of
-/// its batch.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// its batch (they share the cause).
+#[derive(Debug, Clone, Error)]
 pub enum BatchError {
     /// The queue is full: shed the call (the server answers 503 with `Retry-After`).
     #[error("the inference queue is full")]
@@ -34,8 +38,33 @@ pub enum BatchError {
     #[error("the inference worker has stopped")]
     Closed,
     /// The model failed on this job's batch, or on this job alone.
-    #[error("{0}")]
-    Model(String),
+    #[error(transparent)]
+    Model(Arc<CoreError>),
+}
+
+impl BatchError {
+    /// A model failure described by the batcher itself (no lower cause).
+    pub fn model(message: impl Into<String>) -> Self {
+        BatchError::Model(Arc::new(CoreError::internal(message)))
+    }
+}
+
+impl From<CoreError> for BatchError {
+    fn from(e: CoreError) -> Self {
+        BatchError::Model(Arc::new(e))
+    }
+}
+
+/// Equal kinds; model failures compare by message (their causes are not comparable).
+impl PartialEq for BatchError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BatchError::Overloaded, BatchError::Overloaded) => true,
+            (BatchError::Closed, BatchError::Closed) => true,
+            (BatchError::Model(a), BatchError::Model(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
 }
 
 /// Sizes of the batcher.
@@ -271,9 +300,6 @@ impl Drop for Incoming {
     }
 }
 
-/// How often a worker waiting for announced jobs re-checks that some are still on their way.
-const ANNOUNCE_POLL: Duration = Duration::from_micros(500);
-
 fn worker<R, S, F>(
     rx: mpsc::Receiver<Queued<R, S>>,
     shared: Arc<Shared>,
@@ -288,51 +314,33 @@ fn worker<R, S, F>(
     let mut times = PassTimes::new(options.max_batch);
     // `recv` fails only once every sender is dropped and the queue is empty.
     while let Ok(first) = rx.recv() {
-        // Queued now, `first` included (the depth drops once the batch is taken).
-        let queued = shared.depth.load(Ordering::SeqCst);
-        let regroup = match back_to_back {
-            Some(last) if options.regroup => times.regroup_wait(queued, last, options.window),
-            _ => None,
-        };
-        let (limit, wait, for_announced) = match (back_to_back, regroup) {
-            // Wait for the callers just answered even before they are announced: they are
-            // still reading their answer.
-            (Some(last), Some(wait)) => (queued + last, wait, false),
-            (Some(last), None) if options.balance && queued > last => (
-                (queued + last).div_ceil(2),
-                options.window,
-                options.wait_for_announced,
-            ),
-            _ => (
-                options.max_batch,
-                options.window,
-                options.wait_for_announced,
-            ),
-        };
-        let limit = limit.min(options.max_batch);
+        let plan = plan_pass(
+            &options,
+            &mut times,
+            QueueState {
+                // Queued now, `first` included (the depth drops once the batch is taken).
+                queued: shared.depth.load(Ordering::SeqCst),
+                back_to_back,
+            },
+        );
         let mut batch = vec![first];
-        let deadline = Instant::now() + wait;
-        while batch.len() < limit {
-            if let Ok(job) = rx.try_recv() {
-                batch.push(job);
-                continue;
-            }
-            if for_announced && shared.incoming.load(Ordering::SeqCst) == 0 {
-                break;
+        let deadline = Instant::now() + plan.wait;
+        loop {
+            if batch.len() < plan.limit {
+                if let Ok(job) = rx.try_recv() {
+                    batch.push(job);
+                    continue;
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let slice = if for_announced {
-                left.min(ANNOUNCE_POLL)
-            } else {
-                left
-            };
-            match rx.recv_timeout(slice) {
-                Ok(job) => batch.push(job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let announced = shared.incoming.load(Ordering::SeqCst);
+            match next_step(&plan, batch.len(), announced, left) {
+                Collect::Run => break,
+                Collect::Wait(slice) => match rx.recv_timeout(slice) {
+                    Ok(job) => batch.push(job),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
             }
         }
         shared.depth.fetch_sub(batch.len(), Ordering::SeqCst);
@@ -356,12 +364,12 @@ fn worker<R, S, F>(
         // A panicking model must not take the worker (and every later caller) down with it.
         let outcome = match catch_unwind(AssertUnwindSafe(|| run(&jobs))) {
             Ok(Ok(results)) if results.len() == n => Ok(results),
-            Ok(Ok(results)) => Err(BatchError::Model(format!(
+            Ok(Ok(results)) => Err(BatchError::model(format!(
                 "the model answered {} of {n} jobs",
                 results.len()
             ))),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(BatchError::Model("the model panicked".into())),
+            Err(_) => Err(BatchError::model("the model panicked")),
         };
         drop(permit);
         let ran = started.elapsed();
@@ -396,246 +404,5 @@ fn worker<R, S, F>(
             }
         }
         back_to_back = (shared.depth.load(Ordering::SeqCst) > 0).then_some(n);
-    }
-}
-
-/// Recent forward-pass times by batch size (an exponential average of each size's passes), to tell
-/// whether one pass of two groups of callers beats a pass for each.
-#[derive(Debug, Clone)]
-pub struct PassTimes {
-    /// Seconds, indexed by batch size.
-    by_size: Vec<Option<f64>>,
-    /// The pass count when a regroup into each size was last tried without its time known.
-    tried: Vec<Option<u64>>,
-    passes: u64,
-}
-
-impl PassTimes {
-    /// Weight of the newest pass in a size's average.
-    const NEW: f64 = 0.25;
-    /// Passes between two tries of a regroup into a size never timed (the try may idle up to the
-    /// window if the callers do not come back).
-    const RETRY_AFTER: u64 = 64;
-
-    pub fn new(max_batch: usize) -> Self {
-        PassTimes {
-            by_size: vec![None; max_batch + 1],
-            tried: vec![None; max_batch + 1],
-            passes: 0,
-        }
-    }
-
-    /// A pass of `size` jobs took `ran`.
-    pub fn record(&mut self, size: usize, ran: Duration) {
-        self.passes += 1;
-        if let Some(t) = self.by_size.get_mut(size) {
-            let s = ran.as_secs_f64();
-            *t = Some(t.map_or(s, |old| old + Self::NEW * (s - old)));
-        }
-    }
-
-    /// How long to hold the next pass for the `last` callers of the pass that just ended to come
-    /// back next to the `queued` ones, or `None` to run the queued ones now.
-    ///
-    /// Merging saves `t(queued) + t(last) − t(queued + last)` (a pass's fixed cost: weights read,
-    /// per-pass set-up, threads woken), and the wait is capped at that, so it can lose at most
-    /// what it would have won. A merged size never timed is tried (up to `window`) once every
-    /// [`Self::RETRY_AFTER`] passes. No wait when the two groups do not fit in one pass, or when
-    /// one pass of both is timed no faster than two (a CPU whose small passes are as efficient).
-    pub fn regroup_wait(
-        &mut self,
-        queued: usize,
-        last: usize,
-        window: Duration,
-    ) -> Option<Duration> {
-        let merged = queued + last;
-        if queued == 0 || last == 0 || merged >= self.by_size.len() {
-            return None;
-        }
-        let (a, b) = (self.by_size[queued], self.by_size[last]);
-        match (a, b, self.by_size[merged]) {
-            (Some(a), Some(b), Some(m)) => {
-                let saved = a + b - m;
-                (saved > 0.0).then(|| Duration::from_secs_f64(saved))
-            }
-            _ => {
-                let recent =
-                    self.tried[merged].is_some_and(|at| self.passes < at + Self::RETRY_AFTER);
-                if recent || window.is_zero() {
-                    return None;
-                }
-                self.tried[merged] = Some(self.passes);
-                Some(window)
-            }
-        }
-    }
-}
-
-fn model_error(e: CoreError) -> BatchError {
-    BatchError::Model(e.to_string())
-}
-
-/// One CLIP call: a preprocessed image (`[3, h, w]`) and the labels to score it against.
-#[derive(Debug, Clone)]
-pub struct ClipJob {
-    pub pixels: Vec<f32>,
-    pub height: usize,
-    pub width: usize,
-    pub labels: Vec<String>,
-}
-
-/// One ViT call: a preprocessed image (`[3, h, w]`).
-#[derive(Debug, Clone)]
-pub struct VitJob {
-    pub pixels: Vec<f32>,
-    pub height: usize,
-    pub width: usize,
-}
-
-pub type ClipBatcher = Batcher<ClipJob, ClassificationResponse>;
-pub type VitBatcher = Batcher<VitJob, ClassificationResponse>;
-
-/// Stack the jobs' images; they must share one size (one model, one preprocessing).
-fn stack<'a>(
-    images: impl Iterator<Item = (&'a [f32], usize, usize)>,
-) -> Result<PixelBatch, BatchError> {
-    let mut out: Option<PixelBatch> = None;
-    for (px, h, w) in images {
-        if px.len() != 3 * h * w {
-            return Err(BatchError::Model(format!(
-                "an image of {} values is not 3x{h}x{w}",
-                px.len()
-            )));
-        }
-        let b = out.get_or_insert_with(|| PixelBatch {
-            data: Vec::new(),
-            batch: 0,
-            height: h,
-            width: w,
-        });
-        if (b.height, b.width) != (h, w) {
-            return Err(BatchError::Model(
-                "images of different sizes in one batch".into(),
-            ));
-        }
-        b.data.extend_from_slice(px);
-        b.batch += 1;
-    }
-    out.ok_or_else(|| BatchError::Model("empty batch".into()))
-}
-
-/// A batcher for a CLIP model: one `embed_images` on the stacked batch, then each job scored
-/// against its own labels, whose embeddings come from the model's shared `PromptCache` (a
-/// repeated label set costs no text-encoder time). A label error fails only its own job.
-pub fn clip_batcher(
-    model: Arc<dyn ZeroShotModel>,
-    model_id: String,
-    prompts: Arc<PromptCache>,
-    templates: Vec<String>,
-    options: BatchOptions,
-    gate: Option<Arc<PassGate>>,
-) -> std::io::Result<ClipBatcher> {
-    Batcher::gated(
-        &model_id.clone(),
-        options,
-        gate,
-        move |jobs: &[ClipJob]| {
-            let pixels = stack(
-                jobs.iter()
-                    .map(|j| (j.pixels.as_slice(), j.height, j.width)),
-            )?;
-            let images = model.embed_images(&pixels).map_err(model_error)?;
-            if images.len() != jobs.len() {
-                return Err(BatchError::Model(format!(
-                    "the model embedded {} of {} images",
-                    images.len(),
-                    jobs.len()
-                )));
-            }
-            let scale = model.logit_scale();
-            Ok(jobs
-                .iter()
-                .zip(&images)
-                .map(|(job, img)| {
-                    let text = label_embeddings(model.as_ref(), &prompts, &job.labels, &templates)
-                        .map_err(model_error)?;
-                    let probs = clip_probabilities(img, &text, scale);
-                    Ok(ClassificationResponse::new(
-                        "clip",
-                        &model_id,
-                        clip_predictions(&job.labels, &probs),
-                    ))
-                })
-                .collect())
-        },
-    )
-}
-
-/// A batcher for a ViT classifier: one `classify` on the stacked batch.
-pub fn vit_batcher(
-    model: Arc<dyn ImageClassifier>,
-    model_id: String,
-    options: BatchOptions,
-    gate: Option<Arc<PassGate>>,
-) -> std::io::Result<VitBatcher> {
-    Batcher::gated(
-        &model_id.clone(),
-        options,
-        gate,
-        move |jobs: &[VitJob]| {
-            let pixels = stack(
-                jobs.iter()
-                    .map(|j| (j.pixels.as_slice(), j.height, j.width)),
-            )?;
-            let probs = model.classify(&pixels).map_err(model_error)?;
-            Ok(probs
-                .iter()
-                .map(|p| {
-                    let mut r =
-                        ClassificationResponse::new("vit", &model_id, vit_category_predictions(p));
-                    r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
-                    Ok(r)
-                })
-                .collect())
-        },
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn regroup_waits_at_most_what_one_pass_saves_and_tries_untimed_sizes_sparingly() {
-        let mut t = PassTimes::new(8);
-        let window = ms(10);
-        t.record(4, ms(60));
-        // A pass of 8 never timed: tried once, up to the window, then not again for a while.
-        assert_eq!(t.regroup_wait(4, 4, window), Some(window));
-        assert_eq!(t.regroup_wait(4, 4, window), None);
-        for _ in 0..PassTimes::RETRY_AFTER {
-            t.record(4, ms(60));
-        }
-        assert_eq!(t.regroup_wait(4, 4, window), Some(window));
-        // Timed: the wait is what one pass of 8 saves over two of 4 (60 + 60 − 80 ms).
-        t.record(8, ms(80));
-        let w = t.regroup_wait(4, 4, window).unwrap();
-        assert!((w.as_secs_f64() - 0.040).abs() < 1e-9, "{w:?}");
-        // No fixed cost (a pass of 8 takes as long as two of 4): no wait.
-        let mut flat = PassTimes::new(8);
-        flat.record(4, ms(60));
-        flat.record(8, ms(120));
-        assert_eq!(flat.regroup_wait(4, 4, window), None);
-        // The two groups do not fit in one pass, or nothing to regroup.
-        assert_eq!(t.regroup_wait(5, 4, window), None);
-        assert_eq!(t.regroup_wait(0, 4, window), None);
-        // The average follows newer passes.
-        t.record(8, ms(120));
-        let w2 = t.regroup_wait(4, 4, window).unwrap();
-        assert!(w2 < w, "{w2:?} after a slower pass of 8, {w:?} before");
     }
 }

@@ -7,14 +7,17 @@
 //! is never sent uncharged); a server-side failure after the debit (500, or 503 when the queue
 //! is full or the settle never commits) refunds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::batcher::{BatchError, ClipJob, Incoming, VitJob};
+use glimpse_core::batcher::{Incoming, ModelJob};
+use glimpse_core::registry::Slot;
 use glimpse_core::response::ClassificationResponse;
+use glimpse_core::Task;
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
 use tracing::Instrument;
 
@@ -22,53 +25,26 @@ use super::input::{read_input, RawInput};
 use crate::auth::{add_credits_header, set_credits_header, ApiKey};
 use crate::batch::submit;
 use crate::error::{ApiError, ErrorCode};
-use crate::fetch::FetchError;
 use crate::limits::fetches_limited;
 use crate::metrics::{timed, Stage};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Clip,
-    Vit,
-}
-
-impl Kind {
-    fn endpoint(self) -> &'static str {
-        match self {
-            Kind::Clip => "clip",
-            Kind::Vit => "vit",
-        }
-    }
-    fn model_param(self) -> &'static str {
-        match self {
-            Kind::Clip => "clipModel",
-            Kind::Vit => "vitModel",
-        }
-    }
-}
-
 pub async fn clip(State(state): State<AppState>, key: ApiKey, req: Request) -> Response {
-    classify(Kind::Clip, state, key, req).await
+    classify(Task::ZeroShot, state, key, req).await
 }
 
 pub async fn vit(State(state): State<AppState>, key: ApiKey, req: Request) -> Response {
-    classify(Kind::Vit, state, key, req).await
+    classify(Task::Classify, state, key, req).await
 }
 
 /// A validated call, ready to run.
 struct Plan {
-    kind: Kind,
-    model: ModelRef,
+    model: Arc<Slot>,
+    /// The image's labels (zero-shot models; empty for classifiers).
     labels: Vec<String>,
     source: Source,
     /// The call announced to its endpoint's default model from its arrival (see `classify`).
     early: Option<Incoming>,
-}
-
-enum ModelRef {
-    Clip(usize),
-    Vit(usize),
 }
 
 enum Source {
@@ -84,7 +60,7 @@ struct Outcome {
     balance: Option<i64>,
 }
 
-async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Response {
+async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Response {
     let started = Instant::now();
     // axum answers HEAD with the GET handler; a HEAD must not run (and charge) a classification.
     if req.method() == axum::http::Method::HEAD {
@@ -116,31 +92,22 @@ async fn classify(kind: Kind, state: AppState, key: ApiKey, req: Request) -> Res
             Err(e) => return own_key_error(e).into_response(),
         }
     }
-    // A family whose default model is set empty is turned off on this server.
-    let off = match kind {
-        Kind::Clip => state.models.clip.is_empty(),
-        Kind::Vit => state.models.vit.is_empty(),
-    };
-    if off {
-        let (route, var) = match kind {
-            Kind::Clip => ("CLIP", "GLIMPSE_CLIP_MODEL"),
-            Kind::Vit => ("ViT", "GLIMPSE_VIT_MODEL"),
-        };
+    // A task whose default model is set empty is turned off on this server.
+    let Some(default) = state.models.default_for(task) else {
         let e = ApiError::not_found(format!(
-            "the {route} endpoint is turned off on this server ({var} is empty)"
+            "the {} endpoint is turned off on this server ({} is empty)",
+            task.title(),
+            task.model_var()
         ));
         return with_balance(&state, &key, e.into_response()).await;
-    }
+    };
     // Announced from arrival, while the body is still being read, so a batch about to start
     // waits (up to the window) for the calls right behind it; `run` hands over to the chosen
     // model's own announcement.
-    let early = match kind {
-        Kind::Clip => state.batchers.clip.first().map(|b| b.announce()),
-        Kind::Vit => state.batchers.vit.first().map(|b| b.announce()),
-    };
+    let early = Some(default.batcher.announce());
     let max_upload = state.settings.max_upload_bytes;
-    let planned = match read_input(req, &state, kind.model_param(), max_upload).await {
-        Ok(input) => validate(kind, &state, input),
+    let planned = match read_input(req, &state, task.model_param(), max_upload).await {
+        Ok(input) => validate(task, &state, input),
         Err(e) => Err(e),
     };
     let (mut plan, fingerprint) = match planned {
@@ -201,33 +168,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_string()))
 }
 
-fn validate(kind: Kind, state: &AppState, input: RawInput) -> Result<(Plan, String), ApiError> {
-    let model = match kind {
-        Kind::Clip => ModelRef::Clip(pick(
-            &state
-                .models
-                .clip
-                .iter()
-                .map(|e| e.id.as_str())
-                .collect::<Vec<_>>(),
-            input.model.as_deref(),
-            "clipModel",
-        )?),
-        Kind::Vit => ModelRef::Vit(pick(
-            &state
-                .models
-                .vit
-                .iter()
-                .map(|e| e.id.as_str())
-                .collect::<Vec<_>>(),
-            input.model.as_deref(),
-            "vitModel",
-        )?),
-    };
+fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, String), ApiError> {
+    let model = state
+        .models
+        .pick(task, input.model.as_deref())
+        .map_err(|e| ApiError::validation(e.to_string()))?
+        .cloned()
+        .ok_or_else(|| ApiError::internal("the endpoint's task has no model"))?;
     // The seed: `labels` is ignored on the ViT endpoint, so a bad one there is no error either.
-    let labels = match kind {
-        Kind::Clip => glimpse_core::labels::parse_labels(input.labels.as_deref())?,
-        Kind::Vit => Vec::new(),
+    let labels = match task {
+        Task::ZeroShot => glimpse_core::labels::parse_labels(input.labels.as_deref())?,
+        Task::Classify => Vec::new(),
     };
     let source = match (input.upload, input.url) {
         (Some(bytes), _) if bytes.is_empty() => {
@@ -243,7 +194,6 @@ fn validate(kind: Kind, state: &AppState, input: RawInput) -> Result<(Plan, Stri
     };
     Ok((
         Plan {
-            kind,
             model,
             labels,
             source,
@@ -251,19 +201,6 @@ fn validate(kind: Kind, state: &AppState, input: RawInput) -> Result<(Plan, Stri
         },
         input.fingerprint,
     ))
-}
-
-/// Index of the requested model in the allow-list (the default when none is named).
-fn pick(ids: &[&str], requested: Option<&str>, param: &str) -> Result<usize, ApiError> {
-    let Some(req) = requested.map(str::trim).filter(|s| !s.is_empty()) else {
-        return Ok(0);
-    };
-    ids.iter().position(|id| *id == req).ok_or_else(|| {
-        ApiError::validation(format!(
-            "unknown {param} '{req}'; allowed: {}",
-            ids.join(", ")
-        ))
-    })
 }
 
 /// Syntax only (absolute http/https URL, no credentials); the fetcher does the address checks.
@@ -389,27 +326,17 @@ async fn run(
                     if let Some(limit) = &state.failed_fetches {
                         let _ = limit.check(&key.id);
                     }
-                    return Err(fetch_error(e));
+                    return Err(ApiError::from(e));
                 }
             }
         }
     };
-    let (preprocess, model_id) = match plan.model {
-        ModelRef::Clip(i) => {
-            let e = &state.models.clip[i];
-            (e.model.preprocess_config().clone(), e.id.clone())
-        }
-        ModelRef::Vit(i) => {
-            let e = &state.models.vit[i];
-            (e.model.preprocess_config().clone(), e.id.clone())
-        }
-    };
+    let slot = plan.model;
+    let preprocess = slot.model.preprocess_config().clone();
+    let model_id = slot.model.id().to_string();
     let _queued = state.metrics.queued(&model_id);
     // From here the model's batcher counts this call as on its way (see `wait_for_announced`).
-    let incoming = match plan.model {
-        ModelRef::Clip(i) => state.batchers.clip[i].announce(),
-        ModelRef::Vit(i) => state.batchers.vit[i].announce(),
-    };
+    let incoming = slot.batcher.announce();
     drop(early);
     let pixels = match timed(
         &state.metrics,
@@ -445,14 +372,14 @@ async fn run(
         state.store.debit(&DebitRequest {
             key_id: key.id.clone(),
             cost,
-            endpoint: plan.kind.endpoint().to_string(),
+            endpoint: slot.model.task().endpoint().to_string(),
             model: model_id,
         }),
     )
     .await
     .map_err(own_key_error)?;
     state.metrics.credits_debited(cost);
-    let answer = infer(state, &plan.model, pixels, plan.labels, incoming).await;
+    let answer = infer(&slot, pixels, plan.labels, incoming).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match answer.and_then(|mut r| {
         r.set_timing_ms(ms);
@@ -507,7 +434,6 @@ async fn run(
 fn own_key_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(_) => ApiError::unauthorized(),
-        StoreError::InsufficientCredits { .. } => ApiError::insufficient_credits(),
         other => ApiError::from(other),
     }
 }
@@ -533,85 +459,29 @@ async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreEr
     }
 }
 
-/// What a failed `?url=` fetch tells the client: its own URL's faults, the size cap, and
-/// otherwise only that the fetch failed. The upstream's status, content type, or whether a port
-/// answered would make the server a scanner of other hosts; they go to the log.
-fn fetch_error(e: FetchError) -> ApiError {
-    match e {
-        FetchError::TooLarge { .. } => ApiError::too_large(e.to_string()),
-        // About the client's own URL ("url must not contain a username or password"); the same
-        // faults of a redirect target ("the redirect target of url …") are the upstream's.
-        FetchError::InvalidUrl(m) if m.starts_with("url ") => ApiError::validation(m),
-        FetchError::InvalidUrl(detail) => {
-            tracing::info!(%detail, "url fetch failed");
-            ApiError::validation("could not fetch the image from url")
-        }
-        FetchError::Forbidden(detail) => {
-            tracing::info!(%detail, "url refused");
-            ApiError::validation(
-                "url is not allowed: it must point to a public http or https address",
-            )
-        }
-        // The upstream may answer next time: never stored for an Idempotency-Key replay.
-        FetchError::Timeout(detail) | FetchError::Upstream(detail) => {
-            tracing::info!(%detail, "url fetch failed");
-            ApiError::validation("could not fetch the image from url").transient()
-        }
-    }
-}
-
 /// The forward pass: the call joins its model's batching queue and waits for its own answer. A
 /// full queue is shed as 503 OVERLOADED (after the debit, so `run` refunds it).
 async fn infer(
-    state: &AppState,
-    model: &ModelRef,
+    slot: &Slot,
     pixels: PixelBatch,
     labels: Vec<String>,
     incoming: Incoming,
 ) -> Result<ClassificationResponse, ApiError> {
-    let (height, width) = (pixels.height, pixels.width);
-    let pixels = pixels.data;
     // Queue wait and pass time are recorded by the batcher's pass hook (`Metrics::observe_pass`).
-    let answer = match model {
-        ModelRef::Clip(i) => {
-            let job = ClipJob {
-                pixels,
-                height,
-                width,
-                labels,
-            };
-            submit(&state.batchers.clip[*i], job, incoming).await
-        }
-        ModelRef::Vit(i) => {
-            let job = VitJob {
-                pixels,
-                height,
-                width,
-            };
-            submit(&state.batchers.vit[*i], job, incoming).await
-        }
+    let job = ModelJob {
+        height: pixels.height,
+        width: pixels.width,
+        pixels: pixels.data,
+        labels,
     };
-    answer.map_err(|e| match e {
-        BatchError::Overloaded => {
-            ApiError::overloaded("the inference queue is full; retry shortly", 1)
-        }
-        // A model error after a successful decode is ours, whatever its kind.
-        other => ApiError::internal(other),
-    })
+    submit(&slot.batcher, job, incoming)
+        .await
+        .map_err(ApiError::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_pick() {
-        let ids = ["a/b", "c"];
-        assert_eq!(pick(&ids, None, "clipModel").unwrap(), 0);
-        assert_eq!(pick(&ids, Some(" c "), "clipModel").unwrap(), 1);
-        let e = pick(&ids, Some("x"), "clipModel").unwrap_err();
-        assert!(e.message.contains("a/b, c"), "{}", e.message);
-    }
 
     #[test]
     fn url_shapes() {

@@ -200,14 +200,15 @@ pub async fn image_host(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
 }
 
 /// The tiny CLIP fixture, loaded once per test binary, for in-process reference answers.
-pub fn reference_clip() -> &'static glimpse_candle::ClipModel {
-    static M: OnceLock<glimpse_candle::ClipModel> = OnceLock::new();
+pub fn reference_clip() -> &'static glimpse_core::ServedModel {
+    static M: OnceLock<glimpse_core::ServedModel> = OnceLock::new();
     M.get_or_init(|| {
-        glimpse_candle::load_clip(
+        let model = glimpse_candle::load_clip(
             &fixtures().join("models/clip-tiny"),
             &glimpse_candle::LoadOptions::default(),
         )
-        .unwrap()
+        .unwrap();
+        glimpse_core::ServedModel::zero_shot("clip-tiny", std::sync::Arc::new(model))
     })
 }
 
@@ -216,7 +217,7 @@ pub fn expected_clip(
     image_name: &str,
     labels: &str,
 ) -> glimpse_core::response::ClassificationResponse {
-    use glimpse_core::backend::{PixelBatch, ZeroShotModel};
+    use glimpse_core::backend::PixelBatch;
     let model = reference_clip();
     let img = glimpse_core::image::decode(
         &image_bytes(image_name),
@@ -228,8 +229,8 @@ pub fn expected_clip(
     let px = PixelBatch::stack(&[cfg.preprocess(&img)], h, w);
     let labels = glimpse_core::labels::parse_labels(Some(labels)).unwrap();
     let templates = vec![glimpse_core::labels::DEFAULT_TEMPLATE.to_string()];
-    let cache = glimpse_core::pipeline::PromptCache::new(100);
-    glimpse_core::pipeline::classify_clip(model, "clip-tiny", &cache, &px, &labels, &templates)
+    model
+        .classify_all(&px, &labels, &templates)
         .unwrap()
         .remove(0)
 }

@@ -1,0 +1,290 @@
+//! What a served model is, and the one scoring path every caller uses (the server's batcher, the
+//! server's warm-up, `glimpse classify` and its bulk mode).
+//!
+//! A model belongs to a [`ModelFamily`] (its architecture and weight format, read from
+//! `config.json`) and serves one [`Task`] (which endpoint answers with it). Adding a family is a
+//! variant here, its loader in `glimpse-candle`, and nothing in the server: routes, allow-lists,
+//! batchers and metrics are all by task and model id.
+
+use std::sync::Arc;
+
+use crate::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
+use crate::pipeline::{label_embeddings, PromptCache};
+use crate::preprocess::PreprocessConfig;
+use crate::response::ClassificationResponse;
+use crate::scoring::{
+    clip_predictions, clip_probabilities, top_k_imagenet, vit_category_predictions,
+};
+use crate::{CoreError, Result};
+
+/// What a model answers, and so which endpoint serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// Scores an image against labels given with the call (`/api/image-classification/clip`).
+    ZeroShot,
+    /// Scores an image against the model's own classes (`/api/image-classification/vit`).
+    Classify,
+}
+
+impl Task {
+    pub const ALL: [Task; 2] = [Task::ZeroShot, Task::Classify];
+
+    /// The route's last segment, the answer's `model` field and the metrics' `endpoint` label.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Task::ZeroShot => "clip",
+            Task::Classify => "vit",
+        }
+    }
+
+    /// The request parameter that names a model of this task.
+    pub fn model_param(self) -> &'static str {
+        match self {
+            Task::ZeroShot => "clipModel",
+            Task::Classify => "vitModel",
+        }
+    }
+
+    /// The environment variable of this task's default model.
+    pub fn model_var(self) -> &'static str {
+        match self {
+            Task::ZeroShot => "GLIMPSE_CLIP_MODEL",
+            Task::Classify => "GLIMPSE_VIT_MODEL",
+        }
+    }
+
+    /// The environment variable of this task's further models (the allow-list beyond the default).
+    pub fn extra_models_var(self) -> &'static str {
+        match self {
+            Task::ZeroShot => "GLIMPSE_CLIP_MODELS",
+            Task::Classify => "GLIMPSE_VIT_MODELS",
+        }
+    }
+
+    /// How people name the endpoint in prose.
+    pub fn title(self) -> &'static str {
+        match self {
+            Task::ZeroShot => "CLIP",
+            Task::Classify => "ViT",
+        }
+    }
+
+    /// From [`Task::endpoint`]'s name (`clip`, `vit`).
+    pub fn from_endpoint(name: &str) -> Option<Task> {
+        Task::ALL.into_iter().find(|t| t.endpoint() == name)
+    }
+}
+
+/// A model architecture Glimpse can load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelFamily {
+    /// OpenAI CLIP (`CLIPModel`).
+    Clip,
+    /// ViT image classifiers (`ViTForImageClassification`).
+    Vit,
+}
+
+impl ModelFamily {
+    pub const ALL: [ModelFamily; 2] = [ModelFamily::Clip, ModelFamily::Vit];
+
+    pub fn task(self) -> Task {
+        match self {
+            ModelFamily::Clip => Task::ZeroShot,
+            ModelFamily::Vit => Task::Classify,
+        }
+    }
+
+    /// `config.json`'s `model_type` of this family.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            ModelFamily::Clip => "clip",
+            ModelFamily::Vit => "vit",
+        }
+    }
+
+    /// The family whose `model_type` is `name`.
+    pub fn from_model_type(name: &str) -> Option<ModelFamily> {
+        ModelFamily::ALL
+            .into_iter()
+            .find(|f| f.model_type() == name)
+    }
+}
+
+impl std::fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.model_type())
+    }
+}
+
+/// A loaded network, by the interface its task needs.
+#[derive(Clone)]
+pub enum Network {
+    ZeroShot(Arc<dyn ZeroShotModel>),
+    Classifier(Arc<dyn ImageClassifier>),
+}
+
+/// A model as it is served: its id (what requests name it by), family, network and, for zero-shot
+/// models, its cache of prompt embeddings.
+pub struct ServedModel {
+    id: String,
+    family: ModelFamily,
+    network: Network,
+    prompts: PromptCache,
+}
+
+/// Prompt embeddings kept per zero-shot model: 64 labels × a few templates × many label sets.
+pub const PROMPT_CACHE_CAPACITY: usize = 8192;
+
+impl ServedModel {
+    /// `network` must be of the kind `family`'s task needs.
+    pub fn new(id: impl Into<String>, family: ModelFamily, network: Network) -> Result<Self> {
+        let fits = matches!(
+            (family.task(), &network),
+            (Task::ZeroShot, Network::ZeroShot(_)) | (Task::Classify, Network::Classifier(_))
+        );
+        if !fits {
+            return Err(CoreError::internal(format!(
+                "a {family} model must be a {} network",
+                family.task().title()
+            )));
+        }
+        Ok(ServedModel {
+            id: id.into(),
+            family,
+            network,
+            prompts: PromptCache::new(PROMPT_CACHE_CAPACITY),
+        })
+    }
+
+    /// A CLIP-family zero-shot model.
+    pub fn zero_shot(id: impl Into<String>, model: Arc<dyn ZeroShotModel>) -> Self {
+        Self::new(id, ModelFamily::Clip, Network::ZeroShot(model))
+            .expect("a zero-shot network fits the CLIP family")
+    }
+
+    /// A ViT-family classifier.
+    pub fn classifier(id: impl Into<String>, model: Arc<dyn ImageClassifier>) -> Self {
+        Self::new(id, ModelFamily::Vit, Network::Classifier(model))
+            .expect("a classifier network fits the ViT family")
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn family(&self) -> ModelFamily {
+        self.family
+    }
+
+    pub fn task(&self) -> Task {
+        self.family.task()
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Prompt embeddings cached so far (zero-shot models; 0 for classifiers).
+    pub fn cached_prompts(&self) -> usize {
+        self.prompts.len()
+    }
+
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        match &self.network {
+            Network::ZeroShot(m) => m.preprocess_config(),
+            Network::Classifier(m) => m.preprocess_config(),
+        }
+    }
+
+    /// Answers for a batch of preprocessed images, in order. `labels[i]` is image `i`'s label set
+    /// (zero-shot models; classifiers ignore it, and it may be empty for them). A failure of the
+    /// forward pass fails the whole batch (`Err`); a label set that cannot be embedded fails only
+    /// its own image.
+    pub fn classify(
+        &self,
+        pixels: &PixelBatch,
+        labels: &[&[String]],
+        templates: &[String],
+    ) -> Result<Vec<Result<ClassificationResponse>>> {
+        let endpoint = self.task().endpoint();
+        let out: Vec<Result<ClassificationResponse>> = match &self.network {
+            Network::ZeroShot(model) => {
+                if labels.len() != pixels.batch {
+                    return Err(CoreError::internal(format!(
+                        "{} label sets for {} images",
+                        labels.len(),
+                        pixels.batch
+                    )));
+                }
+                let images = model.embed_images(pixels)?;
+                let scale = model.logit_scale();
+                images
+                    .iter()
+                    .zip(labels)
+                    .map(|(img, labels)| {
+                        let text =
+                            label_embeddings(model.as_ref(), &self.prompts, labels, templates)?;
+                        let probs = clip_probabilities(img, &text, scale);
+                        Ok(ClassificationResponse::new(
+                            endpoint,
+                            &self.id,
+                            clip_predictions(labels, &probs),
+                        ))
+                    })
+                    .collect()
+            }
+            Network::Classifier(model) => model
+                .classify(pixels)?
+                .iter()
+                .map(|p| {
+                    let mut r = ClassificationResponse::new(
+                        endpoint,
+                        &self.id,
+                        vit_category_predictions(p),
+                    );
+                    r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
+                    Ok(r)
+                })
+                .collect(),
+        };
+        if out.len() != pixels.batch {
+            return Err(CoreError::internal(format!(
+                "the model answered {} of {} images",
+                out.len(),
+                pixels.batch
+            )));
+        }
+        Ok(out)
+    }
+
+    /// [`ServedModel::classify`] with one label set for every image, failing on the first error.
+    pub fn classify_all(
+        &self,
+        pixels: &PixelBatch,
+        labels: &[String],
+        templates: &[String],
+    ) -> Result<Vec<ClassificationResponse>> {
+        let sets = vec![labels; pixels.batch];
+        self.classify(pixels, &sets, templates)?
+            .into_iter()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_names_its_task_and_model_type() {
+        for f in ModelFamily::ALL {
+            assert_eq!(ModelFamily::from_model_type(f.model_type()), Some(f));
+        }
+        for t in Task::ALL {
+            assert_eq!(Task::from_endpoint(t.endpoint()), Some(t));
+        }
+        assert_eq!(ModelFamily::Clip.task(), Task::ZeroShot);
+        assert_eq!(ModelFamily::Vit.task(), Task::Classify);
+        assert_eq!(ModelFamily::from_model_type("bert"), None);
+    }
+}

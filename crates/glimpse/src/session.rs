@@ -1,0 +1,87 @@
+//! A model loaded for local classification (`glimpse classify` and its bulk mode): the same
+//! [`ServedModel`] scoring path the server's batcher runs.
+
+use std::path::Path;
+
+use anyhow::Context;
+use glimpse_core::backend::PixelBatch;
+use glimpse_core::image::{decode, DecodeLimits};
+use glimpse_core::labels::parse_labels;
+use glimpse_core::preprocess::PreprocessConfig;
+use glimpse_core::response::ClassificationResponse;
+use glimpse_core::{ServedModel, Task};
+use glimpse_server::hub::{model_id_for, resolve_model, HubOptions};
+
+use crate::cli::ClassifyArgs;
+
+/// A loaded model plus everything a classification needs besides the pixels.
+pub struct Session {
+    model: ServedModel,
+    labels: Vec<String>,
+    templates: Vec<String>,
+    pub limits: DecodeLimits,
+}
+
+impl Session {
+    pub fn load(args: &ClassifyArgs) -> anyhow::Result<Self> {
+        let task = args.kind;
+        let labels = match task {
+            Task::ZeroShot => parse_labels(args.labels.as_deref())?,
+            Task::Classify => Vec::new(),
+        };
+        let templates: Vec<String> = args.templates.split('|').map(str::to_string).collect();
+        let spec = args.model.clone().unwrap_or_else(|| match task {
+            Task::ZeroShot => args.configured.default_clip.clone(),
+            Task::Classify => args.configured.default_vit.clone(),
+        });
+        let mut hub = HubOptions::from_env(args.model_cache.clone());
+        hub.progress = true;
+        let dir = resolve_model(&spec, &hub)?;
+        let opts = glimpse_candle::LoadOptions {
+            precision: args.precision,
+            ..Default::default()
+        };
+        // What `serve` logs at start-up: which matmul kernel a reduced precision runs on here
+        // (fp32, the default, stays quiet: stderr is one line per failed image).
+        match glimpse_candle::kernel_for(opts.precision) {
+            _ if opts.precision == glimpse_candle::Precision::F32 => {}
+            (kernel, true) => eprintln!(
+                "glimpse: precision {}, matmul kernel {kernel}",
+                opts.precision.as_str()
+            ),
+            (kernel, false) => eprintln!(
+                "glimpse: warning: precision {} has no fast kernel on this CPU ({kernel})",
+                opts.precision.as_str()
+            ),
+        }
+        let model = glimpse_server::load_served(&dir, model_id_for(&spec), task, &opts)?;
+        Ok(Session {
+            model,
+            labels,
+            templates,
+            limits: DecodeLimits::default(),
+        })
+    }
+
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        self.model.preprocess_config()
+    }
+
+    /// One answer per image of the batch, in order (`timingMs` left at 0 for the caller).
+    pub fn classify(&self, pixels: &PixelBatch) -> anyhow::Result<Vec<ClassificationResponse>> {
+        Ok(self
+            .model
+            .classify_all(pixels, &self.labels, &self.templates)?)
+    }
+}
+
+/// Read, decode and preprocess one file into the model's `[3, h, w]` input.
+pub fn prepare(
+    path: &Path,
+    cfg: &PreprocessConfig,
+    limits: &DecodeLimits,
+) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).context("cannot read file")?;
+    let image = decode(&bytes, limits)?;
+    Ok(cfg.preprocess(&image))
+}
