@@ -59,6 +59,7 @@ pub trait Dialect: Send + Sync + 'static {
     /// Deletes at most `$2` idempotency rows made before the age bound at `$1`.
     const PRUNE_IDEMPOTENCY: &'static str;
 
+    /// Rows a statement changed (each driver has its own result type and no shared trait).
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
 
     /// Opens a transaction that will write.
