@@ -1,8 +1,10 @@
 //! API keys, credits and the usage ledger (contract, section Keys and credits).
 //!
-//! `Store` is the one interface the server uses; `sqlite` and `postgres` implement it, each with
-//! its own migrations. `connect(url)` picks the implementation from the URL scheme and wraps it in
-//! a short-lived `authenticate` cache (`CachedStore`).
+//! `Store` is the one interface the server uses. `sql::SqlStore` implements it once for both
+//! databases; what differs between them (SQL fragments for the clock and timestamps, how a write
+//! transaction starts, SQLite's group commit) is a `sql::Dialect`, one in `sqlite` and one in
+//! `postgres`, each with its own migrations. `connect(url)` picks the dialect from the URL scheme
+//! and wraps the store in a short-lived `authenticate` cache (`CachedStore`).
 //!
 //! Money rules, on both backends:
 //! - a debit is one conditional `UPDATE … SET balance = balance - cost WHERE … AND balance >= cost
@@ -44,8 +46,69 @@ pub enum StoreError {
     NotFound(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The database failed or could not be reached (a 503 over HTTP).
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] DatabaseError),
+}
+
+/// A database failure: its message, and the driver's error behind it as its `source()`.
+///
+/// The message already says what the driver said (the server logs it as it is), so an error
+/// chain printer that skips a cause its message already ends with prints it once. Neither holds
+/// the database URL, so no password reaches a log. `Clone` (the cause is shared) because one
+/// failed group commit or write check answers several callers.
+#[derive(Debug, Clone)]
+pub struct DatabaseError {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl DatabaseError {
+    /// A failure with no lower-level error behind it.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure caused by `source`.
+    pub fn caused(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// So `StoreError::Database("…".into())` still makes one (test doubles do).
+impl From<String> for DatabaseError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for DatabaseError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -59,7 +122,7 @@ pub struct NewKey {
     pub credits: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyInfo {
     pub id: String,
@@ -88,7 +151,7 @@ pub struct Debit {
     pub balance: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageRow {
     pub endpoint: String,
@@ -129,7 +192,7 @@ pub enum IdempotencyClaim {
 }
 
 /// Sums of a key's ledger, as positive numbers: `balance == topups - debits + refunds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LedgerTotals {
     pub debits: i64,
     pub refunds: i64,
@@ -137,7 +200,7 @@ pub struct LedgerTotals {
 }
 
 /// A reservation made by `debit`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
     pub id: String,
@@ -193,6 +256,7 @@ pub const MAX_CREDITS: i64 = 1_000_000_000_000_000;
 mod cache;
 mod keys;
 mod postgres;
+mod sql;
 mod sqlite;
 mod sqlutil;
 

@@ -2,7 +2,7 @@
 
 use sqlx::error::ErrorKind;
 
-use crate::{StoreError, MAX_CREDITS};
+use crate::{DatabaseError, StoreError, MAX_CREDITS};
 
 /// Longest `Idempotency-Key` kept (Stripe's limit).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -17,11 +17,20 @@ pub fn db_err(e: sqlx::Error) -> StoreError {
             return StoreError::Invalid(format!("a balance must stay between 0 and {MAX_CREDITS}"));
         }
     }
-    StoreError::Database(e.to_string())
+    StoreError::Database(DatabaseError::caused(e.to_string(), e))
 }
 
 pub fn migrate_err(e: sqlx::migrate::MigrateError) -> StoreError {
-    StoreError::Database(format!("migration failed: {e}"))
+    StoreError::Database(DatabaseError::caused(format!("migration failed: {e}"), e))
+}
+
+/// The same failure for every caller that shares it (a group commit, a cached write check):
+/// a database error as it is, anything else as a database error caused by it.
+pub fn shared_err(e: &StoreError) -> DatabaseError {
+    match e {
+        StoreError::Database(d) => d.clone(),
+        other => DatabaseError::new(other.to_string()),
+    }
 }
 
 /// `credits` for `create_key` (zero allowed) and `topup` (must be positive).
@@ -73,7 +82,7 @@ const WRITE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// `WRITE_CHECK_EVERY`.
 #[derive(Default)]
 pub struct WriteCheck {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), DatabaseError>)>>,
 }
 
 impl WriteCheck {
@@ -89,9 +98,13 @@ impl WriteCheck {
         }
         let answer = match tokio::time::timeout(WRITE_CHECK_TIMEOUT, probe()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("the write check failed: {e}")),
-            Err(_) => Err(format!(
-                "the write check did not commit within {WRITE_CHECK_TIMEOUT:?}"
+            Ok(Err(e)) => Err(DatabaseError::caused(
+                format!("the write check failed: {e}"),
+                e,
+            )),
+            Err(elapsed) => Err(DatabaseError::caused(
+                format!("the write check did not commit within {WRITE_CHECK_TIMEOUT:?}"),
+                elapsed,
             )),
         };
         *last = Some((std::time::Instant::now(), answer.clone()));

@@ -1,8 +1,6 @@
 //! Opening the stores the story runs against: SQLite in a temp file always, PostgreSQL in a
 //! fresh schema when `GLIMPSE_TEST_POSTGRES_URL` is set.
 
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

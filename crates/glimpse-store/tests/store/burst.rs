@@ -3,7 +3,7 @@
 //! transactions): each caller gets its own answer, and one caller's refusal costs no other caller
 //! its write.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! race for a balance of B across two replicas; then refunds, settles and reapers race to close
 //! the reservations. Nothing may be lost or paid twice.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! One story of keys, credits, reservations and idempotency, told to SQLite and to PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
