@@ -1,78 +1,14 @@
-//! Helpers for the hostile-input table: a server whose URL fetcher the test builds (so it can
-//! inject a DNS map and short deadlines), a canary listener that counts connections, a raw TCP
-//! upstream that misbehaves on purpose, and hand-made hostile files.
-#![allow(dead_code)]
+//! Helpers for the hostile-input table: fetcher options with short deadlines (for a server whose
+//! fetcher the test builds, so it can inject a DNS map), a raw TCP upstream that misbehaves on
+//! purpose, and hand-made hostile files.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glimpse_server::fetch::{FetchOptions, Fetcher};
-use glimpse_server::{load_models, serve_state, AppState, ServerConfig};
-use glimpse_store::{Store, StoreOptions};
+use glimpse_server::fetch::FetchOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-
-use crate::api_support::{assert_error, http_client, test_config};
-
-pub struct Server {
-    pub base: String,
-    pub store: Arc<dyn Store>,
-    pub key: String,
-    pub key_id: String,
-    pub credits: i64,
-    pub config: ServerConfig,
-    pub http: reqwest::Client,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-/// The real server (fixture models, temp SQLite) with `fetcher` behind `?url=` and one key
-/// holding `credits`.
-pub async fn start(
-    credits: i64,
-    tweak: impl FnOnce(&mut ServerConfig),
-    fetcher: Option<Fetcher>,
-) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    tweak(&mut config);
-    let store = glimpse_store::connect_with(
-        &config.database_url,
-        StoreOptions {
-            auth_cache_ttl: Duration::ZERO,
-            ..config.store_options()
-        },
-    )
-    .await
-    .unwrap();
-    let models = load_models(&config).await.unwrap();
-    let state = match fetcher {
-        Some(f) => AppState::with_image_source(&config, Arc::clone(&store), models, Arc::new(f)),
-        None => AppState::new(&config, Arc::clone(&store), models),
-    }
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(serve_state(state, listener, async move {
-        let _ = rx.await;
-    }));
-    let key = store.create_key("hostile", credits).await.unwrap();
-    Server {
-        base,
-        store,
-        key: key.key,
-        key_id: key.id,
-        credits,
-        config,
-        http: http_client(),
-        _stop: tx,
-        _dir: dir,
-    }
-}
 
 /// Short deadlines so the slow-upstream rows finish quickly.
 pub fn fetch_options(allow_private: bool, max_bytes: usize) -> FetchOptions {
@@ -84,65 +20,6 @@ pub fn fetch_options(allow_private: bool, max_bytes: usize) -> FetchOptions {
         max_redirects: 3,
         ..FetchOptions::default()
     }
-}
-
-impl Server {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// `GET path?url=url` with this server's key.
-    pub fn get_by_url(&self, path: &str, url: &str) -> reqwest::RequestBuilder {
-        crate::api_support::get_by_url(&self.http, self.url(path), &self.key, url)
-    }
-
-    /// Send `req` and assert the row: status, `{message, code}` body, no credit gone, no debit
-    /// in the ledger. Returns the message.
-    pub async fn row(
-        &self,
-        name: &str,
-        req: reqwest::RequestBuilder,
-        status: u16,
-        code: &str,
-    ) -> String {
-        let res = req.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let got = res.status();
-        let text = res.text().await.unwrap();
-        let body: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("{name}: not JSON ({got}): {text}"));
-        assert_eq!(got.as_u16(), status, "{name}: {body}");
-        assert_error(got, &body, status, code);
-        let msg = body["message"].as_str().unwrap();
-        assert!(
-            !msg.contains("/work/") && !msg.contains(".rs"),
-            "{name} leaks: {msg}"
-        );
-        self.assert_uncharged(name).await;
-        msg.to_string()
-    }
-
-    pub async fn assert_uncharged(&self, name: &str) {
-        let balance = self.store.balance(&self.key_id).await.unwrap();
-        assert_eq!(balance, self.credits, "{name} cost a credit");
-        let totals = self.store.ledger_totals(&self.key_id).await.unwrap();
-        assert_eq!(totals.debits, 0, "{name} wrote a debit");
-    }
-}
-
-/// A listener that accepts and counts connections and never answers: the target of every URL
-/// that must be refused before connecting.
-pub async fn canary(bind: &str) -> Option<(u16, Arc<AtomicUsize>)> {
-    let listener = TcpListener::bind(bind).await.ok()?;
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = Arc::clone(&hits);
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            h.fetch_add(1, Ordering::SeqCst);
-            drop(sock);
-        }
-    });
-    Some((port, hits))
 }
 
 /// A raw HTTP/1.1 upstream whose answer depends on the request path, so it can lie about

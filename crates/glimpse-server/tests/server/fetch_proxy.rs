@@ -1,13 +1,10 @@
 //! Proxy variables in the environment are ignored: with them pointing at a canary, the fetch
 //! still goes straight to the (allowed) server and the canary sees nothing. A proxy would make
-//! the resolver check the proxy's address instead of the target's. Its own test binary, because
-//! it sets process-wide environment variables.
-
-mod fetch_support;
+//! the resolver check the proxy's address instead of the target's.
 
 use std::time::Duration;
 
-use fetch_support::{raw_server, response, Canary, Reply, PNG_1X1};
+use crate::support::upstream::{raw_server, response, Canary, Reply, PNG_1X1};
 use glimpse_server::fetch::{FetchOptions, Fetcher};
 
 #[tokio::test]
