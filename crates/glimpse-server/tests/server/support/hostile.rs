@@ -3,12 +3,11 @@
 //! purpose, and hand-made hostile files.
 
 use std::io::Cursor;
-use std::sync::Arc;
 use std::time::Duration;
 
 use glimpse_server::fetch::FetchOptions;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+
+use super::upstream::{raw_server, redirect, response, Reply};
 
 /// Short deadlines so the slow-upstream rows finish quickly.
 pub fn fetch_options(allow_private: bool, max_bytes: usize) -> FetchOptions {
@@ -25,52 +24,19 @@ pub fn fetch_options(allow_private: bool, max_bytes: usize) -> FetchOptions {
 /// A raw HTTP/1.1 upstream whose answer depends on the request path, so it can lie about
 /// lengths, drip bytes and redirect anywhere. `png` is served as the "good" image.
 pub async fn raw_upstream(png: Vec<u8>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let png = Arc::new(png);
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let png = Arc::clone(&png);
-            tokio::spawn(async move {
-                let _ = answer(sock, &png).await;
-            });
-        }
-    });
-    base
+    let server = raw_server(move |path| misbehave(path, &png)).await;
+    format!("http://{}", server.addr)
 }
 
-async fn answer(mut sock: TcpStream, png: &[u8]) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let redirect =
-        |to: &str| format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n");
-    match path.as_str() {
-        "/png" => {
-            let h = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
-                png.len()
-            );
-            sock.write_all(h.as_bytes()).await?;
-            sock.write_all(png).await?;
-        }
-        "/redir-file" => {
-            sock.write_all(redirect("file:///etc/passwd").as_bytes())
-                .await?
-        }
-        "/redir-gopher" => {
-            sock.write_all(redirect("gopher://127.0.0.1:70/_x").as_bytes())
-                .await?
-        }
-        "/loop" => sock.write_all(redirect("/loop").as_bytes()).await?,
+fn misbehave(path: &str, png: &[u8]) -> Reply {
+    const PNG: (&str, &str) = ("Content-Type", "image/png");
+    let ok =
+        |headers: &[(&str, &str)], body: &[u8]| Reply::Bytes(response(200, headers, body, true));
+    match path {
+        "/png" => ok(&[PNG], png),
+        "/redir-file" => redirect(302, "file:///etc/passwd"),
+        "/redir-gopher" => redirect(302, "gopher://127.0.0.1:70/_x"),
+        "/loop" => redirect(302, "/loop"),
         p if p.starts_with("/hop/") => {
             let n: u32 = p[5..].parse().unwrap_or(0);
             let to = if n <= 1 {
@@ -78,97 +44,55 @@ async fn answer(mut sock: TcpStream, png: &[u8]) -> std::io::Result<()> {
             } else {
                 format!("/hop/{}", n - 1)
             };
-            sock.write_all(redirect(&to).as_bytes()).await?;
+            redirect(302, &to)
         }
         "/chunked-over" => {
-            // Chunked, no length, 64 KiB chunks without end: only the running count can stop it.
-            sock.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n",
-            )
-            .await?;
+            // Chunked, no length, 64 chunks of 64 KiB: only the running count can stop it.
+            let mut out = response(200, &[PNG, ("Transfer-Encoding", "chunked")], b"", false);
             let data = vec![0x89u8; 64 * 1024];
             for _ in 0..64 {
-                sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                    .await?;
-                sock.write_all(&data).await?;
-                sock.write_all(b"\r\n").await?;
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
             }
+            Reply::Bytes(out)
         }
         "/declared-over" => {
-            sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000000\r\n\r\n\x89PNG")
-                .await?;
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            let mut head = response(200, &[PNG, ("Content-Length", "100000000")], b"", false);
+            head.extend_from_slice(b"\x89PNG");
+            Reply::Hang { head }
         }
-        "/declared-short" => {
-            // Says 16 bytes, sends the whole image: the client must read only 16.
-            sock.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 16\r\n\r\n",
-            )
-            .await?;
-            sock.write_all(png).await?;
-        }
-        "/declared-long-eof" => {
-            sock.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n",
-            )
-            .await?;
-            sock.write_all(&png[..png.len().min(40)]).await?;
-        }
-        "/slow" => {
-            sock.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
-                    png.len()
-                )
-                .as_bytes(),
-            )
-            .await?;
-            for b in png {
-                sock.write_all(&[*b]).await?;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        "/404" => {
-            sock.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno\n")
-                .await?
-        }
-        "/500" => {
-            sock.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
-                .await?
-        }
-        "/html" => {
-            let body = b"<!doctype html><html><body>not an image</body></html>";
-            let h = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            sock.write_all(h.as_bytes()).await?;
-            sock.write_all(body).await?;
-        }
-        "/gzip" => {
-            // A gzip stream claiming to be the image: never decompressed, so not an image.
-            let body = [
+        // Says 16 bytes, sends the whole image: the client must read only 16.
+        "/declared-short" => ok(&[PNG, ("Content-Length", "16")], png),
+        "/declared-long-eof" => ok(
+            &[PNG, ("Content-Length", "5000")],
+            &png[..png.len().min(40)],
+        ),
+        "/slow" => Reply::Trickle {
+            head: response(
+                200,
+                &[PNG, ("Content-Length", &png.len().to_string())],
+                b"",
+                false,
+            ),
+            every: Duration::from_secs(1),
+        },
+        "/404" => Reply::Bytes(response(404, &[], b"no\n", true)),
+        "/500" => Reply::Bytes(response(500, &[], b"", true)),
+        "/html" => ok(
+            &[PNG],
+            b"<!doctype html><html><body>not an image</body></html>",
+        ),
+        // A gzip stream claiming to be the image: never decompressed, so not an image.
+        "/gzip" => ok(
+            &[PNG, ("Content-Encoding", "gzip")],
+            &[
                 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ];
-            let h = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            sock.write_all(h.as_bytes()).await?;
-            sock.write_all(&body).await?;
-        }
-        "/empty" => {
-            sock.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 0\r\n\r\n",
-            )
-            .await?
-        }
-        _ => {
-            sock.write_all(b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n")
-                .await?
-        }
+            ],
+        ),
+        "/empty" => ok(&[PNG], b""),
+        _ => Reply::Bytes(response(400, &[], b"", true)),
     }
-    sock.flush().await
 }
 
 /// A real PNG of `w`×`h` grey pixels.
