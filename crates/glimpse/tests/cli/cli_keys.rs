@@ -4,15 +4,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn keys(db: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .arg("keys")
-        .args(args)
-        .env("GLIMPSE_DATABASE_URL", db)
-        .env_remove("GLIMPSE_CONFIG")
-        .output()
-        .unwrap()
-}
+use crate::support::keys;
 
 #[test]
 fn create_list_topup_revoke() {
