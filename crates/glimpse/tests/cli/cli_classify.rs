@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{fixtures, glimpse};
+use crate::support::{assert_success, fixtures, glimpse};
 
 fn expected(model: &str) -> Value {
     let p = fixtures().join(format!("expected/{model}.json"));
@@ -268,11 +268,7 @@ fn models_list_shows_the_configured_models() {
         .env_remove("GLIMPSE_VIT_MODELS")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |id: &str| {
         rows.as_array()

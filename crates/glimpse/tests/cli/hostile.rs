@@ -275,11 +275,7 @@ fn a_key_revoked_elsewhere_is_refused_with_401() {
     let r = upload(server.addr, "/api/image-classification/vit", &key, &png).unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let out = keys(&db, &["revoke", &key_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for _ in 0..2 {
         let r = upload(server.addr, "/api/image-classification/vit", &key, &png).unwrap();
         assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));

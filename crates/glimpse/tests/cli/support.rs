@@ -26,6 +26,15 @@ pub fn glimpse() -> Command {
     c
 }
 
+/// Fail the test, with the child's stderr, unless it exited 0.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `glimpse keys ARGS` against `database_url`.
 pub fn keys(database_url: &str, args: &[&str]) -> Output {
     glimpse()
@@ -201,11 +210,7 @@ pub fn create_key(database_url: &str, credits: i64) -> (String, String) {
         database_url,
         &["create", "--json", "--credits", &credits.to_string()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     (
         v["id"].as_str().unwrap().to_string(),
