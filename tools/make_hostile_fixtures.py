@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Base files for the hostile-upload tests (crates/glimpse/tests/hostile.rs).
+"""Base files for the hostile-upload tests (crates/glimpse/tests/cli/hostile.rs).
 
 Writes tests/fixtures/hostile/flat_progressive.jpg: a flat-grey 4000x3000 progressive JPEG as
 Pillow (libjpeg-turbo) writes it. The test makes the attack from it at run time by repeating its

@@ -1,11 +1,9 @@
 //! The error table: each bad request gets the contract's status AND code in the `{message, code}`
 //! shape, and none of them costs a credit.
 
-mod api_support;
-
 use std::sync::atomic::Ordering;
 
-use api_support::*;
+use crate::support::*;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Method, RequestBuilder};
 
@@ -34,7 +32,7 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_table() {
-    let s = start(5, |_| {}).await;
+    let s = TestServer::builder().credits(5).start().await;
     let jpg = image_bytes("motorcycle.jpg");
     let (host, _) = image_host(b"<html>not an image</html>".to_vec()).await;
     let labels65: Vec<String> = (0..65).map(|i| format!("l{i}")).collect();
@@ -46,7 +44,7 @@ async fn error_table() {
     let key = s.key.clone();
     let post = |path: &str| s.http.post(s.url(path)).header("X-API-Key", &key);
     let get = |path: &str| s.http.get(s.url(path)).header("X-API-Key", &key);
-    let too_big = vec![0u8; s.config.max_upload_bytes + 1];
+    let too_big = vec![0u8; s.max_upload_bytes() + 1];
 
     // (case, request, status, code, key known → X-Credits-Remaining expected)
     let cases: Vec<(&str, RequestBuilder, u16, &str, bool)> = vec![
@@ -291,7 +289,7 @@ async fn error_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_credits_is_402_before_any_fetch() {
-    let s = start(0, |_| {}).await;
+    let s = TestServer::builder().start().await;
     let (host, hits) = image_host(image_bytes("motorcycle.jpg")).await;
     let (status, headers, body) = send(s.get_by_url(CLIP, &format!("{host}/m.jpg"))).await;
     assert_error(status, &body, 402, "INSUFFICIENT_CREDITS");
@@ -316,7 +314,11 @@ async fn zero_credits_is_402_before_any_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_urls_are_refused_unless_allowed() {
-    let s = start(3, |c| c.allow_private_urls = false).await;
+    let s = TestServer::builder()
+        .credits(3)
+        .allow_private_urls(false)
+        .start()
+        .await;
     let (host, hits) = image_host(image_bytes("motorcycle.jpg")).await;
     let (status, _, body) = send(s.get_by_url(CLIP, &format!("{host}/m.jpg"))).await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
@@ -329,7 +331,11 @@ async fn private_urls_are_refused_unless_allowed() {
 /// and the ViT endpoint says it is turned off (404), free; before, the server refused to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_family_can_be_turned_off() {
-    let s = start(5, |c| c.vit_model = String::new()).await;
+    let s = TestServer::builder()
+        .credits(5)
+        .no_vit_model()
+        .start()
+        .await;
     let form = || {
         reqwest::multipart::Form::new().part(
             "image",

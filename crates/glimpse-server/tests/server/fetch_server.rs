@@ -1,11 +1,9 @@
 //! The fetcher against local raw HTTP servers on 127.0.0.1, with `allow_private = true` (which
 //! lifts the address rule only): redirects, size cap, timeouts, status codes, no decompression.
 
-mod fetch_support;
-
 use std::time::{Duration, Instant};
 
-use fetch_support::{raw_server, redirect, response, Reply, PNG_1X1};
+use crate::support::upstream::{raw_server, redirect, response, Reply, PNG_1X1};
 use glimpse_server::fetch::{FetchError, FetchOptions, Fetcher};
 
 const CAP: u64 = 1000;
@@ -72,7 +70,7 @@ async fn redirect_to_a_file_url_is_refused() {
 
 /// `/chain/N` redirects to `/chain/N-1` (cycling through every followed status, relative and
 /// absolute Locations); `/chain/0` is the image.
-async fn chain_server() -> fetch_support::RawServer {
+async fn chain_server() -> crate::support::upstream::RawServer {
     raw_server(|path| {
         let n: usize = path.trim_start_matches("/chain/").parse().unwrap();
         if n == 0 {

@@ -2,15 +2,13 @@
 //! usage ledger): conservation under concurrency on SQLite and on PostgreSQL with two replicas, and
 //! the ledger invariants after a replica is SIGKILLed mid-stream. Traffic goes to loopback only.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use glimpse_store::{connect, Store};
-use support::*;
 
 fn tiny_png() -> Vec<u8> {
     std::fs::read(fixtures().join("images/tiny.png")).unwrap()

@@ -5,12 +5,10 @@
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `npm ci` run in `tests/browser/`. With
 //! `CI` set a missing piece is a failure; without it the test says so loudly and passes.
 
-mod api_support;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use api_support::*;
+use crate::support::*;
 
 fn missing_tools(dir: &std::path::Path, chromium: &str) -> Vec<String> {
     let mut missing = Vec::new();
@@ -68,8 +66,12 @@ async fn run_script(script: &str, base: &str, key: &str, env: &[(&str, String)])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn playground_classifies_in_chromium() {
     let credits = 50;
-    let s = start(credits, |c| c.credits_per_call = 2).await;
-    let expect = credits - s.config.credits_per_call;
+    let s = TestServer::builder()
+        .credits(credits)
+        .credits_per_call(2)
+        .start()
+        .await;
+    let expect = credits - s.credits_per_call();
     let screenshot = std::env::var("GLIMPSE_SCREENSHOT").unwrap_or_else(|_| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/playground.png")
@@ -88,7 +90,7 @@ async fn playground_classifies_in_chromium() {
     }
     // The page's three good calls (CLIP, ViT, CLIP again) were charged once each; the wrong-key
     // call was free.
-    assert_eq!(s.balance().await, credits - 3 * s.config.credits_per_call);
+    assert_eq!(s.balance().await, credits - 3 * s.credits_per_call());
     assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 1000));
     s.stop().await.unwrap();
 }
@@ -96,7 +98,7 @@ async fn playground_classifies_in_chromium() {
 /// Swagger UI's "Try it out" on POST /clip with its own defaults and an image: 200, charged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_try_it_out_answers_in_chromium() {
-    let s = start(5, |_| {}).await;
+    let s = TestServer::builder().credits(5).start().await;
     if run_script("swagger.mjs", &s.base, &s.key, &[])
         .await
         .is_none()

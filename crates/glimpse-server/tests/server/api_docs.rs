@@ -1,11 +1,9 @@
 //! `/openapi.json` lists every route with its parameters, bodies and error answers, and live
 //! answers fit its schemas; `/docs` is a Swagger UI served entirely from the binary.
 
-mod api_support;
-
 use std::collections::BTreeSet;
 
-use api_support::*;
+use crate::support::*;
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -98,7 +96,11 @@ fn response_schema<'a>(doc: &'a Value, path: &str, method: &str, status: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_lists_every_route_and_matches_live_answers() {
-    let s = start(10, |c| c.admin_token = Some(TOKEN.into())).await;
+    let s = TestServer::builder()
+        .credits(10)
+        .admin_token(TOKEN)
+        .start()
+        .await;
     let doc: Value = s
         .http
         .get(s.url("/openapi.json"))
@@ -293,7 +295,7 @@ async fn openapi_lists_every_route_and_matches_live_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_is_served_from_the_binary() {
-    let s = start(1, |_| {}).await;
+    let s = TestServer::builder().credits(1).start().await;
     let res = s.http.get(s.url("/docs")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers()["content-type"]
@@ -333,15 +335,7 @@ async fn swagger_ui_is_served_from_the_binary() {
             assert!(!js.contains("http"), "{js}");
         }
     }
-    let index = s
-        .http
-        .get(s.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let index = s.get_text("/").await;
     assert!(index.contains("href=\"/docs\""), "{index}");
     s.stop().await.unwrap();
 }
@@ -356,7 +350,7 @@ use std::path::PathBuf;
 /// clipModel), every error example said VALIDATION_ERROR, the admin token came first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_try_it_out_with_its_defaults_succeeds() {
-    let s = start(10, |_| {}).await;
+    let s = TestServer::builder().credits(10).start().await;
     let doc: Value = s
         .http
         .get(format!("{}/openapi.json", s.base))

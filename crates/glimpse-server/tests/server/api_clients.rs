@@ -3,12 +3,10 @@
 //! equal what the in-process pipeline gives for the same model and image. None is skipped: a
 //! missing `curl`, `python3` (with requests) or `node` fails the test.
 
-mod api_support;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use api_support::*;
+use crate::support::*;
 
 const IMAGE: &str = "motorcycle.jpg";
 const LABELS: &str = "car,document,motorcycle,truck,person,other";
@@ -52,7 +50,7 @@ async fn run_client_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_clients_get_the_pipelines_answer() {
-    let server = start(10, |_| {}).await;
+    let server = TestServer::builder().credits(10).start().await;
     let expected = expected_clip(IMAGE, LABELS);
     let dir = clients_dir();
 
@@ -103,7 +101,7 @@ async fn seed_clients_get_the_pipelines_answer() {
 /// EPIPE. The same for a key that cannot pay (402, also before the body).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_clients_read_the_error_before_the_body_is_read() {
-    let server = start(0, |_| {}).await;
+    let server = TestServer::builder().start().await;
     let dir = clients_dir();
     // A 1 KB PNG (the case) and a 400 KB one (several socket buffers, under the
     // test server's 512 KB upload limit).

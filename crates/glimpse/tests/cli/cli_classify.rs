@@ -2,29 +2,15 @@
 //! preprocesses and runs the fixture models, and its `--json` answers must match the reference
 //! probabilities within 1e-4 (contract, section Models).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixtures() -> PathBuf {
-    root().join("tests/fixtures")
-}
+use crate::support::{assert_success, fixtures, glimpse};
 
 fn expected(model: &str) -> Value {
     let p = fixtures().join(format!("expected/{model}.json"));
     serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
-}
-
-fn glimpse() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_glimpse"));
-    // Never reach for the Hub from a test.
-    c.env("HF_HUB_OFFLINE", "1").env_remove("GLIMPSE_CONFIG");
-    c
 }
 
 /// Run classify on every reference image in one process; answers in input order.
@@ -182,7 +168,7 @@ fn bad_labels_and_missing_model_folder_are_refused() {
 /// `--json` line names its file, and `timingMs` is rounded to 0.1 ms.
 #[test]
 fn precision_flag_and_variable_run_the_reduced_kernels_within_bound() {
-    let images: Vec<PathBuf> = [
+    let images: Vec<std::path::PathBuf> = [
         "portrait.jpg",
         "tall_photo.png",
         "strip_tall.png",
@@ -282,11 +268,7 @@ fn models_list_shows_the_configured_models() {
         .env_remove("GLIMPSE_VIT_MODELS")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |id: &str| {
         rows.as_array()

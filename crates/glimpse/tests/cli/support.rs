@@ -1,16 +1,48 @@
-//! Shared by the binary's process-level tests: a tiny blocking HTTP/1.1 client (loopback only),
-//! `glimpse serve` child processes on the fixture models, and PostgreSQL schemas via `psql`.
+//! Shared by the binary's process-level tests: the `glimpse` command, a tiny blocking HTTP/1.1
+//! client (loopback only), `glimpse serve` child processes on the fixture models, and PostgreSQL
+//! schemas via `psql`.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The built `glimpse` binary, kept off the Hub and away from the caller's config file and
+/// sharding variables.
+pub fn glimpse() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+    // Never reach for the Hub from a test.
+    c.env("HF_HUB_OFFLINE", "1")
+        .env_remove("GLIMPSE_CONFIG")
+        .env_remove("GLIMPSE_SHARDS")
+        .env_remove("JOB_COMPLETION_INDEX");
+    c
+}
+
+/// Fail the test, with the child's stderr, unless it exited 0.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `glimpse keys ARGS` against `database_url`.
+pub fn keys(database_url: &str, args: &[&str]) -> Output {
+    glimpse()
+        .arg("keys")
+        .args(args)
+        .env("GLIMPSE_DATABASE_URL", database_url)
+        .output()
+        .unwrap()
 }
 
 pub struct Response {
@@ -174,23 +206,11 @@ pub fn start_server(database_url: &str, extra_env: &[(&str, &str)]) -> Server {
 
 /// `glimpse keys create --credits N --json` → (id, key).
 pub fn create_key(database_url: &str, credits: i64) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args([
-            "keys",
-            "create",
-            "--json",
-            "--credits",
-            &credits.to_string(),
-        ])
-        .env("GLIMPSE_DATABASE_URL", database_url)
-        .env_remove("GLIMPSE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = keys(
+        database_url,
+        &["create", "--json", "--credits", &credits.to_string()],
     );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     (
         v["id"].as_str().unwrap().to_string(),

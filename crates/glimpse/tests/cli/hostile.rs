@@ -2,12 +2,10 @@
 //! resident memory (`VmHWM`) and the CPU time it burns after answering (`/proc/PID/stat`).
 //! Loopback only.
 
-mod support;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// `/proc/PID/status` field in kB, as bytes.
 fn status_bytes(pid: u32, field: &str) -> u64 {
@@ -237,12 +235,7 @@ fn many_scan_jpegs_are_refused_before_they_burn_cpu() {
         "the server burned {burned:.2} s of CPU after answering"
     );
     // Refused images are free.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(["keys", "list", "--json"])
-        .env("GLIMPSE_DATABASE_URL", &db)
-        .env_remove("GLIMPSE_CONFIG")
-        .output()
-        .unwrap();
+    let out = keys(&db, &["list", "--json"]);
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let k = keys
         .as_array()
@@ -281,17 +274,8 @@ fn a_key_revoked_elsewhere_is_refused_with_401() {
     let png = std::fs::read(fixtures().join("images/astronaut.png")).unwrap();
     let r = upload(server.addr, "/api/image-classification/vit", &key, &png).unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(["keys", "revoke", &key_id])
-        .env("GLIMPSE_DATABASE_URL", &db)
-        .env_remove("GLIMPSE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = keys(&db, &["revoke", &key_id]);
+    assert_success(&out);
     for _ in 0..2 {
         let r = upload(server.addr, "/api/image-classification/vit", &key, &png).unwrap();
         assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));

@@ -2,23 +2,12 @@
 //! a torn output, shards partition the files, bad files give error lines, Indexed-Job sharding.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn glimpse() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_glimpse"));
-    c.env("HF_HUB_OFFLINE", "1")
-        .env_remove("GLIMPSE_CONFIG")
-        .env_remove("GLIMPSE_SHARDS")
-        .env_remove("JOB_COMPLETION_INDEX");
-    c
-}
+use crate::support::{fixtures, glimpse};
 
 /// Relative name → fixture image. Nested folders and a batch size that does not divide the count,
 /// so batches mix folders and the last batch is short.

@@ -2,13 +2,11 @@
 //! refused URL, and must have accepted nothing afterwards; a positive control shows the canary
 //! does count connections when one is allowed.
 
-mod fetch_support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fetch_support::{raw_server, redirect, response, Canary, Reply, PNG_1X1};
+use crate::support::upstream::{raw_server, redirect, response, Canary, Reply, PNG_1X1};
 use glimpse_server::fetch::{AddressPolicy, FetchError, FetchOptions, Fetcher, StaticResolver};
 
 fn loopback() -> IpAddr {

@@ -1,16 +1,13 @@
 //! Dynamic batching through the real server: concurrent uploads share forward passes and get the
 //! same answers (scores within 1e-6) as the same uploads sent one at a time.
 
-mod api_support;
-
 use std::sync::Arc;
 
-use api_support::{http_client, image_bytes, test_config};
+use crate::support::{image_bytes, TestServer};
 use glimpse_core::Task;
-use glimpse_server::{load_models, serve_state, AppState, ServerConfig};
+use glimpse_server::AppState;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 const IMAGES: [&str; 8] = [
     "motorcycle.jpg",
@@ -23,28 +20,6 @@ const IMAGES: [&str; 8] = [
     "coffee.webp",
 ];
 const LABELS: &str = "cat,person,motorcycle,coffee,text";
-
-/// The fixture models and a temp SQLite store, with the state kept here so the test can read the
-/// batchers' counters (the shared harness does not hand its state out).
-async fn load_test_state(tweak: impl FnOnce(&mut ServerConfig)) -> (AppState, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    tweak(&mut config);
-    let store = glimpse_store::connect(&config.database_url).await.unwrap();
-    let models = load_models(&config).await.unwrap();
-    (AppState::new(&config, store, models).unwrap(), dir)
-}
-
-/// Serve `state` on 127.0.0.1:0; sending on (or dropping) the sender stops it.
-async fn serve_test_state(state: AppState) -> (String, oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(serve_state(state, listener, async move {
-        let _ = rx.await;
-    }));
-    (base, tx)
-}
 
 fn form(image: &str) -> Form {
     Form::new()
@@ -90,19 +65,18 @@ fn assert_same(got: &Value, want: &Value, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
     // A wide window so the 8 concurrent calls surely meet in the queue on a loaded CI machine.
-    let (state, dir) = load_test_state(|c| {
-        c.batch_size = 8;
-        c.batch_window_ms = 300;
-    })
-    .await;
-    let key = state.store().create_key("batch", 100).await.unwrap();
-    let (base, stop) = serve_test_state(state.clone()).await;
-    let http = http_client();
+    let s = TestServer::builder()
+        .credits(100)
+        .batch_size(8)
+        .batch_window_ms(300)
+        .start()
+        .await;
+    let (state, base, key, http) = (&s.state, &s.base, &s.key, s.http.clone());
 
     let mut sequential = Vec::new();
     for ep in ["clip", "vit"] {
         for im in IMAGES {
-            sequential.push(call(&http, &base, &key.key, ep, im).await);
+            sequential.push(call(&http, base, key, ep, im).await);
         }
     }
     let before_clip = batcher(&state, Task::ZeroShot).stats();
@@ -116,7 +90,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
     let mut tasks = Vec::new();
     for ep in ["clip", "vit"] {
         for im in IMAGES {
-            let (http, base, k) = (Arc::clone(&http), base.clone(), key.key.clone());
+            let (http, base, k) = (Arc::clone(&http), base.clone(), key.clone());
             tasks.push(tokio::spawn(
                 async move { call(&http, &base, &k, ep, im).await },
             ));
@@ -139,14 +113,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
     }
     assert_eq!(state.models().queue_depth(), 0);
     // /metrics sees every batch: its histogram counts the passes and sums the images.
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.get_text("/metrics").await;
     let series = |name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -167,28 +134,30 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
         (clip.jobs + vit.jobs) as f64
     );
     // 32 calls, one credit each, none refunded.
-    assert_eq!(state.store().balance(&key.id).await.unwrap(), 100 - 32);
-    let _ = stop.send(());
-    drop(dir);
+    assert_eq!(s.balance().await, 100 - 32);
+    drop(s);
 }
 
 #[tokio::test]
 async fn batch_size_one_still_answers_every_call() {
-    let (state, _dir) = load_test_state(|c| c.batch_size = 1).await;
-    let key = state.store().create_key("one", 10).await.unwrap();
-    let (base, _stop) = serve_test_state(state.clone()).await;
-    let http = Arc::new(http_client());
+    let server = TestServer::builder()
+        .credits(10)
+        .batch_size(1)
+        .start()
+        .await;
+    let (base, key) = (&server.base, &server.key);
+    let http = Arc::new(server.http.clone());
     let tasks: Vec<_> = IMAGES[..4]
         .iter()
         .map(|im| {
-            let (http, base, k) = (Arc::clone(&http), base.clone(), key.key.clone());
+            let (http, base, k) = (Arc::clone(&http), base.clone(), key.clone());
             tokio::spawn(async move { call(&http, &base, &k, "clip", im).await })
         })
         .collect();
     for t in tasks {
         assert!(t.await.unwrap()["predictions"].is_array());
     }
-    let s = batcher(&state, Task::ZeroShot).stats();
+    let s = batcher(&server.state, Task::ZeroShot).stats();
     assert_eq!((s.batches, s.jobs, s.max_batch_seen), (4, 4, 1));
 }
 
@@ -198,15 +167,17 @@ async fn batch_size_one_still_answers_every_call() {
 async fn reduced_precision_servers_answer_close_to_fp32() {
     let mut answers = Vec::new();
     for precision in ["fp32", "bf16", "int8"] {
-        let (state, _dir) = load_test_state(|c| c.precision = precision.into()).await;
-        let key = state.store().create_key("p", 100).await.unwrap();
-        let (base, stop) = serve_test_state(state).await;
-        let http = http_client();
+        let s = TestServer::builder()
+            .credits(100)
+            .precision(precision)
+            .start()
+            .await;
+        let (base, key, http) = (&s.base, &s.key, &s.http);
         // (endpoint, image) → labels and scores, in the answer's order.
         let mut calls = Vec::new();
         for ep in ["clip", "vit"] {
             for im in ["motorcycle.jpg", "coffee.jpg"] {
-                let v = call(&http, &base, &key.key, ep, im).await;
+                let v = call(http, base, key, ep, im).await;
                 let field = if ep == "clip" {
                     "predictions"
                 } else {
@@ -221,7 +192,7 @@ async fn reduced_precision_servers_answer_close_to_fp32() {
                 calls.push((format!("{ep} {im}"), preds));
             }
         }
-        let _ = stop.send(());
+        drop(s);
         answers.push(calls);
     }
     for (name, got) in [("bf16", &answers[1]), ("int8", &answers[2])] {

@@ -4,15 +4,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn keys(db: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .arg("keys")
-        .args(args)
-        .env("GLIMPSE_DATABASE_URL", db)
-        .env_remove("GLIMPSE_CONFIG")
-        .output()
-        .unwrap()
-}
+use crate::support::{assert_success, keys};
 
 #[test]
 fn create_list_topup_revoke() {
@@ -20,11 +12,7 @@ fn create_list_topup_revoke() {
     let db = format!("sqlite://{}", dir.path().join("k.db").display());
 
     let out = keys(&db, &["create", "--credits", "5", "--name", "ci", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = made["id"].as_str().unwrap().to_string();
     assert!(made["key"].as_str().unwrap().starts_with("gk_"));
@@ -32,11 +20,7 @@ fn create_list_topup_revoke() {
     assert_eq!(made["credits"], 5);
 
     let out = keys(&db, &["topup", &id, "7"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("12"));
 
     let out = keys(&db, &["revoke", &id]);
@@ -74,11 +58,7 @@ fn keys_commands_say_what_they_want_and_where_they_write() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     let abs = dir.path().join("rel.db");
     assert!(
@@ -112,11 +92,7 @@ fn config_file_fills_unset_variables_and_loses_to_them() {
         .env_remove("GLIMPSE_DATABASE_URL")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(dir.path().join("from-file.db").exists());
 
     // A variable beats the file.

@@ -2,12 +2,10 @@
 //! matches the store; a server failure refunds; idempotent retries charge once; the rate limit
 //! and the in-flight limit answer 429/503 with Retry-After.
 
-mod api_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_support::*;
+use crate::support::*;
 use glimpse_core::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
 use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
 use glimpse_core::{CoreError, Result as CoreResult};
@@ -37,7 +35,11 @@ async fn json(res: reqwest::Response) -> (u16, reqwest::header::HeaderMap, serde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_costs_exactly_credits_per_call() {
-    let s = start(10, |c| c.credits_per_call = 3).await;
+    let s = TestServer::builder()
+        .credits(10)
+        .credits_per_call(3)
+        .start()
+        .await;
     let res = s
         .http
         .post(s.url(CLIP))
@@ -135,7 +137,7 @@ async fn success_costs_exactly_credits_per_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retry_replays_and_charges_once() {
-    let s = start(10, |_| {}).await;
+    let s = TestServer::builder().credits(10).start().await;
     let send = |labels: &'static str, key: &'static str| {
         s.http
             .post(s.url(CLIP))
@@ -167,11 +169,12 @@ async fn idempotent_retry_replays_and_charges_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_with_retry_after() {
-    let s = start(10, |c| {
-        c.rate_limit_per_second = 0.2;
-        c.rate_limit_burst = 2;
-    })
-    .await;
+    let s = TestServer::builder()
+        .credits(10)
+        .rate_limit_per_second(0.2)
+        .rate_limit_burst(2)
+        .start()
+        .await;
     let call = || {
         s.http
             .get(s.url("/api/account"))
@@ -273,7 +276,11 @@ fn fake(behaviour: Behaviour) -> Models {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_failures_refund_and_hide_details() {
     for behaviour in [Behaviour::Fail, Behaviour::Panic] {
-        let s = start_with(5, |_| {}, |_| Some(fake(behaviour))).await;
+        let s = TestServer::builder()
+            .credits(5)
+            .models(fake(behaviour))
+            .start()
+            .await;
         let res = s
             .http
             .post(s.url(CLIP))
@@ -305,7 +312,12 @@ async fn server_failures_refund_and_hide_details() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
-    let s = start_with(5, |c| c.max_in_flight = 1, |_| Some(fake(Behaviour::Slow))).await;
+    let s = TestServer::builder()
+        .credits(5)
+        .max_in_flight(1)
+        .models(fake(Behaviour::Slow))
+        .start()
+        .await;
     let slow_request = || {
         s.http
             .post(s.url(CLIP))
@@ -331,7 +343,12 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
     let s = {
         s.stop().await.unwrap();
         assert_eq!(first.await.unwrap().unwrap().status(), 200);
-        start_with(5, |c| c.max_in_flight = 4, |_| Some(fake(Behaviour::Slow))).await
+        TestServer::builder()
+            .credits(5)
+            .max_in_flight(4)
+            .models(fake(Behaviour::Slow))
+            .start()
+            .await
     };
     let slow_request = || {
         s.http
@@ -350,7 +367,7 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
         (409, Some("IDEMPOTENCY_IN_PROGRESS"))
     );
     // Shut down while the slow call runs: it still completes and is charged once.
-    let db = s.config.database_url.clone();
+    let db = s.database_url().to_string();
     let key_id = s.key_id.clone();
     let stopped = tokio::spawn(s.stop_keeping_dir());
     let res = slow.await.unwrap().unwrap();
@@ -456,23 +473,20 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
     use std::sync::atomic::Ordering;
     let flaky: Arc<std::sync::OnceLock<Arc<FlakySettle>>> = Arc::default();
     let slot = Arc::clone(&flaky);
-    let s = start_wrapped(
-        10,
-        |c| {
-            c.reap_after_secs = 2;
-            c.settle_retry_secs = 1;
-        },
-        |_| None,
-        move |inner| {
+    let s = TestServer::builder()
+        .credits(10)
+        .reap_after_secs(2)
+        .settle_retry_secs(1)
+        .wrap_store(move |inner| {
             let f = Arc::new(FlakySettle {
                 inner,
                 failing_settles: 0.into(),
             });
             let _ = slot.set(Arc::clone(&f));
             f
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let flaky = flaky.get().unwrap();
     let send = || {
         s.http
@@ -541,14 +555,15 @@ async fn idempotency_stores_no_transient_failure_and_is_bounded() {
     let up = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let s = start(20, |c| {
-        c.fetch_timeout_secs = 1;
-        c.fetch_connect_timeout_secs = 1;
-        c.idempotency_max_per_key = 3;
-        c.idempotency_ttl_secs = 2;
-        c.reap_after_secs = 4;
-    })
-    .await;
+    let s = TestServer::builder()
+        .credits(20)
+        .fetch_timeout_secs(1)
+        .fetch_connect_timeout_secs(1)
+        .idempotency_max_per_key(3)
+        .idempotency_ttl_secs(2)
+        .reap_after_secs(4)
+        .start()
+        .await;
     let by_url = |path: &str, ik: &str| {
         s.get_by_url(VIT, &format!("{up}{path}"))
             .header("Idempotency-Key", ik)
@@ -609,14 +624,10 @@ async fn idempotency_stores_no_transient_failure_and_is_bounded() {
 /// would otherwise keep "charging" into the deleted file) turns it 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_when_the_database_file_is_deleted() {
-    let s = start(1, |_| {}).await;
+    let s = TestServer::builder().credits(1).start().await;
     let res = s.http.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let db = s
-        .config
-        .database_url
-        .trim_start_matches("sqlite://")
-        .to_string();
+    let db = s.database_url().trim_start_matches("sqlite://").to_string();
     std::fs::remove_file(&db).unwrap();
     let res = s.http.get(s.url("/readyz")).send().await.unwrap();
     let status = res.status();

@@ -1,7 +1,6 @@
 //! Loopback-only test servers for the fetcher tests: a raw HTTP/1.1 server whose every byte the
 //! test chooses (lying lengths, trickled bodies, gzip headers), and a canary that only counts
 //! accepted connections.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,8 +140,14 @@ pub struct Canary {
 }
 
 impl Canary {
+    /// On 127.0.0.1.
     pub async fn start() -> Canary {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Canary::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    /// On `addr` (say `[::1]:0`); `None` when it cannot be bound (no IPv6 in a container).
+    pub async fn bind(addr: &str) -> Option<Canary> {
+        let listener = TcpListener::bind(addr).await.ok()?;
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&accepted);
@@ -152,7 +157,7 @@ impl Canary {
                 drop(stream);
             }
         });
-        Canary { addr, accepted }
+        Some(Canary { addr, accepted })
     }
 
     pub fn port(&self) -> u16 {

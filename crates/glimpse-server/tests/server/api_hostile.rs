@@ -2,17 +2,14 @@
 //! that the key's balance and the ledger are untouched. Traffic goes to loopback only: refused
 //! URLs point at a canary listener that must see no connection at all.
 
-mod api_support;
-mod hostile_support;
-
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_support::image_bytes;
+use crate::support::hostile::*;
+use crate::support::upstream::Canary;
+use crate::support::{image_bytes, TestServer};
 use glimpse_server::fetch::{Fetcher, StaticResolver};
-use hostile_support::*;
 use reqwest::header::HeaderValue;
 use reqwest::multipart::{Form, Part};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,11 +24,12 @@ fn form(bytes: Vec<u8>) -> Form {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_urls_never_leave_the_server() {
-    let (p4, hits4) = canary("127.0.0.1:0").await.unwrap();
+    let canary4 = Canary::start().await;
+    let p4 = canary4.port();
     // IPv6 loopback may be missing in a container; the row still runs (the refusal is on the
     // literal), only the v6 canary count is then vacuous.
-    let v6 = canary("[::1]:0").await;
-    let p6 = v6.as_ref().map_or(p4, |(p, _)| *p);
+    let v6 = Canary::bind("[::1]:0").await;
+    let p6 = v6.as_ref().map_or(p4, Canary::port);
     // A public-looking name that this test's DNS maps to loopback: the check must be on the
     // resolved address, not the name.
     let resolver = StaticResolver::new()
@@ -47,16 +45,14 @@ async fn refused_urls_never_leave_the_server() {
         resolver: Arc::new(resolver),
         ..fetch_options(false, 512 * 1024)
     };
-    let s = start(
-        CREDITS,
-        |c| {
-            c.allow_private_urls = false;
-            // This table sends dozens of refused URLs from one key on purpose.
-            c.failed_fetches_per_minute = 0;
-        },
-        Some(Fetcher::new(opts)),
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .allow_private_urls(false)
+        // This table sends dozens of refused URLs from one key on purpose.
+        .failed_fetches_per_minute(0)
+        .image_source(Fetcher::new(opts))
+        .start()
+        .await;
     let long = format!("http://public.example:{p4}/{}", "a".repeat(5000));
     let urls: Vec<(&str, String)> = vec![
         ("decimal 127.0.0.1", format!("http://2130706433:{p4}/x.png")),
@@ -136,17 +132,9 @@ async fn refused_urls_never_leave_the_server() {
         .await;
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        hits4.load(Ordering::SeqCst),
-        0,
-        "a refused URL reached the v4 canary"
-    );
-    if let Some((_, hits6)) = v6 {
-        assert_eq!(
-            hits6.load(Ordering::SeqCst),
-            0,
-            "a refused URL reached the v6 canary"
-        );
+    assert_eq!(canary4.accepted(), 0, "a refused URL reached the v4 canary");
+    if let Some(canary6) = v6 {
+        assert_eq!(canary6.accepted(), 0, "a refused URL reached the v6 canary");
     }
     assert!(n >= 25);
 }
@@ -156,12 +144,12 @@ async fn misbehaving_upstreams_cost_nothing() {
     let good = png(8, 8);
     let up = raw_upstream(good).await;
     let max = 512 * 1024;
-    let s = start(
-        CREDITS,
-        |c| c.failed_fetches_per_minute = 0,
-        Some(Fetcher::new(fetch_options(true, max))),
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .failed_fetches_per_minute(0)
+        .image_source(Fetcher::new(fetch_options(true, max)))
+        .start()
+        .await;
     let rows: Vec<(&str, &str, u16, &str)> = vec![
         ("redirect to file:", "/redir-file", 400, "VALIDATION_ERROR"),
         (
@@ -233,16 +221,13 @@ async fn misbehaving_upstreams_cost_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fetch_timeout_setting_reaches_the_fetcher() {
     let up = raw_upstream(png(8, 8)).await;
-    let s = start(
-        CREDITS,
-        |c| {
-            c.allow_private_urls = true;
-            c.fetch_timeout_secs = 1;
-            c.fetch_connect_timeout_secs = 1;
-        },
-        None,
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .allow_private_urls(true)
+        .fetch_timeout_secs(1)
+        .fetch_connect_timeout_secs(1)
+        .start()
+        .await;
     let t = Instant::now();
     let res = s
         .get_by_url(VIT, &format!("{up}/slow"))
@@ -261,7 +246,7 @@ async fn the_fetch_timeout_setting_reaches_the_fetcher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_uploads_cost_nothing() {
-    let s = start(CREDITS, |_| {}, None).await;
+    let s = TestServer::builder().credits(CREDITS).start().await;
     let jpg = image_bytes("motorcycle.jpg");
     let small = png(16, 16);
     let mut jpeg_garbage = vec![0xff, 0xd8];
@@ -301,7 +286,7 @@ async fn hostile_uploads_cost_nothing() {
         ("non-UTF-8 Idempotency-Key", post(VIT).header("Idempotency-Key", HeaderValue::from_bytes(b"id-\xff\xfe").unwrap()).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
         ("invalid percent-encoding (UTF-8)", s.http.post(format!("{}?labels=%ff%fe,cat", s.url(CLIP))).header("X-API-Key", &key).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
         ("invalid percent-encoding (url)", s.http.get(format!("{}?url=%zz%", s.url(CLIP))).header("X-API-Key", &key), 400, "VALIDATION_ERROR"),
-        ("upload over the limit", post(VIT).multipart(form(vec![7u8; s.config.max_upload_bytes + 1])), 413, "PAYLOAD_TOO_LARGE"),
+        ("upload over the limit", post(VIT).multipart(form(vec![7u8; s.max_upload_bytes() + 1])), 413, "PAYLOAD_TOO_LARGE"),
     ];
     for (name, req, status, code) in rows {
         s.row(name, req, status, code).await;
@@ -317,7 +302,7 @@ async fn hostile_uploads_cost_nothing() {
 /// not after the client has sent it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
-    let s = start(CREDITS, |_| {}, None).await;
+    let s = TestServer::builder().credits(CREDITS).start().await;
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let boundary = "hostileboundary";
@@ -329,7 +314,7 @@ async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
     // Send the limit plus 256 KiB of the declared gigabyte, then stop and wait for the answer.
     let chunk = vec![0u8; 64 * 1024];
     let mut sent = 0usize;
-    while sent < s.config.max_upload_bytes + 256 * 1024 {
+    while sent < s.max_upload_bytes() + 256 * 1024 {
         if sock.write_all(&chunk).await.is_err() {
             break; // the server already answered and closed
         }
@@ -430,15 +415,12 @@ fn fuzz_seed_corpora_hold_the_targets_invariants() {
 /// in-flight slot forever (slowloris on the body; the header timeout does not cover it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_upload_body_is_cut_off() {
-    let s = start(
-        CREDITS,
-        |c| {
-            c.header_timeout_secs = 1;
-            c.max_in_flight = 1;
-        },
-        None,
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .header_timeout_secs(1)
+        .max_in_flight(1)
+        .start()
+        .await;
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
@@ -485,13 +467,14 @@ async fn stalled_upload_body_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_fetches_are_counted_and_tell_nothing() {
     let up = raw_upstream(png(8, 8)).await;
-    let (port, hits) = canary("127.0.0.1:0").await.unwrap();
-    let s = start(
-        1,
-        |c| c.failed_fetches_per_minute = 3,
-        Some(Fetcher::new(fetch_options(true, 512 * 1024))),
-    )
-    .await;
+    let canary = Canary::start().await;
+    let port = canary.port();
+    let s = TestServer::builder()
+        .credits(1)
+        .failed_fetches_per_minute(3)
+        .image_source(Fetcher::new(fetch_options(true, 512 * 1024)))
+        .start()
+        .await;
     for path in [
         format!("{up}/404"),
         format!("{up}/html"),
@@ -506,7 +489,7 @@ async fn failed_fetches_are_counted_and_tell_nothing() {
             "{path}: {msg}"
         );
     }
-    let seen = hits.load(Ordering::SeqCst);
+    let seen = canary.accepted();
     assert_eq!(seen, 1);
     let res = s
         .get_by_url(VIT, &format!("http://127.0.0.1:{port}/b.jpg"))
@@ -517,7 +500,7 @@ async fn failed_fetches_are_counted_and_tell_nothing() {
     assert!(res.headers().get("retry-after").is_some());
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "RATE_LIMITED", "{body}");
-    assert_eq!(hits.load(Ordering::SeqCst), seen, "the 4th fetch connected");
+    assert_eq!(canary.accepted(), seen, "the 4th fetch connected");
     s.assert_uncharged("failed fetches").await;
     let res = s
         .http
@@ -535,7 +518,7 @@ async fn failed_fetches_are_counted_and_tell_nothing() {
 /// they are still open. Before, two of them kept a server with two slots at 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_cannot_pay_hold_no_slot_while_their_uploads_drip() {
-    let s = start(0, |c| c.max_in_flight = 2, None).await;
+    let s = TestServer::builder().max_in_flight(2).start().await;
     let payer = s.store.create_key("payer", 1).await.unwrap();
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut drips = Vec::new();
@@ -665,16 +648,13 @@ fn status_of(head: &str) -> u16 {
 /// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed() {
-    let s = start(
-        CREDITS,
-        |c| {
-            c.first_byte_timeout_secs = 1;
-            c.idle_timeout_secs = 1;
-            c.http2_keep_alive_secs = 60;
-        },
-        None,
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .first_byte_timeout_secs(1)
+        .idle_timeout_secs(1)
+        .http2_keep_alive_secs(60)
+        .start()
+        .await;
     let addr = addr_of(&s.base);
     let t = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -706,15 +686,12 @@ async fn silent_and_idle_connections_are_closed() {
 /// interval plus as long again (1 s + 1 s here), even though the idle timeout is long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_http2_pings_close_the_connection() {
-    let s = start(
-        CREDITS,
-        |c| {
-            c.idle_timeout_secs = 60;
-            c.http2_keep_alive_secs = 1;
-        },
-        None,
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .idle_timeout_secs(60)
+        .http2_keep_alive_secs(1)
+        .start()
+        .await;
     let mut h2c = tokio::net::TcpStream::connect(addr_of(&s.base))
         .await
         .unwrap();
@@ -738,15 +715,12 @@ async fn unanswered_http2_pings_close_the_connection() {
 /// `/healthz` is answered at once instead of waiting behind them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_sheds_idle_connections_and_healthz_answers() {
-    let s = start(
-        CREDITS,
-        |c| {
-            c.max_connections = 8;
-            c.first_byte_timeout_secs = 30;
-        },
-        None,
-    )
-    .await;
+    let s = TestServer::builder()
+        .credits(CREDITS)
+        .max_connections(8)
+        .first_byte_timeout_secs(30)
+        .start()
+        .await;
     let addr = addr_of(&s.base);
     let mut silent = Vec::new();
     for _ in 0..20 {
@@ -779,14 +753,15 @@ async fn the_connection_cap_sheds_idle_connections_and_healthz_answers() {
 /// never answers GOAWAY's ping) and a silent one are still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_then_exits_without_waiting_for_idle_connections() {
-    let mut s = api_support::start(CREDITS, |c| {
-        c.shutdown_drain_secs = 1;
-        c.shutdown_grace_secs = 20;
-        c.idle_timeout_secs = 60;
-        c.first_byte_timeout_secs = 60;
-        c.header_timeout_secs = 60;
-    })
-    .await;
+    let mut s = TestServer::builder()
+        .credits(CREDITS)
+        .shutdown_drain_secs(1)
+        .shutdown_grace_secs(20)
+        .idle_timeout_secs(60)
+        .first_byte_timeout_secs(60)
+        .header_timeout_secs(60)
+        .start()
+        .await;
     let addr = addr_of(&s.base);
     let mut keep_alive = tokio::net::TcpStream::connect(&addr).await.unwrap();
     assert_eq!(h1_get(&mut keep_alive, "/readyz").await.0, 200);
@@ -858,7 +833,7 @@ async fn shutdown_drains_then_exits_without_waiting_for_idle_connections() {
 /// header, too many headers, URI too long), carry the `{message, code}` JSON body too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hypers_own_error_answers_are_json() {
-    let s = start(CREDITS, |_| {}, None).await;
+    let s = TestServer::builder().credits(CREDITS).start().await;
     let addr = addr_of(&s.base);
     let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let rows: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -924,7 +899,7 @@ async fn hypers_own_error_answers_are_json() {
 /// known and unknown routes fold into `method="other"`; the series count stays small.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_fold_into_other_in_metrics() {
-    let s = start(CREDITS, |_| {}, None).await;
+    let s = TestServer::builder().credits(CREDITS).start().await;
     let long = format!("X{}", "M".repeat(8 * 1024));
     let mut methods: Vec<String> = (0..39).map(|i| format!("WEIRD{i}")).collect();
     methods.push(long);
@@ -938,15 +913,7 @@ async fn unknown_methods_fold_into_other_in_metrics() {
         let res = s.http.request(method, s.url(&path)).send().await.unwrap();
         assert!(res.status().is_client_error(), "{m}: {}", res.status());
     }
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.get_text("/metrics").await;
     assert!(!text.contains("WEIRD") && !text.contains("XMMM"), "{text}");
     assert!(text.contains("method=\"other\""), "{text}");
     let series = text

@@ -1,8 +1,6 @@
 //! The admin API: bearer-token guard, key lifecycle over HTTP, and `/readyz`.
 
-mod api_support;
-
-use api_support::*;
+use crate::support::*;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -15,7 +13,7 @@ async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_lifecycle_over_http() {
-    let s = start(0, |c| c.admin_token = Some(TOKEN.into())).await;
+    let s = TestServer::builder().admin_token(TOKEN).start().await;
     let admin = |path: &str| s.http.post(s.url(path)).bearer_auth(TOKEN);
 
     // Guard: no token, wrong token (same length and not) → 401.
@@ -128,7 +126,7 @@ async fn key_lifecycle_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
-    let s = start(0, |_| {}).await;
+    let s = TestServer::builder().start().await;
     let (st, body) = call(s.http.get(s.url("/healthz"))).await;
     assert_eq!((st, body["status"].as_str()), (200, Some("ok")));
     let (st, body) = call(s.http.get(s.url("/readyz"))).await;
@@ -150,7 +148,7 @@ async fn health_and_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = start(0, |c| c.header_timeout_secs = 1).await;
+    let s = TestServer::builder().header_timeout_secs(1).start().await;
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -175,7 +173,7 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_float_credits_are_integers() {
-    let s = start(0, |c| c.admin_token = Some(TOKEN.into())).await;
+    let s = TestServer::builder().admin_token(TOKEN).start().await;
     let post = |v: Value| {
         s.http
             .post(s.url("/admin/keys"))

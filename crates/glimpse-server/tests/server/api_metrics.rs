@@ -1,11 +1,9 @@
 //! `/metrics` counts exactly what was answered (by route template and status), the credits
 //! debited and the stage histograms; every answer carries an `X-Request-Id`.
 
-mod api_support;
-
 use std::collections::BTreeMap;
 
-use api_support::*;
+use crate::support::*;
 use reqwest::multipart::{Form, Part};
 
 const CLIP: &str = "/api/image-classification/clip";
@@ -55,8 +53,12 @@ fn requests(route: &str, method: &str, status: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_exactly_what_was_answered() {
-    let s = start(1000, |c| c.credits_per_call = 3).await;
-    let cost = s.config.credits_per_call as f64;
+    let s = TestServer::builder()
+        .credits(1000)
+        .credits_per_call(3)
+        .start()
+        .await;
+    let cost = s.credits_per_call() as f64;
     let (n_ok, n_bad, n_nokey) = (3, 2, 2);
     let before = scrape(&s).await;
 
@@ -137,7 +139,7 @@ async fn counters_move_by_exactly_what_was_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_or_made() {
-    let s = start(100, |_| {}).await;
+    let s = TestServer::builder().credits(100).start().await;
     let id_of = |res: &reqwest::Response| {
         res.headers()
             .get("x-request-id")
@@ -215,11 +217,9 @@ async fn request_ids_are_echoed_or_made() {
 #[tokio::test]
 async fn readyz_is_503_with_an_error_body_when_not_ready() {
     use tower::ServiceExt;
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let store = glimpse_store::connect(&config.database_url).await.unwrap();
-    let models = glimpse_server::load_models(&config).await.unwrap();
-    let state = glimpse_server::AppState::new(&config, store, models).unwrap();
+    // The router called directly (no socket), on the state of a server that is also running.
+    let s = TestServer::builder().start().await;
+    let state = s.state.clone();
     let call = |path: &'static str| {
         let app = glimpse_server::app(state.clone());
         async move {
@@ -252,7 +252,7 @@ async fn readyz_is_503_with_an_error_body_when_not_ready() {
 
 #[tokio::test]
 async fn playground_is_served_from_the_binary() {
-    let s = start(1, |_| {}).await;
+    let s = TestServer::builder().credits(1).start().await;
     let page = s.http.get(s.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
@@ -307,7 +307,7 @@ async fn json_log_lines_carry_the_request_id() {
         .with_writer(move || writer.clone())
         .try_init()
         .expect("the only test in this binary that installs a subscriber");
-    let s = start(10, |_| {}).await;
+    let s = TestServer::builder().credits(10).start().await;
     let res = s
         .http
         .post(s.url(CLIP))
