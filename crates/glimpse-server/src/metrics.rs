@@ -1,23 +1,42 @@
-//! `/metrics` in the Prometheus text format (version 0.0.4), from a small registry of atomics and
-//! mutex-guarded maps. Hand-rolled rather than a metrics crate: a dozen series, no global
-//! recorder (each `AppState` has its own, so tests running several servers do not mix counts).
+//! `/metrics` in the Prometheus text format (version 0.0.4), through the `metrics` facade and
+//! `metrics-exporter-prometheus`.
+//!
+//! No global recorder: each `AppState` holds its own [`Metrics`] with its own
+//! [`PrometheusRecorder`], so tests running several servers in one process do not mix counts.
+//! The unlabelled series are registered once, here, and kept as handles; the labelled ones (by
+//! route, by model) are looked up in this recorder's registry when recorded.
 //!
 //! Handlers and the batching engine record through the `pub fn`s on [`Metrics`]
 //! (`state.metrics.observe_stage(Stage::Fetch, elapsed)`, `metrics.observe_pass(&report)`…).
+//! This module uses no other module of the crate: the router installs [`track`] with the
+//! `Arc<Metrics>` as its state and serves the scrape (it also reads the decode gauges then).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    with_local_recorder, Counter, Gauge, Histogram,
+};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use glimpse_core::batcher::PassReport;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
-use crate::state::AppState;
+// The exported names: dashboards and alerts (docs/OPERATIONS.md) depend on them.
+const REQUESTS: &str = "glimpse_http_requests_total";
+const REQUEST_DURATION: &str = "glimpse_http_request_duration_seconds";
+const INFLIGHT: &str = "glimpse_inflight_requests";
+const QUEUE_DEPTH: &str = "glimpse_queue_depth";
+const BATCH_SIZE: &str = "glimpse_batch_size";
+const STAGE_DURATION: &str = "glimpse_stage_duration_seconds";
+const CREDITS_DEBITED: &str = "glimpse_credits_debited_total";
+const CREDITS_REFUNDED: &str = "glimpse_credits_refunded_total";
+const RESERVATIONS_REAPED: &str = "glimpse_reservations_reaped_total";
+const DECODE_MEMORY: &str = "glimpse_decode_memory_bytes";
+const DECODE_BUDGET: &str = "glimpse_decode_memory_budget_bytes";
 
 /// Latency buckets (seconds): from a cache-warm health check to a slow CPU forward pass.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -49,6 +68,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// In declaration order, so `stage as usize` indexes it.
     pub const ALL: [Stage; 5] = [
         Stage::Fetch,
         Stage::Decode,
@@ -67,218 +87,185 @@ impl Stage {
     }
 }
 
-/// A cumulative-on-render histogram.
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative); one more than `bounds` for +Inf.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
-
-    /// `labels` is the `k="v",` prefix (possibly empty) shared by every line.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut acc = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            acc += c;
-            let le = match self.bounds.get(i) {
-                Some(b) => b.to_string(),
-                None => "+Inf".into(),
-            };
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {acc}");
-        }
-        let bare = labels.trim_end_matches(',');
-        let _ = writeln!(out, "{name}_sum{{{bare}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{bare}}} {}", self.count);
-    }
-}
-
 /// Every series the server exports. Cheap to share (`Arc<Metrics>` in the state).
 #[derive(Debug)]
 pub struct Metrics {
-    /// (route template, method, status) → count.
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    durations: Mutex<BTreeMap<String, Histogram>>,
-    inflight: AtomicI64,
-    /// Model id → calls waiting for or holding an inference slot.
-    queue_depth: Mutex<BTreeMap<String, i64>>,
-    batch_size: Mutex<Histogram>,
-    stages: Mutex<BTreeMap<Stage, Histogram>>,
-    credits_debited: AtomicU64,
-    credits_refunded: AtomicU64,
-    reservations_reaped: AtomicU64,
+    recorder: PrometheusRecorder,
+    inflight: Gauge,
+    batch_size: Histogram,
+    /// By `Stage as usize`. Like every series registered here, exported from the start, at 0.
+    stages: [Histogram; 5],
+    credits_debited: Counter,
+    credits_refunded: Counter,
+    reservations_reaped: Counter,
+    decode_memory: Gauge,
+    decode_budget: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let with_buckets = |b: PrometheusBuilder, name: &str, buckets| {
+            b.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+        };
+        // Without buckets the exporter would write these as summaries (quantiles).
+        let recorder = with_buckets(PrometheusBuilder::new(), REQUEST_DURATION, LATENCY_BUCKETS)
+            .and_then(|b| with_buckets(b, STAGE_DURATION, LATENCY_BUCKETS))
+            .and_then(|b| with_buckets(b, BATCH_SIZE, BATCH_BUCKETS))
+            .expect("the bucket lists are not empty")
+            .build_recorder();
+        with_local_recorder(&recorder, || {
+            describe_counter!(
+                REQUESTS,
+                "HTTP requests answered, by route template, method and status."
+            );
+            describe_histogram!(
+                REQUEST_DURATION,
+                "Time from request to response headers, by route template."
+            );
+            describe_gauge!(INFLIGHT, "HTTP requests being handled now.");
+            describe_gauge!(
+                QUEUE_DEPTH,
+                "Classification calls waiting for or holding an inference slot, by model."
+            );
+            describe_histogram!(BATCH_SIZE, "Images per forward pass.");
+            describe_histogram!(
+                STAGE_DURATION,
+                "Time spent in each step of a classification call."
+            );
+            describe_counter!(CREDITS_DEBITED, "Credits taken for classification calls.");
+            describe_counter!(
+                CREDITS_REFUNDED,
+                "Credits given back after a server-side failure."
+            );
+            describe_counter!(
+                RESERVATIONS_REAPED,
+                "Open reservations refunded by the stale-reservation reaper."
+            );
+            describe_gauge!(
+                DECODE_MEMORY,
+                "Memory admitted to image decodes running now (their header-computed peak)."
+            );
+            describe_gauge!(
+                DECODE_BUDGET,
+                "GLIMPSE_DECODE_MEMORY_MB: the most all decodes together may hold."
+            );
+        });
+        let (inflight, decode_memory, decode_budget) = with_local_recorder(&recorder, || {
+            (
+                gauge!(INFLIGHT),
+                gauge!(DECODE_MEMORY),
+                gauge!(DECODE_BUDGET),
+            )
+        });
+        let (batch_size, stages) = with_local_recorder(&recorder, || {
+            let stages = Stage::ALL.map(|s| histogram!(STAGE_DURATION, "stage" => s.as_str()));
+            (histogram!(BATCH_SIZE), stages)
+        });
+        let (credits_debited, credits_refunded, reservations_reaped) =
+            with_local_recorder(&recorder, || {
+                (
+                    counter!(CREDITS_DEBITED),
+                    counter!(CREDITS_REFUNDED),
+                    counter!(RESERVATIONS_REAPED),
+                )
+            });
         Metrics {
-            requests: Mutex::default(),
-            durations: Mutex::default(),
-            inflight: AtomicI64::new(0),
-            queue_depth: Mutex::default(),
-            batch_size: Mutex::new(Histogram::new(BATCH_BUCKETS)),
-            stages: Mutex::new(
-                Stage::ALL
-                    .iter()
-                    .map(|s| (*s, Histogram::new(LATENCY_BUCKETS)))
-                    .collect(),
-            ),
-            credits_debited: AtomicU64::new(0),
-            credits_refunded: AtomicU64::new(0),
-            reservations_reaped: AtomicU64::new(0),
+            recorder,
+            inflight,
+            batch_size,
+            stages,
+            credits_debited,
+            credits_refunded,
+            reservations_reaped,
+            decode_memory,
+            decode_budget,
         }
     }
-}
-
-/// A poisoned lock only means a panic elsewhere mid-update of a counter; keep counting.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Label values are route templates, methods and model ids; escape them anyway.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 impl Metrics {
+    /// Runs `f` with this server's recorder behind the `metrics` macros (on this thread only).
+    fn local<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_local_recorder(&self.recorder, f)
+    }
+
     /// One finished HTTP request.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        *lock(&self.requests)
-            .entry((route.to_string(), method.to_string(), status))
-            .or_insert(0) += 1;
-        lock(&self.durations)
-            .entry(route.to_string())
-            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
-            .observe(elapsed.as_secs_f64());
+        self.local(|| {
+            counter!(REQUESTS,
+                "route" => route.to_owned(),
+                "method" => method.to_owned(),
+                "status" => status.to_string())
+            .increment(1);
+            histogram!(REQUEST_DURATION, "route" => route.to_owned()).record(elapsed);
+        });
     }
 
     pub fn observe_stage(&self, stage: Stage, elapsed: Duration) {
-        if let Some(h) = lock(&self.stages).get_mut(&stage) {
-            h.observe(elapsed.as_secs_f64());
-        }
+        self.stages[stage as usize].record(elapsed);
     }
 
     /// One forward pass (the batching engine calls this once per batch): its size, and each
     /// call's queue wait and pass time as stages.
     pub fn observe_pass(&self, pass: &PassReport) {
-        lock(&self.batch_size).observe(pass.size as f64);
-        let mut stages = lock(&self.stages);
-        if let Some(h) = stages.get_mut(&Stage::Queue) {
-            for w in &pass.waits {
-                h.observe(w.as_secs_f64());
-            }
+        self.batch_size.record(pass.size as f64);
+        for w in &pass.waits {
+            self.observe_stage(Stage::Queue, *w);
         }
-        if let Some(h) = stages.get_mut(&Stage::Inference) {
-            for _ in 0..pass.size {
-                h.observe(pass.ran.as_secs_f64());
-            }
-        }
+        self.stages[Stage::Inference as usize].record_many(pass.ran, pass.size);
     }
 
     /// Set the queue depth of `model` (for an engine that knows its queue length).
     pub fn set_queue_depth(&self, model: &str, depth: i64) {
-        lock(&self.queue_depth).insert(model.to_string(), depth);
+        self.queue_depth(model).set(depth as f64);
     }
 
     /// Count one call as queued on `model` until the guard is dropped.
-    pub fn queued(self: &Arc<Self>, model: &str) -> QueueGuard {
-        *lock(&self.queue_depth)
-            .entry(model.to_string())
-            .or_insert(0) += 1;
-        QueueGuard {
-            metrics: Arc::clone(self),
-            model: model.to_string(),
-        }
+    pub fn queued(&self, model: &str) -> QueueGuard {
+        let depth = self.queue_depth(model);
+        depth.increment(1.0);
+        QueueGuard(depth)
+    }
+
+    fn queue_depth(&self, model: &str) -> Gauge {
+        self.local(|| gauge!(QUEUE_DEPTH, "model" => model.to_owned()))
     }
 
     pub fn credits_debited(&self, credits: i64) {
-        self.credits_debited
-            .fetch_add(credits.max(0) as u64, Ordering::Relaxed);
+        self.credits_debited.increment(credits.max(0) as u64);
     }
 
     pub fn credits_refunded(&self, credits: i64) {
-        self.credits_refunded
-            .fetch_add(credits.max(0) as u64, Ordering::Relaxed);
+        self.credits_refunded.increment(credits.max(0) as u64);
     }
 
     /// Open reservations the reaper refunded (left by a process that died mid-call).
     pub fn reservations_reaped(&self, n: u64) {
-        self.reservations_reaped.fetch_add(n, Ordering::Relaxed);
+        self.reservations_reaped.increment(n);
+    }
+
+    /// The decode gate's admitted bytes and budget; the scrape handler sets them just before
+    /// rendering, as the gate keeps the live numbers.
+    pub fn set_decode_memory(&self, in_use: u64, budget: u64) {
+        self.decode_memory.set(in_use as f64);
+        self.decode_budget.set(budget as f64);
     }
 
     /// The whole registry in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP glimpse_http_requests_total HTTP requests answered, by route template, method and status.\n# TYPE glimpse_http_requests_total counter\n");
-        for ((route, method, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                out,
-                "glimpse_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                esc(route),
-                esc(method)
-            );
-        }
-        out.push_str("# HELP glimpse_http_request_duration_seconds Time from request to response headers, by route template.\n# TYPE glimpse_http_request_duration_seconds histogram\n");
-        for (route, h) in lock(&self.durations).iter() {
-            let labels = format!("route=\"{}\",", esc(route));
-            h.render(&mut out, "glimpse_http_request_duration_seconds", &labels);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_inflight_requests HTTP requests being handled now.\n# TYPE glimpse_inflight_requests gauge\nglimpse_inflight_requests {}",
-            self.inflight.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP glimpse_queue_depth Classification calls waiting for or holding an inference slot, by model.\n# TYPE glimpse_queue_depth gauge\n");
-        for (model, n) in lock(&self.queue_depth).iter() {
-            let _ = writeln!(out, "glimpse_queue_depth{{model=\"{}\"}} {n}", esc(model));
-        }
-        out.push_str("# HELP glimpse_batch_size Images per forward pass.\n# TYPE glimpse_batch_size histogram\n");
-        lock(&self.batch_size).render(&mut out, "glimpse_batch_size", "");
-        out.push_str("# HELP glimpse_stage_duration_seconds Time spent in each step of a classification call.\n# TYPE glimpse_stage_duration_seconds histogram\n");
-        for (stage, h) in lock(&self.stages).iter() {
-            let labels = format!("stage=\"{}\",", stage.as_str());
-            h.render(&mut out, "glimpse_stage_duration_seconds", &labels);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_credits_debited_total Credits taken for classification calls.\n# TYPE glimpse_credits_debited_total counter\nglimpse_credits_debited_total {}",
-            self.credits_debited.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_credits_refunded_total Credits given back after a server-side failure.\n# TYPE glimpse_credits_refunded_total counter\nglimpse_credits_refunded_total {}",
-            self.credits_refunded.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_reservations_reaped_total Open reservations refunded by the stale-reservation reaper.\n# TYPE glimpse_reservations_reaped_total counter\nglimpse_reservations_reaped_total {}",
-            self.reservations_reaped.load(Ordering::Relaxed)
-        );
-        out
+        self.recorder.handle().render()
+    }
+
+    /// The `GET /metrics` answer: [`render`](Self::render) with its content type.
+    pub fn scrape(&self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            self.render(),
+        )
+            .into_response()
     }
 }
 
@@ -292,40 +279,34 @@ pub async fn timed<F: std::future::Future>(metrics: &Metrics, stage: Stage, f: F
 
 /// Decrements the model's queue depth when dropped (whatever way the call ends).
 #[derive(Debug)]
-pub struct QueueGuard {
-    metrics: Arc<Metrics>,
-    model: String,
-}
+pub struct QueueGuard(Gauge);
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        if let Some(n) = lock(&self.metrics.queue_depth).get_mut(&self.model) {
-            *n -= 1;
-        }
+        self.0.decrement(1.0);
     }
 }
 
 /// Keeps `glimpse_inflight_requests` right when a request future is dropped mid-way.
-struct InflightGuard(Arc<Metrics>);
+struct InflightGuard(Gauge);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.decrement(1.0);
     }
 }
 
 /// Middleware (on `Router::layer`, so every route and the fallback): counts and times requests
 /// by matched route template.
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| UNMATCHED_ROUTE.to_string());
     let method = method_label(req.method());
-    let metrics = Arc::clone(&state.metrics);
-    metrics.inflight.fetch_add(1, Ordering::Relaxed);
-    let _guard = InflightGuard(Arc::clone(&metrics));
+    metrics.inflight.increment(1.0);
+    let _guard = InflightGuard(metrics.inflight.clone());
     let started = Instant::now();
     let res = next.run(req).await;
     metrics.observe_request(&route, method, res.status().as_u16(), started.elapsed());
@@ -349,52 +330,124 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// `GET /metrics`.
-pub async fn scrape(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        state.metrics.render() + &decode_gauges(&state.decoder),
-    )
-        .into_response()
-}
-
-/// The decode memory budget and what of it is admitted now.
-fn decode_gauges(d: &crate::decode::DecodeGate) -> String {
-    format!(
-        "# HELP glimpse_decode_memory_bytes Memory admitted to image decodes running now (their header-computed peak).\n\
-         # TYPE glimpse_decode_memory_bytes gauge\nglimpse_decode_memory_bytes {}\n\
-         # HELP glimpse_decode_memory_budget_bytes GLIMPSE_DECODE_MEMORY_MB: the most all decodes together may hold.\n\
-         # TYPE glimpse_decode_memory_budget_bytes gauge\nglimpse_decode_memory_budget_bytes {}\n",
-        d.memory_in_use(),
-        d.memory_budget()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Each `# TYPE` line of a scrape, as `name → type`.
+    fn types(text: &str) -> Vec<(String, String)> {
+        let mut out: Vec<_> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_series_is_exported_with_its_type() {
+        let m = Metrics::default();
+        m.observe_request("/healthz", "GET", 200, Duration::from_millis(1));
+        let _q = m.queued("clip");
+        let out = m.render();
+        let want = [
+            (REQUEST_DURATION, "histogram"),
+            (REQUESTS, "counter"),
+            (BATCH_SIZE, "histogram"),
+            (CREDITS_DEBITED, "counter"),
+            (CREDITS_REFUNDED, "counter"),
+            (DECODE_BUDGET, "gauge"),
+            (DECODE_MEMORY, "gauge"),
+            (INFLIGHT, "gauge"),
+            (QUEUE_DEPTH, "gauge"),
+            (RESERVATIONS_REAPED, "counter"),
+            (STAGE_DURATION, "histogram"),
+        ];
+        let mut want: Vec<_> = want
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(types(&out), want, "{out}");
+        assert!(
+            out.contains("# HELP glimpse_batch_size Images per forward pass.\n"),
+            "{out}"
+        );
+        for line in [
+            "glimpse_credits_debited_total 0\n",
+            "glimpse_inflight_requests 0\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+        for s in Stage::ALL {
+            let line = format!(
+                "glimpse_stage_duration_seconds_count{{stage=\"{}\"}} 0\n",
+                s.as_str()
+            );
+            assert!(out.contains(&line), "{line:?} in {out}");
+        }
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::new(&[1.0, 2.0]);
-        for v in [0.5, 1.5, 1.5, 9.0] {
-            h.observe(v);
+        let m = Metrics::default();
+        for ms in [0.5, 2.0, 2.0, 60_000.0] {
+            m.observe_stage(Stage::Fetch, Duration::from_secs_f64(ms / 1000.0));
         }
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\",");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"2\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"), "{out}");
-        assert!(out.contains("x_sum{a=\"b\"} 12.5\n"), "{out}");
-        assert!(out.contains("x_count{a=\"b\"} 4\n"), "{out}");
+        let out = m.render();
+        let bucket = |le: &str, n: u64| {
+            format!("glimpse_stage_duration_seconds_bucket{{stage=\"fetch\",le=\"{le}\"}} {n}\n")
+        };
+        for line in [
+            bucket("0.001", 1),
+            bucket("0.0025", 3),
+            bucket("30", 3),
+            bucket("+Inf", 4),
+            "glimpse_stage_duration_seconds_count{stage=\"fetch\"} 4\n".into(),
+        ] {
+            assert!(out.contains(&line), "{line:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn a_pass_counts_its_size_and_each_call() {
+        let m = Metrics::default();
+        m.observe_pass(&PassReport {
+            size: 3,
+            waits: vec![Duration::from_millis(1); 3],
+            ran: Duration::from_millis(20),
+        });
+        let out = m.render();
+        for line in [
+            "glimpse_batch_size_bucket{le=\"2\"} 0\n",
+            "glimpse_batch_size_bucket{le=\"4\"} 1\n",
+            "glimpse_batch_size_sum 3\n",
+            "glimpse_batch_size_count 1\n",
+            "glimpse_stage_duration_seconds_count{stage=\"queue\"} 3\n",
+            "glimpse_stage_duration_seconds_count{stage=\"inference\"} 3\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn servers_do_not_share_counts() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.credits_debited(3);
+        a.set_decode_memory(5, 1 << 20);
+        assert!(a.render().contains("glimpse_credits_debited_total 3\n"));
+        assert!(a
+            .render()
+            .contains("glimpse_decode_memory_budget_bytes 1048576\n"));
+        assert!(b.render().contains("glimpse_credits_debited_total 0\n"));
+        assert!(b.render().contains("glimpse_decode_memory_bytes 0\n"));
     }
 
     #[test]
     fn queue_guard_decrements() {
-        let m = Arc::new(Metrics::default());
+        let m = Metrics::default();
         let g = m.queued("clip");
         let _h = m.queued("clip");
         assert!(m

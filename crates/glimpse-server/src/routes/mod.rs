@@ -7,6 +7,8 @@ pub mod classify;
 pub mod health;
 pub mod input;
 
+use std::sync::Arc;
+
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state, map_response, Next};
@@ -47,7 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(playground::index))
         .route("/playground.js", get(playground::js))
         .route("/playground.css", get(playground::css))
-        .route("/metrics", get(metrics::scrape))
+        .route("/metrics", get(scrape_metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(docs::openapi))
@@ -78,9 +80,22 @@ pub fn app(state: AppState) -> Router {
         .layer(map_response(normalize_errors))
         // Outside the error normaliser, so they see final statuses; the request id outermost,
         // so every answer has it and everything inside logs within its span.
-        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(
+            Arc::clone(&state.metrics),
+            metrics::track,
+        ))
         .layer(from_fn(request_id::layer))
         .with_state(state)
+}
+
+/// `GET /metrics`. Here, not in `metrics`, so that module needs no `AppState`: the decode gate
+/// keeps its live numbers, copied into the gauges just before rendering.
+async fn scrape_metrics(State(state): State<AppState>) -> Response {
+    let decoder = &state.decoder;
+    state
+        .metrics
+        .set_decode_memory(decoder.memory_in_use(), decoder.memory_budget());
+    state.metrics.scrape()
 }
 
 /// Error answers made outside our handlers (the router's 405, axum's extractor rejections,
