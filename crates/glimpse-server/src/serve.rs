@@ -205,7 +205,11 @@ pub fn warm_up(model: &ServedModel, templates: &[String]) -> Result<(), CoreErro
         Task::ZeroShot => parse_labels(None)?,
         Task::Classify => Vec::new(),
     };
-    model.classify_all(&px, &labels, templates)?;
+    // Through a copy with its own prompt cache: a prompt's embedding depends (in the last
+    // float bits) on the other prompts of its text-encoder batch, so the served model's cache
+    // must start empty for its answers not to depend on the warm-up's label set.
+    let scratch = ServedModel::new(model.id(), model.family(), model.network().clone())?;
+    scratch.classify_all(&px, &labels, templates)?;
     Ok(())
 }
 
