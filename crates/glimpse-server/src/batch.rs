@@ -21,11 +21,11 @@ pub struct Batchers {
 impl Batchers {
     pub fn new(config: &ServerConfig, models: &Models) -> std::io::Result<Self> {
         let options = BatchOptions {
-            max_batch: config.batch_size,
-            window: Duration::from_millis(config.batch_window_ms),
+            max_batch: config.batching.batch_size,
+            window: Duration::from_millis(config.batching.batch_window_ms),
             // `max_in_flight` already sheds the excess; the queue bound is the last guard when
             // several models share it.
-            queue_capacity: config.max_in_flight,
+            queue_capacity: config.limits.max_in_flight,
             // Calls announce themselves on arrival: a lone call never waits the window.
             wait_for_announced: true,
             // Closed-loop clients split into alternating groups; keep the groups equal.
@@ -34,7 +34,7 @@ impl Batchers {
             regroup: true,
         };
         // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
-        let gate = Some(Arc::new(PassGate::new(config.inference_workers)));
+        let gate = Some(Arc::new(PassGate::new(config.batching.inference_workers)));
         let clip = models
             .clip
             .iter()
@@ -43,7 +43,7 @@ impl Batchers {
                     Arc::clone(&e.model),
                     e.id.clone(),
                     Arc::clone(&e.prompts),
-                    config.prompt_templates.clone(),
+                    config.models.prompt_templates.clone(),
                     options,
                     gate.clone(),
                 )

@@ -133,10 +133,10 @@ impl AppState {
         models: Models,
     ) -> anyhow::Result<Self> {
         let fetcher = Fetcher::new(FetchOptions {
-            allow_private: config.allow_private_urls,
-            max_bytes: config.max_upload_bytes as u64,
-            connect_timeout: Duration::from_secs(config.fetch_connect_timeout_secs),
-            total_timeout: Duration::from_secs(config.fetch_timeout_secs),
+            allow_private: config.fetch.allow_private_urls,
+            max_bytes: config.limits.max_upload_bytes as u64,
+            connect_timeout: Duration::from_secs(config.fetch.fetch_connect_timeout_secs),
+            total_timeout: Duration::from_secs(config.fetch.fetch_timeout_secs),
             ..FetchOptions::default()
         });
         Self::with_image_source(config, store, models, Arc::new(fetcher))
@@ -155,18 +155,22 @@ impl AppState {
             anyhow::bail!("the server needs at least one CLIP or ViT model");
         }
         let settings = Settings {
-            credits_per_call: config.credits_per_call,
-            max_upload_bytes: config.max_upload_bytes,
-            templates: config.prompt_templates.clone(),
-            admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
-            header_timeout: Duration::from_secs(config.header_timeout_secs),
-            reap_after: Duration::from_secs(config.reap_after_secs),
+            credits_per_call: config.store.credits_per_call,
+            max_upload_bytes: config.limits.max_upload_bytes,
+            templates: config.models.prompt_templates.clone(),
+            admin_token: config.store.admin_token.clone().filter(|t| !t.is_empty()),
+            header_timeout: Duration::from_secs(config.listen.header_timeout_secs),
+            reap_after: Duration::from_secs(config.store.reap_after_secs),
             conn: crate::listen::ConnLimits::from_config(config),
             settle_retry: config.settle_retry(),
-            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
+            idempotency_ttl: Duration::from_secs(config.store.idempotency_ttl_secs),
         };
-        let rate = (config.rate_limit_per_second > 0.0)
-            .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
+        let rate = (config.limits.rate_limit_per_second > 0.0).then(|| {
+            RateLimiter::new(
+                config.limits.rate_limit_per_second,
+                config.limits.rate_limit_burst,
+            )
+        });
         let batchers = Batchers::new(config, &models)?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let m = Arc::clone(&metrics);
@@ -177,25 +181,26 @@ impl AppState {
             batchers,
             models,
             images,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             rate,
-            failed_fetches: (config.failed_fetches_per_minute > 0).then(|| {
-                let n = config.failed_fetches_per_minute;
+            failed_fetches: (config.fetch.failed_fetches_per_minute > 0).then(|| {
+                let n = config.fetch.failed_fetches_per_minute;
                 RateLimiter::new(f64::from(n) / 60.0, n)
             }),
             ready: AtomicBool::new(true),
             metrics,
             decoder: crate::decode::DecodeGate::new(
                 config
+                    .decode
                     .decode_threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-                config.decode_memory_mb,
+                config.decode.decode_memory_mb,
                 DecodeLimits {
-                    max_pixels: config.max_image_pixels,
-                    max_side: config.max_image_side,
+                    max_pixels: config.decode.max_image_pixels,
+                    max_side: config.decode.max_image_side,
                     ..DecodeLimits::default()
                 },
-                Duration::from_secs(config.decode_timeout_secs),
+                Duration::from_secs(config.decode.decode_timeout_secs),
             ),
         })))
     }

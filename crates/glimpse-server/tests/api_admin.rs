@@ -15,7 +15,7 @@ async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_lifecycle_over_http() {
-    let s = start(0, |c| c.admin_token = Some(TOKEN.into())).await;
+    let s = start(0, |c| c.store.admin_token = Some(TOKEN.into())).await;
     let admin = |path: &str| s.http.post(s.url(path)).bearer_auth(TOKEN);
 
     // Guard: no token, wrong token (same length and not) → 401.
@@ -150,7 +150,7 @@ async fn health_and_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = start(0, |c| c.header_timeout_secs = 1).await;
+    let s = start(0, |c| c.listen.header_timeout_secs = 1).await;
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -175,7 +175,7 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_float_credits_are_integers() {
-    let s = start(0, |c| c.admin_token = Some(TOKEN.into())).await;
+    let s = start(0, |c| c.store.admin_token = Some(TOKEN.into())).await;
     let post = |v: Value| {
         s.http
             .post(s.url("/admin/keys"))

@@ -29,7 +29,9 @@ async fn load_test_state(tweak: impl FnOnce(&mut ServerConfig)) -> (AppState, te
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
-    let store = glimpse_store::connect(&config.database_url).await.unwrap();
+    let store = glimpse_store::connect(&config.store.database_url)
+        .await
+        .unwrap();
     let models = load_models(&config).await.unwrap();
     (AppState::new(&config, store, models).unwrap(), dir)
 }
@@ -90,8 +92,8 @@ fn assert_same(got: &Value, want: &Value, what: &str) {
 async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
     // A wide window so the 8 concurrent calls surely meet in the queue on a loaded CI machine.
     let (state, dir) = load_test_state(|c| {
-        c.batch_size = 8;
-        c.batch_window_ms = 300;
+        c.batching.batch_size = 8;
+        c.batching.batch_window_ms = 300;
     })
     .await;
     let key = state.store.create_key("batch", 100).await.unwrap();
@@ -173,7 +175,7 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
 
 #[tokio::test]
 async fn batch_size_one_still_answers_every_call() {
-    let (state, _dir) = load_test_state(|c| c.batch_size = 1).await;
+    let (state, _dir) = load_test_state(|c| c.batching.batch_size = 1).await;
     let key = state.store.create_key("one", 10).await.unwrap();
     let (base, _stop) = serve_test_state(state.clone()).await;
     let http = Arc::new(http_client());
@@ -197,7 +199,8 @@ async fn batch_size_one_still_answers_every_call() {
 async fn reduced_precision_servers_answer_close_to_fp32() {
     let mut answers = Vec::new();
     for precision in ["fp32", "bf16", "int8"] {
-        let (state, _dir) = load_test_state(|c| c.precision = precision.into()).await;
+        let (state, _dir) =
+            load_test_state(|c| c.models.precision = precision.parse().unwrap()).await;
         let key = state.store.create_key("p", 100).await.unwrap();
         let (base, stop) = serve_test_state(state).await;
         let http = http_client();

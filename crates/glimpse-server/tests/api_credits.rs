@@ -37,7 +37,7 @@ async fn json(res: reqwest::Response) -> (u16, reqwest::header::HeaderMap, serde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_costs_exactly_credits_per_call() {
-    let s = start(10, |c| c.credits_per_call = 3).await;
+    let s = start(10, |c| c.store.credits_per_call = 3).await;
     let res = s
         .http
         .post(s.url(CLIP))
@@ -168,8 +168,8 @@ async fn idempotent_retry_replays_and_charges_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_with_retry_after() {
     let s = start(10, |c| {
-        c.rate_limit_per_second = 0.2;
-        c.rate_limit_burst = 2;
+        c.limits.rate_limit_per_second = 0.2;
+        c.limits.rate_limit_burst = 2;
     })
     .await;
     let call = || {
@@ -305,7 +305,12 @@ async fn server_failures_refund_and_hide_details() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
-    let s = start_with(5, |c| c.max_in_flight = 1, |_| Some(fake(Behaviour::Slow))).await;
+    let s = start_with(
+        5,
+        |c| c.limits.max_in_flight = 1,
+        |_| Some(fake(Behaviour::Slow)),
+    )
+    .await;
     let slow_request = || {
         s.http
             .post(s.url(CLIP))
@@ -331,7 +336,12 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
     let s = {
         s.stop().await.unwrap();
         assert_eq!(first.await.unwrap().unwrap().status(), 200);
-        start_with(5, |c| c.max_in_flight = 4, |_| Some(fake(Behaviour::Slow))).await
+        start_with(
+            5,
+            |c| c.limits.max_in_flight = 4,
+            |_| Some(fake(Behaviour::Slow)),
+        )
+        .await
     };
     let slow_request = || {
         s.http
@@ -350,7 +360,7 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
         (409, Some("IDEMPOTENCY_IN_PROGRESS"))
     );
     // Shut down while the slow call runs: it still completes and is charged once.
-    let db = s.config.database_url.clone();
+    let db = s.config.store.database_url.clone();
     let key_id = s.key_id.clone();
     let stopped = tokio::spawn(s.stop_keeping_dir());
     let res = slow.await.unwrap().unwrap();
@@ -459,8 +469,8 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
     let s = start_wrapped(
         10,
         |c| {
-            c.reap_after_secs = 2;
-            c.settle_retry_secs = 1;
+            c.store.reap_after_secs = 2;
+            c.store.settle_retry_secs = 1;
         },
         |_| None,
         move |inner| {
@@ -542,11 +552,11 @@ async fn idempotency_stores_no_transient_failure_and_is_bounded() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let s = start(20, |c| {
-        c.fetch_timeout_secs = 1;
-        c.fetch_connect_timeout_secs = 1;
-        c.idempotency_max_per_key = 3;
-        c.idempotency_ttl_secs = 2;
-        c.reap_after_secs = 4;
+        c.fetch.fetch_timeout_secs = 1;
+        c.fetch.fetch_connect_timeout_secs = 1;
+        c.store.idempotency_max_per_key = 3;
+        c.store.idempotency_ttl_secs = 2;
+        c.store.reap_after_secs = 4;
     })
     .await;
     let by_url = |path: &str, ik: &str| {
@@ -614,6 +624,7 @@ async fn readyz_fails_when_the_database_file_is_deleted() {
     assert_eq!(res.status(), 200);
     let db = s
         .config
+        .store
         .database_url
         .trim_start_matches("sqlite://")
         .to_string();

@@ -98,7 +98,7 @@ fn response_schema<'a>(doc: &'a Value, path: &str, method: &str, status: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_lists_every_route_and_matches_live_answers() {
-    let s = start(10, |c| c.admin_token = Some(TOKEN.into())).await;
+    let s = start(10, |c| c.store.admin_token = Some(TOKEN.into())).await;
     let doc: Value = s
         .http
         .get(s.url("/openapi.json"))

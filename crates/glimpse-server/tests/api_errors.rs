@@ -46,7 +46,7 @@ async fn error_table() {
     let key = s.key.clone();
     let post = |path: &str| s.http.post(s.url(path)).header("X-API-Key", &key);
     let get = |path: &str| s.http.get(s.url(path)).header("X-API-Key", &key);
-    let too_big = vec![0u8; s.config.max_upload_bytes + 1];
+    let too_big = vec![0u8; s.config.limits.max_upload_bytes + 1];
 
     // (case, request, status, code, key known → X-Credits-Remaining expected)
     let cases: Vec<(&str, RequestBuilder, u16, &str, bool)> = vec![
@@ -316,7 +316,7 @@ async fn zero_credits_is_402_before_any_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_urls_are_refused_unless_allowed() {
-    let s = start(3, |c| c.allow_private_urls = false).await;
+    let s = start(3, |c| c.fetch.allow_private_urls = false).await;
     let (host, hits) = image_host(image_bytes("motorcycle.jpg")).await;
     let (status, _, body) = send(s.get_by_url(CLIP, &format!("{host}/m.jpg"))).await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
@@ -329,7 +329,7 @@ async fn private_urls_are_refused_unless_allowed() {
 /// and the ViT endpoint says it is turned off (404), free; before, the server refused to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_family_can_be_turned_off() {
-    let s = start(5, |c| c.vit_model = String::new()).await;
+    let s = start(5, |c| c.models.vit_model = String::new()).await;
     let form = || {
         reqwest::multipart::Form::new().part(
             "image",

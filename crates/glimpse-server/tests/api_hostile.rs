@@ -50,9 +50,9 @@ async fn refused_urls_never_leave_the_server() {
     let s = start(
         CREDITS,
         |c| {
-            c.allow_private_urls = false;
+            c.fetch.allow_private_urls = false;
             // This table sends dozens of refused URLs from one key on purpose.
-            c.failed_fetches_per_minute = 0;
+            c.fetch.failed_fetches_per_minute = 0;
         },
         Some(Fetcher::new(opts)),
     )
@@ -158,7 +158,7 @@ async fn misbehaving_upstreams_cost_nothing() {
     let max = 512 * 1024;
     let s = start(
         CREDITS,
-        |c| c.failed_fetches_per_minute = 0,
+        |c| c.fetch.failed_fetches_per_minute = 0,
         Some(Fetcher::new(fetch_options(true, max))),
     )
     .await;
@@ -236,9 +236,9 @@ async fn the_fetch_timeout_setting_reaches_the_fetcher() {
     let s = start(
         CREDITS,
         |c| {
-            c.allow_private_urls = true;
-            c.fetch_timeout_secs = 1;
-            c.fetch_connect_timeout_secs = 1;
+            c.fetch.allow_private_urls = true;
+            c.fetch.fetch_timeout_secs = 1;
+            c.fetch.fetch_connect_timeout_secs = 1;
         },
         None,
     )
@@ -301,7 +301,7 @@ async fn hostile_uploads_cost_nothing() {
         ("non-UTF-8 Idempotency-Key", post(VIT).header("Idempotency-Key", HeaderValue::from_bytes(b"id-\xff\xfe").unwrap()).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
         ("invalid percent-encoding (UTF-8)", s.http.post(format!("{}?labels=%ff%fe,cat", s.url(CLIP))).header("X-API-Key", &key).multipart(form(small.clone())), 400, "VALIDATION_ERROR"),
         ("invalid percent-encoding (url)", s.http.get(format!("{}?url=%zz%", s.url(CLIP))).header("X-API-Key", &key), 400, "VALIDATION_ERROR"),
-        ("upload over the limit", post(VIT).multipart(form(vec![7u8; s.config.max_upload_bytes + 1])), 413, "PAYLOAD_TOO_LARGE"),
+        ("upload over the limit", post(VIT).multipart(form(vec![7u8; s.config.limits.max_upload_bytes + 1])), 413, "PAYLOAD_TOO_LARGE"),
     ];
     for (name, req, status, code) in rows {
         s.row(name, req, status, code).await;
@@ -329,7 +329,7 @@ async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
     // Send the limit plus 256 KiB of the declared gigabyte, then stop and wait for the answer.
     let chunk = vec![0u8; 64 * 1024];
     let mut sent = 0usize;
-    while sent < s.config.max_upload_bytes + 256 * 1024 {
+    while sent < s.config.limits.max_upload_bytes + 256 * 1024 {
         if sock.write_all(&chunk).await.is_err() {
             break; // the server already answered and closed
         }
@@ -433,8 +433,8 @@ async fn stalled_upload_body_is_cut_off() {
     let s = start(
         CREDITS,
         |c| {
-            c.header_timeout_secs = 1;
-            c.max_in_flight = 1;
+            c.listen.header_timeout_secs = 1;
+            c.limits.max_in_flight = 1;
         },
         None,
     )
@@ -488,7 +488,7 @@ async fn failed_fetches_are_counted_and_tell_nothing() {
     let (port, hits) = canary("127.0.0.1:0").await.unwrap();
     let s = start(
         1,
-        |c| c.failed_fetches_per_minute = 3,
+        |c| c.fetch.failed_fetches_per_minute = 3,
         Some(Fetcher::new(fetch_options(true, 512 * 1024))),
     )
     .await;
@@ -535,7 +535,7 @@ async fn failed_fetches_are_counted_and_tell_nothing() {
 /// they are still open. Before, two of them kept a server with two slots at 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_cannot_pay_hold_no_slot_while_their_uploads_drip() {
-    let s = start(0, |c| c.max_in_flight = 2, None).await;
+    let s = start(0, |c| c.limits.max_in_flight = 2, None).await;
     let payer = s.store.create_key("payer", 1).await.unwrap();
     let addr = s.base.trim_start_matches("http://").to_string();
     let mut drips = Vec::new();
@@ -668,9 +668,9 @@ async fn silent_and_idle_connections_are_closed() {
     let s = start(
         CREDITS,
         |c| {
-            c.first_byte_timeout_secs = 1;
-            c.idle_timeout_secs = 1;
-            c.http2_keep_alive_secs = 60;
+            c.listen.first_byte_timeout_secs = 1;
+            c.listen.idle_timeout_secs = 1;
+            c.listen.http2_keep_alive_secs = 60;
         },
         None,
     )
@@ -709,8 +709,8 @@ async fn unanswered_http2_pings_close_the_connection() {
     let s = start(
         CREDITS,
         |c| {
-            c.idle_timeout_secs = 60;
-            c.http2_keep_alive_secs = 1;
+            c.listen.idle_timeout_secs = 60;
+            c.listen.http2_keep_alive_secs = 1;
         },
         None,
     )
@@ -741,8 +741,8 @@ async fn the_connection_cap_sheds_idle_connections_and_healthz_answers() {
     let s = start(
         CREDITS,
         |c| {
-            c.max_connections = 8;
-            c.first_byte_timeout_secs = 30;
+            c.listen.max_connections = 8;
+            c.listen.first_byte_timeout_secs = 30;
         },
         None,
     )
@@ -780,11 +780,11 @@ async fn the_connection_cap_sheds_idle_connections_and_healthz_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_then_exits_without_waiting_for_idle_connections() {
     let mut s = api_support::start(CREDITS, |c| {
-        c.shutdown_drain_secs = 1;
-        c.shutdown_grace_secs = 20;
-        c.idle_timeout_secs = 60;
-        c.first_byte_timeout_secs = 60;
-        c.header_timeout_secs = 60;
+        c.listen.shutdown_drain_secs = 1;
+        c.listen.shutdown_grace_secs = 20;
+        c.listen.idle_timeout_secs = 60;
+        c.listen.first_byte_timeout_secs = 60;
+        c.listen.header_timeout_secs = 60;
     })
     .await;
     let addr = addr_of(&s.base);

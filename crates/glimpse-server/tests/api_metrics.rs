@@ -55,8 +55,8 @@ fn requests(route: &str, method: &str, status: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_exactly_what_was_answered() {
-    let s = start(1000, |c| c.credits_per_call = 3).await;
-    let cost = s.config.credits_per_call as f64;
+    let s = start(1000, |c| c.store.credits_per_call = 3).await;
+    let cost = s.config.store.credits_per_call as f64;
     let (n_ok, n_bad, n_nokey) = (3, 2, 2);
     let before = scrape(&s).await;
 
@@ -217,7 +217,9 @@ async fn readyz_is_503_with_an_error_body_when_not_ready() {
     use tower::ServiceExt;
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
-    let store = glimpse_store::connect(&config.database_url).await.unwrap();
+    let store = glimpse_store::connect(&config.store.database_url)
+        .await
+        .unwrap();
     let models = glimpse_server::load_models(&config).await.unwrap();
     let state = glimpse_server::AppState::new(&config, store, models).unwrap();
     let call = |path: &'static str| {

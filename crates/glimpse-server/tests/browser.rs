@@ -68,8 +68,8 @@ async fn run_script(script: &str, base: &str, key: &str, env: &[(&str, String)])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn playground_classifies_in_chromium() {
     let credits = 50;
-    let s = start(credits, |c| c.credits_per_call = 2).await;
-    let expect = credits - s.config.credits_per_call;
+    let s = start(credits, |c| c.store.credits_per_call = 2).await;
+    let expect = credits - s.config.store.credits_per_call;
     let screenshot = std::env::var("GLIMPSE_SCREENSHOT").unwrap_or_else(|_| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/playground.png")
@@ -88,7 +88,10 @@ async fn playground_classifies_in_chromium() {
     }
     // The page's three good calls (CLIP, ViT, CLIP again) were charged once each; the wrong-key
     // call was free.
-    assert_eq!(s.balance().await, credits - 3 * s.config.credits_per_call);
+    assert_eq!(
+        s.balance().await,
+        credits - 3 * s.config.store.credits_per_call
+    );
     assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 1000));
     s.stop().await.unwrap();
 }

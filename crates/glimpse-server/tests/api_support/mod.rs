@@ -26,17 +26,16 @@ pub fn image_bytes(name: &str) -> Vec<u8> {
 /// A config for tests: fixture models, a database in `dir`, private URLs allowed (the image host
 /// is on loopback), a small upload limit so the 413 test is cheap.
 pub fn test_config(dir: &std::path::Path) -> ServerConfig {
-    ServerConfig {
-        bind: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{}", dir.join("glimpse.db").display()),
-        clip_model: fixtures().join("models/clip-tiny").display().to_string(),
-        vit_model: fixtures().join("models/vit-tiny").display().to_string(),
-        allow_private_urls: true,
-        max_upload_bytes: 512 * 1024,
-        // No drain period: `stop()` should not wait for load balancers that are not there.
-        shutdown_drain_secs: 0,
-        ..ServerConfig::default()
-    }
+    let mut c = ServerConfig::default();
+    c.listen.bind = "127.0.0.1:0".parse().unwrap();
+    c.store.database_url = format!("sqlite://{}", dir.join("glimpse.db").display());
+    c.models.clip_model = fixtures().join("models/clip-tiny").display().to_string();
+    c.models.vit_model = fixtures().join("models/vit-tiny").display().to_string();
+    c.fetch.allow_private_urls = true;
+    c.limits.max_upload_bytes = 512 * 1024;
+    // No drain period: `stop()` should not wait for load balancers that are not there.
+    c.listen.shutdown_drain_secs = 0;
+    c
 }
 
 pub struct TestServer {
@@ -79,7 +78,7 @@ pub async fn start_wrapped(
     tweak(&mut config);
     // No auth cache: a revocation made through the test's store must bite at once.
     let store = glimpse_store::connect_with(
-        &config.database_url,
+        &config.store.database_url,
         StoreOptions {
             auth_cache_ttl: Duration::ZERO,
             ..config.store_options()

@@ -40,7 +40,7 @@ pub async fn start(
     let mut config = test_config(dir.path());
     tweak(&mut config);
     let store = glimpse_store::connect_with(
-        &config.database_url,
+        &config.store.database_url,
         StoreOptions {
             auth_cache_ttl: Duration::ZERO,
             ..config.store_options()
