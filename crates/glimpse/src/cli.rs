@@ -1,11 +1,14 @@
 //! The command line (contract, section Operating). Commands and variables here are a public
 //! interface: add, don't rename.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
+/// Read with [`crate::config_file::command`] (the `--config` file beneath the variables), not
+/// `Cli::parse`.
 #[derive(Debug, Parser)]
 #[command(
     name = "glimpse",
@@ -14,11 +17,20 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// TOML file with settings (keys are the GLIMPSE_* variable names without the prefix, snake case).
-    /// Flags beat variables beat the file.
+    /// Flags beat variables beat the file; an unknown key is an error.
     #[arg(long, global = true, env = "GLIMPSE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// What `Parser::parse` does, on `cmd` (`Cli`'s command with the config file's defaults):
+    /// clap's errors, `--help` and `--version` print and exit as usual.
+    pub fn parse_with(mut cmd: clap::Command, args: Vec<OsString>) -> Self {
+        let mut m = cmd.clone().get_matches_from(args);
+        Self::from_arg_matches_mut(&mut m).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    }
 }
 
 #[derive(Debug, Subcommand)]
