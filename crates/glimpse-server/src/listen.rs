@@ -57,14 +57,14 @@ impl ConnLimits {
     pub fn from_config(c: &crate::config::ServerConfig) -> Self {
         let secs = Duration::from_secs;
         ConnLimits {
-            header_timeout: secs(c.header_timeout_secs),
-            first_byte_timeout: secs(c.first_byte_timeout_secs),
-            idle_timeout: secs(c.idle_timeout_secs),
-            http2_keep_alive: secs(c.http2_keep_alive_secs),
-            max_connections: c.max_connections,
-            drain: secs(c.shutdown_drain_secs),
-            grace: secs(c.shutdown_grace_secs),
-            fd_reserve: FD_RESERVE.saturating_add(c.max_in_flight),
+            header_timeout: secs(c.listen.header_timeout_secs),
+            first_byte_timeout: secs(c.listen.first_byte_timeout_secs),
+            idle_timeout: secs(c.listen.idle_timeout_secs),
+            http2_keep_alive: secs(c.listen.http2_keep_alive_secs),
+            max_connections: c.listen.max_connections,
+            drain: secs(c.listen.shutdown_drain_secs),
+            grace: secs(c.listen.shutdown_grace_secs),
+            fd_reserve: FD_RESERVE.saturating_add(c.limits.max_in_flight),
         }
     }
 }

@@ -30,7 +30,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let store = glimpse_store::connect_with(&config.database_url, config.store_options())
+    let store = glimpse_store::connect_with(&config.store.database_url, config.store_options())
         .await
         .map_err(|e| {
             anyhow!("cannot open the key store (GLIMPSE_DATABASE_URL / --database-url): {e}")
@@ -102,10 +102,10 @@ pub async fn serve_state(
 /// Every model of the allow-lists, resolved (local folder, cache or Hub), loaded and warmed up
 /// with one forward pass so the first call is not the slow one.
 pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
-    let hub = HubOptions::from_env(config.model_cache.clone());
-    let templates = config.prompt_templates.clone();
+    let hub = HubOptions::from_env(config.models.model_cache.clone());
+    let templates = config.models.prompt_templates.clone();
     let opts = LoadOptions {
-        precision: config.precision.parse()?,
+        precision: config.models.precision,
         threads: None,
     };
     let precision = opts.precision;
@@ -221,7 +221,7 @@ pub fn init_tracing(config: &ServerConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if config.log_format == "json" {
+    let _ = if config.logging.log_format == crate::config::LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()

@@ -107,10 +107,10 @@ impl AppState {
         models: Models,
     ) -> anyhow::Result<Self> {
         let fetcher = Fetcher::new(FetchOptions {
-            allow_private: config.allow_private_urls,
-            max_bytes: config.max_upload_bytes as u64,
-            connect_timeout: Duration::from_secs(config.fetch_connect_timeout_secs),
-            total_timeout: Duration::from_secs(config.fetch_timeout_secs),
+            allow_private: config.fetch.allow_private_urls,
+            max_bytes: config.limits.max_upload_bytes as u64,
+            connect_timeout: Duration::from_secs(config.fetch.fetch_connect_timeout_secs),
+            total_timeout: Duration::from_secs(config.fetch.fetch_timeout_secs),
             ..FetchOptions::default()
         });
         Self::with_image_source(config, store, models, Arc::new(fetcher))
@@ -125,24 +125,28 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let settings = Settings {
-            credits_per_call: config.credits_per_call,
-            max_upload_bytes: config.max_upload_bytes,
-            templates: config.prompt_templates.clone(),
-            admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
-            header_timeout: Duration::from_secs(config.header_timeout_secs),
-            reap_after: Duration::from_secs(config.reap_after_secs),
+            credits_per_call: config.store.credits_per_call,
+            max_upload_bytes: config.limits.max_upload_bytes,
+            templates: config.models.prompt_templates.clone(),
+            admin_token: config.store.admin_token.clone().filter(|t| !t.is_empty()),
+            header_timeout: Duration::from_secs(config.listen.header_timeout_secs),
+            reap_after: Duration::from_secs(config.store.reap_after_secs),
             conn: crate::listen::ConnLimits::from_config(config),
             settle_retry: config.settle_retry(),
-            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
+            idempotency_ttl: Duration::from_secs(config.store.idempotency_ttl_secs),
         };
-        let rate = (config.rate_limit_per_second > 0.0)
-            .then(|| RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
+        let rate = (config.limits.rate_limit_per_second > 0.0).then(|| {
+            RateLimiter::new(
+                config.limits.rate_limit_per_second,
+                config.limits.rate_limit_burst,
+            )
+        });
         // A task with no model has its endpoint turned off (404); none at all serves nothing.
         // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
-        let gate = Some(Arc::new(PassGate::new(config.inference_workers)));
+        let gate = Some(Arc::new(PassGate::new(config.batching.inference_workers)));
         let models = Registry::new(
             models.0,
-            config.prompt_templates.clone(),
+            config.models.prompt_templates.clone(),
             batch_options(config),
             gate,
         )?;
@@ -154,25 +158,26 @@ impl AppState {
             store,
             models,
             images,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             rate,
-            failed_fetches: (config.failed_fetches_per_minute > 0).then(|| {
-                let n = config.failed_fetches_per_minute;
+            failed_fetches: (config.fetch.failed_fetches_per_minute > 0).then(|| {
+                let n = config.fetch.failed_fetches_per_minute;
                 RateLimiter::new(f64::from(n) / 60.0, n)
             }),
             ready: AtomicBool::new(true),
             metrics,
             decoder: crate::decode::DecodeGate::new(
                 config
+                    .decode
                     .decode_threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-                config.decode_memory_mb,
+                config.decode.decode_memory_mb,
                 DecodeLimits {
-                    max_pixels: config.max_image_pixels,
-                    max_side: config.max_image_side,
+                    max_pixels: config.decode.max_image_pixels,
+                    max_side: config.decode.max_image_side,
                     ..DecodeLimits::default()
                 },
-                Duration::from_secs(config.decode_timeout_secs),
+                Duration::from_secs(config.decode.decode_timeout_secs),
             ),
         })))
     }
@@ -199,11 +204,11 @@ impl AppState {
 /// How every model's batcher forms its passes.
 fn batch_options(config: &ServerConfig) -> BatchOptions {
     BatchOptions {
-        max_batch: config.batch_size,
-        window: Duration::from_millis(config.batch_window_ms),
+        max_batch: config.batching.batch_size,
+        window: Duration::from_millis(config.batching.batch_window_ms),
         // `max_in_flight` already sheds the excess; the queue bound is the last guard when
         // several models share it.
-        queue_capacity: config.max_in_flight,
+        queue_capacity: config.limits.max_in_flight,
         // Calls announce themselves on arrival: a lone call never waits the window.
         wait_for_announced: true,
         // Closed-loop clients split into alternating groups; keep the groups equal.

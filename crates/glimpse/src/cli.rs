@@ -1,13 +1,16 @@
 //! The command line (contract, section Operating). Commands and variables here are a public
 //! interface: add, don't rename.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::builder::TypedValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use glimpse_core::Task;
 
+/// Read with [`crate::config_file::command`] (the `--config` file beneath the variables), not
+/// `Cli::parse`.
 #[derive(Debug, Parser)]
 #[command(
     name = "glimpse",
@@ -16,11 +19,20 @@ use glimpse_core::Task;
 )]
 pub struct Cli {
     /// TOML file with settings (keys are the GLIMPSE_* variable names without the prefix, snake case).
-    /// Flags beat variables beat the file.
+    /// Flags beat variables beat the file; an unknown key is an error.
     #[arg(long, global = true, env = "GLIMPSE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// What `Parser::parse` does, on `cmd` (`Cli`'s command with the config file's defaults):
+    /// clap's errors, `--help` and `--version` print and exit as usual.
+    pub fn parse_with(mut cmd: clap::Command, args: Vec<OsString>) -> Self {
+        let mut m = cmd.clone().get_matches_from(args);
+        Self::from_arg_matches_mut(&mut m).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,7 +101,8 @@ pub struct ClassifyArgs {
     pub json: bool,
     /// Weights to run, as `serve` does: `fp32` (answers within 1e-4 of transformers), `bf16` or
     /// `int8` (faster on CPUs with AVX-512 BF16 / VNNI / AMX; within cosine 0.999 of fp32).
-    #[arg(long, env = "GLIMPSE_PRECISION", default_value = "fp32", value_parser = parse_precision)]
+    #[arg(long, env = "GLIMPSE_PRECISION", default_value = "fp32", ignore_case = true,
+          value_parser = glimpse_server::config::precision_parser())]
     pub precision: glimpse_candle::Precision,
     /// Prompt templates for CLIP, `|`-separated; `{label}` is replaced.
     #[arg(long, env = "GLIMPSE_PROMPT_TEMPLATES", default_value = glimpse_core::labels::DEFAULT_TEMPLATE)]
@@ -131,14 +144,14 @@ pub struct ConfiguredModels {
     #[arg(
         long,
         env = "GLIMPSE_CLIP_MODEL",
-        default_value = "openai/clip-vit-base-patch32",
+        default_value = glimpse_server::config::DEFAULT_CLIP_MODEL,
         hide = true
     )]
     pub default_clip: String,
     #[arg(
         long,
         env = "GLIMPSE_VIT_MODEL",
-        default_value = "google/vit-base-patch16-224",
+        default_value = glimpse_server::config::DEFAULT_VIT_MODEL,
         hide = true
     )]
     pub default_vit: String,
@@ -151,16 +164,7 @@ pub struct ConfiguredModels {
 impl ConfiguredModels {
     /// `(family, specs)`: the default first, then the extras, blanks and repeats dropped.
     pub fn by_family(&self) -> [(&'static str, Vec<String>); 2] {
-        let specs = |default: &str, extras: &[String]| {
-            let mut out: Vec<String> = Vec::new();
-            for s in std::iter::once(default).chain(extras.iter().map(String::as_str)) {
-                let s = s.trim();
-                if !s.is_empty() && !out.iter().any(|o| o == s) {
-                    out.push(s.to_string());
-                }
-            }
-            out
-        };
+        use glimpse_server::config::specs;
         [
             ("clip", specs(&self.default_clip, &self.extra_clip)),
             ("vit", specs(&self.default_vit, &self.extra_vit)),
@@ -174,7 +178,7 @@ pub struct KeysArgs {
     #[arg(
         long,
         env = "GLIMPSE_DATABASE_URL",
-        default_value = "sqlite://glimpse.db",
+        default_value = glimpse_server::config::DEFAULT_DATABASE_URL,
         global = true
     )]
     pub database_url: String,
@@ -234,16 +238,15 @@ pub fn run_serve(config: glimpse_server::ServerConfig) -> anyhow::Result<ExitCod
         .build()?;
     rt.block_on(async move {
         glimpse_server::init_tracing(&config);
-        let listener = tokio::net::TcpListener::bind(&config.bind)
+        let listener = tokio::net::TcpListener::bind(config.listen.bind)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (GLIMPSE_BIND): {e}", config.bind))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (GLIMPSE_BIND): {e}",
+                    config.listen.bind
+                )
+            })?;
         glimpse_server::serve(config, listener, glimpse_server::shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `--precision` / `GLIMPSE_PRECISION`: fp32, bf16 or int8 (the same names `serve` takes).
-fn parse_precision(s: &str) -> Result<glimpse_candle::Precision, String> {
-    s.parse()
-        .map_err(|e: glimpse_core::CoreError| e.to_string())
 }

@@ -12,16 +12,18 @@ mod session;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    // A TOML file named by --config / GLIMPSE_CONFIG fills in variables that are not set, so the
-    // order is: flags, then variables, then the file, then the built-in defaults.
-    if let Err(e) = config_file::apply_from_args(std::env::args_os()) {
-        eprintln!("glimpse: {e}");
-        return ExitCode::from(2);
-    }
-    let cli = cli::Cli::parse();
+    // A TOML file named by --config / GLIMPSE_CONFIG gives the defaults, so the order is: flags,
+    // then variables, then the file, then the built-in defaults.
+    let args: Vec<_> = std::env::args_os().collect();
+    let cmd = match config_file::command(&args) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("glimpse: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = cli::Cli::parse_with(cmd, args);
     let result = match cli.command {
         cli::Command::Serve(args) => cli::run_serve(*args),
         cli::Command::Classify(args) => classify::run(args),

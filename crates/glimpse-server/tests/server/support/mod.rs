@@ -31,17 +31,16 @@ pub fn image_bytes(name: &str) -> Vec<u8> {
 /// What every test server starts from: fixture models, a database in `dir`, private URLs allowed
 /// (the image hosts are on loopback), a small upload limit so the 413 test is cheap.
 fn test_config(dir: &Path) -> ServerConfig {
-    ServerConfig {
-        bind: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{}", dir.join("glimpse.db").display()),
-        clip_model: fixtures().join("models/clip-tiny").display().to_string(),
-        vit_model: fixtures().join("models/vit-tiny").display().to_string(),
-        allow_private_urls: true,
-        max_upload_bytes: 512 * 1024,
-        // No drain period: `stop()` should not wait for load balancers that are not there.
-        shutdown_drain_secs: 0,
-        ..ServerConfig::default()
-    }
+    let mut c = ServerConfig::default();
+    c.listen.bind = "127.0.0.1:0".parse().unwrap();
+    c.store.database_url = format!("sqlite://{}", dir.join("glimpse.db").display());
+    c.models.clip_model = fixtures().join("models/clip-tiny").display().to_string();
+    c.models.vit_model = fixtures().join("models/vit-tiny").display().to_string();
+    c.fetch.allow_private_urls = true;
+    c.limits.max_upload_bytes = 512 * 1024;
+    // No drain period: `stop()` should not wait for load balancers that are not there.
+    c.listen.shutdown_drain_secs = 0;
+    c
 }
 
 /// The real server on 127.0.0.1:0 (fixture models, a temp SQLite store) with one key, made
@@ -123,44 +122,44 @@ impl TestServerBuilder {
 
     /// Guard `/admin` with this bearer token.
     pub fn admin_token(mut self, token: &str) -> Self {
-        self.config.admin_token = Some(token.into());
+        self.config.store.admin_token = Some(token.into());
         self
     }
 
     /// Serve no ViT model (its endpoint answers 404).
     pub fn no_vit_model(mut self) -> Self {
-        self.config.vit_model = String::new();
+        self.config.models.vit_model = String::new();
         self
     }
 
     /// `fp32`, `bf16` or `int8`.
     pub fn precision(mut self, precision: &str) -> Self {
-        self.config.precision = precision.into();
+        self.config.models.precision = precision.parse().unwrap();
         self
     }
 
     settings! {
-        allow_private_urls: bool => allow_private_urls;
-        credits_per_call: i64 => credits_per_call;
-        max_in_flight: usize => max_in_flight;
-        batch_size: usize => batch_size;
-        batch_window_ms: u64 => batch_window_ms;
-        rate_limit_per_second: f64 => rate_limit_per_second;
-        rate_limit_burst: u32 => rate_limit_burst;
-        failed_fetches_per_minute: u32 => failed_fetches_per_minute;
-        fetch_timeout_secs: u64 => fetch_timeout_secs;
-        fetch_connect_timeout_secs: u64 => fetch_connect_timeout_secs;
-        header_timeout_secs: u64 => header_timeout_secs;
-        first_byte_timeout_secs: u64 => first_byte_timeout_secs;
-        idle_timeout_secs: u64 => idle_timeout_secs;
-        http2_keep_alive_secs: u64 => http2_keep_alive_secs;
-        max_connections: usize => max_connections;
-        shutdown_drain_secs: u64 => shutdown_drain_secs;
-        shutdown_grace_secs: u64 => shutdown_grace_secs;
-        reap_after_secs: u64 => reap_after_secs;
-        settle_retry_secs: u64 => settle_retry_secs;
-        idempotency_ttl_secs: u64 => idempotency_ttl_secs;
-        idempotency_max_per_key: u32 => idempotency_max_per_key;
+        allow_private_urls: bool => fetch.allow_private_urls;
+        credits_per_call: i64 => store.credits_per_call;
+        max_in_flight: usize => limits.max_in_flight;
+        batch_size: usize => batching.batch_size;
+        batch_window_ms: u64 => batching.batch_window_ms;
+        rate_limit_per_second: f64 => limits.rate_limit_per_second;
+        rate_limit_burst: u32 => limits.rate_limit_burst;
+        failed_fetches_per_minute: u32 => fetch.failed_fetches_per_minute;
+        fetch_timeout_secs: u64 => fetch.fetch_timeout_secs;
+        fetch_connect_timeout_secs: u64 => fetch.fetch_connect_timeout_secs;
+        header_timeout_secs: u64 => listen.header_timeout_secs;
+        first_byte_timeout_secs: u64 => listen.first_byte_timeout_secs;
+        idle_timeout_secs: u64 => listen.idle_timeout_secs;
+        http2_keep_alive_secs: u64 => listen.http2_keep_alive_secs;
+        max_connections: usize => listen.max_connections;
+        shutdown_drain_secs: u64 => listen.shutdown_drain_secs;
+        shutdown_grace_secs: u64 => listen.shutdown_grace_secs;
+        reap_after_secs: u64 => store.reap_after_secs;
+        settle_retry_secs: u64 => store.settle_retry_secs;
+        idempotency_ttl_secs: u64 => store.idempotency_ttl_secs;
+        idempotency_max_per_key: u32 => store.idempotency_max_per_key;
     }
 
     /// Open the store, load the models, serve on 127.0.0.1:0 and make the key.
@@ -168,7 +167,7 @@ impl TestServerBuilder {
         let config = self.config;
         // No auth cache: a revocation made through the test's store must bite at once.
         let store = glimpse_store::connect_with(
-            &config.database_url,
+            &config.store.database_url,
             StoreOptions {
                 auth_cache_ttl: Duration::ZERO,
                 ..config.store_options()
@@ -265,17 +264,17 @@ impl TestServer {
 
     /// What one successful call costs on this server.
     pub fn credits_per_call(&self) -> i64 {
-        self.config.credits_per_call
+        self.config.store.credits_per_call
     }
 
     /// The largest upload this server takes.
     pub fn max_upload_bytes(&self) -> usize {
-        self.config.max_upload_bytes
+        self.config.limits.max_upload_bytes
     }
 
     /// The server's `sqlite://` URL.
     pub fn database_url(&self) -> &str {
-        &self.config.database_url
+        &self.config.store.database_url
     }
 
     /// Send `req` and assert the row: status, `{message, code}` body, no credit gone, no debit
