@@ -1,11 +1,9 @@
 //! Bad model folders give `CoreError::Model` naming the file or field; bad calls give errors, not
 //! panics.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use glimpse_candle::{detect_kind, load_clip, load_vit, LoadOptions, ModelKind, Precision};
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::CoreError;
