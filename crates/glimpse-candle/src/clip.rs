@@ -13,6 +13,7 @@ use glimpse_core::{CoreError, Result};
 
 use crate::config::{self, model_err, ClipConfig, ClipTextConfig, VisionConfig};
 use crate::engine::{Dense, Norm, VisionEncoder};
+use crate::kernels::Kernels;
 use crate::layers::{
     causal_mask, check_pixels, first_argmax, rows, Encoder, PatchEmbedding, CLIP_NAMES,
 };
@@ -105,7 +106,7 @@ impl VisionTower {
         cfg: &VisionConfig,
         projection_dim: usize,
         vb: &VarBuilder,
-        precision: Precision,
+        kernels: Kernels,
     ) -> candle_core::Result<Self> {
         let v = vb.pp("vision_model");
         let (h, eps) = (cfg.encoder.hidden_size, cfg.encoder.layer_norm_eps);
@@ -126,10 +127,10 @@ impl VisionTower {
         let post = layer_norm(h, eps, v.pp("post_layernorm"))?;
         let projection = linear_no_bias(h, projection_dim, vb.pp("visual_projection"))?;
         Ok(VisionTower {
-            engine: embeddings.into_engine(cfg, Some(&pre), &encoder, precision)?,
+            engine: embeddings.into_engine(cfg, Some(&pre), &encoder, kernels)?,
             post_layernorm: Norm::new(&post)?,
             // Tiny (batch rows): kept f32.
-            projection: Dense::from_linear(&projection, Precision::F32)?,
+            projection: Dense::from_linear(&projection, kernels.at(Precision::F32))?,
         })
     }
 
@@ -215,7 +216,9 @@ fn build(
     precision: Precision,
 ) -> candle_core::Result<ClipModel> {
     let text = TextTower::new(&config.text, config.projection_dim, vb)?;
-    let vision = VisionTower::new(&config.vision, config.projection_dim, vb, precision)?;
+    // The kernels are chosen here, once per model, and kept by every layer built from them.
+    let kernels = Kernels::choose(precision);
+    let vision = VisionTower::new(&config.vision, config.projection_dim, vb, kernels)?;
     let logit_scale = vb
         .get_with_hints(
             (),
@@ -323,8 +326,7 @@ impl ZeroShotModel for ClipModel {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
             CoreError::model(
                 "this CLIP model has no tokenizer (random weights, for image benchmarks); \
-                 load a model folder with tokenizer.json to embed text"
-                    ,
+                 load a model folder with tokenizer.json to embed text",
             )
         })?;
         if texts.is_empty() {

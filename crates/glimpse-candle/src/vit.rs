@@ -14,6 +14,7 @@ use glimpse_core::Result;
 use crate::clip::read_preprocess_config;
 use crate::config::{self, model_err, VitConfig};
 use crate::engine::{Dense, Norm, VisionEncoder};
+use crate::kernels::Kernels;
 use crate::layers::{check_pixels, Encoder, LayerNames, PatchEmbedding, VIT_NAMES, VIT_V5_NAMES};
 use crate::presets::VitPreset;
 use crate::runtime::Runtime;
@@ -82,6 +83,8 @@ fn build(
     preprocess: PreprocessConfig,
     precision: Precision,
 ) -> candle_core::Result<VitModel> {
+    // The kernels are chosen here, once per model, and kept by every layer built from them.
+    let kernels = Kernels::choose(precision);
     let cfg = &config.vision;
     let h = cfg.encoder.hidden_size;
     let e = vb.pp("vit.embeddings");
@@ -96,12 +99,12 @@ fn build(
     let encoder = Encoder::new(&cfg.encoder, &names, vb.pp(prefix))?;
     let layernorm = layer_norm(h, cfg.encoder.layer_norm_eps, vb.pp("vit.layernorm"))?;
     let classifier = linear(h, config.id2label.len(), vb.pp("classifier"))?;
-    let engine = embeddings.into_engine(cfg, None, &encoder, precision)?;
+    let engine = embeddings.into_engine(cfg, None, &encoder, kernels)?;
     Ok(VitModel {
         engine,
         layernorm: Norm::new(&layernorm)?,
         // Batch rows only: kept f32.
-        classifier: Dense::from_linear(&classifier, Precision::F32)?,
+        classifier: Dense::from_linear(&classifier, kernels.at(Precision::F32))?,
         config,
         preprocess,
         runtime: Runtime::default(),
