@@ -244,7 +244,8 @@ pub(crate) fn first_argmax<T: PartialOrd + Copy>(xs: &[T]) -> usize {
 }
 
 /// Patch embedding shared by the CLIP vision tower and ViT: a stride-`patch` convolution, the
-/// class token in front, learned position embeddings added. Output `[batch, 1 + patches, hidden]`.
+/// class token in front, learned position embeddings added. Loaded with candle (names, shapes,
+/// random init) and run only as part of the fused engine (`into_engine`).
 #[derive(Debug, Clone)]
 pub struct PatchEmbedding {
     conv: candle_nn::Conv2d,
@@ -310,17 +311,6 @@ impl PatchEmbedding {
             pre_norm: pre_norm.map(crate::engine::Norm::new).transpose()?,
             blocks: encoder.blocks(kernels)?,
         })
-    }
-
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let b = pixels.dim(0)?;
-        let patches = self
-            .conv
-            .forward(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
-        let cls = self.cls.broadcast_as((b, 1, self.cls.dim(2)?))?;
-        Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.pos)
     }
 }
 
