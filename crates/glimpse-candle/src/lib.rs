@@ -45,7 +45,7 @@ pub use vit::{load_vit, random_vit, VitModel};
 /// - `Int8`: dynamic quantisation — weights per output channel, activations per row at run time,
 ///   i32 accumulation (AVX-512 VNNI where the CPU has it).
 ///
-/// Both reduced modes keep cosine ≥ 0.999 to f32 (`tests/precision.rs`).
+/// Both reduced modes keep cosine ≥ 0.999 to f32 (`tests/models/precision.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]

@@ -120,7 +120,7 @@ fn corrupt_weights_are_a_model_error() {
 fn wrong_family_and_unsupported_precision_are_refused() {
     let e = model_error(load_vit(&model_dir("clip-tiny"), &LoadOptions::default()).map(|_| ()));
     assert!(e.contains("not a ViT"), "{e}");
-    // Every precision loads (the accuracy of the reduced ones is tested in tests/precision.rs).
+    // Every precision loads (the accuracy of the reduced ones is tested in precision.rs).
     for p in [Precision::F32, Precision::Bf16, Precision::Int8] {
         let opts = LoadOptions {
             precision: p,
