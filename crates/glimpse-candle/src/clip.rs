@@ -20,7 +20,7 @@ use crate::layers::{
 use crate::presets::ClipPreset;
 use crate::runtime::Runtime;
 use crate::tokenizer::ClipTokenizer;
-use crate::{LoadOptions, ModelKind, Precision};
+use crate::{Error, LoadOptions, ModelKind, Precision};
 
 /// transformers initialises embeddings and class tokens with this standard deviation.
 const INIT_STD: f64 = 0.02;
@@ -161,7 +161,7 @@ pub struct ClipModel {
 
 /// Load a CLIP model from a Hugging Face folder: `config.json`, `preprocessor_config.json`,
 /// `tokenizer.json` and `model.safetensors` (or `pytorch_model.bin`).
-pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
+pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel, Error> {
     let json = config::read_config_json(dir)?;
     if config::kind_of(&json)? != ModelKind::Clip {
         return Err(model_err(format!(
@@ -174,7 +174,10 @@ pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
     let tokenizer = ClipTokenizer::from_dir(dir, config.text.max_position_embeddings)?;
     let device = Device::Cpu;
     let (vb, file) = crate::weights::open(dir, &device)?;
-    let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
+    let bad = |source| Error::Weights {
+        context: file.display().to_string(),
+        source,
+    };
     let mut model = build(config, &vb, preprocess, device, opts.precision).map_err(bad)?;
     model.tokenizer = Some(tokenizer);
     model.runtime = Runtime::new(opts.threads)?;
@@ -195,17 +198,20 @@ pub(crate) fn random_clip_in(preset: ClipPreset, precision: Precision) -> ClipMo
         .expect("a preset CLIP always builds from seeded weights")
 }
 
-pub(crate) fn read_preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
+pub(crate) fn read_preprocess_config(dir: &Path) -> Result<PreprocessConfig, Error> {
     let path = dir.join("preprocessor_config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        model_err(format!(
-            "model folder {} has no readable preprocessor_config.json: {e}",
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        context: format!(
+            "model folder {} has no readable preprocessor_config.json",
             dir.display()
-        ))
+        ),
+        source,
     })?;
     // Its errors already name preprocessor_config.json.
-    PreprocessConfig::from_json_str(&text)
-        .map_err(|e| model_err(format!("model folder {}: {e}", dir.display())))
+    PreprocessConfig::from_json_str(&text).map_err(|source| Error::Preprocess {
+        context: format!("model folder {}", dir.display()),
+        source,
+    })
 }
 
 fn build(

@@ -17,6 +17,7 @@
 pub mod clip;
 pub mod config;
 mod engine;
+mod error;
 mod kernels;
 pub mod layers;
 pub mod presets;
@@ -31,6 +32,7 @@ use std::path::Path;
 use glimpse_core::CoreError;
 
 pub use clip::{load_clip, random_clip, ClipModel};
+pub use error::Error;
 pub use presets::{ClipPreset, VitPreset};
 pub use vit::{load_vit, random_vit, VitModel};
 
@@ -106,7 +108,7 @@ pub fn kernel_for(precision: Precision) -> (&'static str, bool) {
 
 /// Which model a Hugging Face folder holds, from `config.json`'s `model_type` (or, failing that,
 /// its `architectures`).
-pub fn detect_kind(dir: &Path) -> Result<ModelKind, CoreError> {
+pub fn detect_kind(dir: &Path) -> Result<ModelKind, Error> {
     let cfg = config::read_config_json(dir)?;
     config::kind_of(&cfg)
 }

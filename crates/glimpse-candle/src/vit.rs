@@ -18,7 +18,7 @@ use crate::kernels::Kernels;
 use crate::layers::{check_pixels, Encoder, LayerNames, PatchEmbedding, VIT_NAMES, VIT_V5_NAMES};
 use crate::presets::VitPreset;
 use crate::runtime::Runtime;
-use crate::{LoadOptions, ModelKind, Precision};
+use crate::{Error, LoadOptions, ModelKind, Precision};
 
 #[derive(Debug, Clone)]
 pub struct VitModel {
@@ -32,7 +32,7 @@ pub struct VitModel {
 
 /// Load a ViT classifier from a Hugging Face folder: `config.json`, `preprocessor_config.json`
 /// and `model.safetensors` (or `pytorch_model.bin`).
-pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
+pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel, Error> {
     let json = config::read_config_json(dir)?;
     if config::kind_of(&json)? != ModelKind::Vit {
         return Err(model_err(format!(
@@ -44,7 +44,10 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
     let preprocess = read_preprocess_config(dir)?;
     let device = Device::Cpu;
     let (vb, file) = crate::weights::open(dir, &device)?;
-    let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
+    let bad = |source| Error::Weights {
+        context: file.display().to_string(),
+        source,
+    };
     let mut model = build(config, &vb, preprocess, opts.precision).map_err(bad)?;
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), vision = ?model.config.vision,

@@ -29,8 +29,9 @@ fn copy_model(name: &str, skip: &[&str], edit: impl FnOnce(&mut Value)) -> tempf
     dir
 }
 
-fn model_error(r: Result<impl std::fmt::Debug, CoreError>) -> String {
-    match r {
+/// The message of a load error, which must reach glimpse-core's callers as `CoreError::Model`.
+fn model_error<E: Into<CoreError>>(r: Result<impl std::fmt::Debug, E>) -> String {
+    match r.map_err(Into::into) {
         Err(e @ CoreError::Model { .. }) => e.to_string(),
         other => panic!("expected CoreError::Model, got {other:?}"),
     }
