@@ -4,7 +4,7 @@
 Writes tests/fixtures/resize/random_cases.json: a few hundred (input size, output size, filter)
 triples drawn with a fixed seed, each with the SHA-256 of Pillow's `Image.resize` output bytes.
 The inputs are not stored: `pattern` below makes them from integer arithmetic that the Rust test
-`crates/glimpse-core/tests/resize_random.rs` mirrors exactly, so the fixture stays a few tens of KB.
+`crates/glimpse-core/tests/core/resize_random.rs` mirrors exactly, so the fixture stays a few tens of KB.
 
 The draw covers what one lucky shape cannot: 1-pixel-wide and 1-pixel-tall images, ratios past
 1:20 both ways, portrait and landscape, up- and downscales on each axis independently, sizes that

@@ -2,7 +2,7 @@
 """Reference outputs of Pillow's Image.resize for glimpse-core's resample port.
 
 Writes tests/fixtures/resize/: a few small input PNGs, one PNG per (input, size, filter) case, and
-manifest.json listing them. The Rust test `crates/glimpse-core/tests/resize_parity.rs` resizes each
+manifest.json listing them. The Rust test `crates/glimpse-core/tests/core/resize_parity.rs` resizes each
 input with every filter and checks the bytes are identical. The large input is a synthetic pattern
 that the test regenerates (see `synthetic`), so it is not stored.
 

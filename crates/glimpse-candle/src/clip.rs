@@ -13,13 +13,14 @@ use glimpse_core::{CoreError, Result};
 
 use crate::config::{self, model_err, ClipConfig, ClipTextConfig, VisionConfig};
 use crate::engine::{Dense, Norm, VisionEncoder};
+use crate::kernels::Kernels;
 use crate::layers::{
     causal_mask, check_pixels, first_argmax, rows, Encoder, PatchEmbedding, CLIP_NAMES,
 };
 use crate::presets::ClipPreset;
 use crate::runtime::Runtime;
 use crate::tokenizer::ClipTokenizer;
-use crate::{LoadOptions, Precision};
+use crate::{Error, LoadOptions, Precision};
 use glimpse_core::ModelFamily;
 
 /// transformers initialises embeddings and class tokens with this standard deviation.
@@ -106,7 +107,7 @@ impl VisionTower {
         cfg: &VisionConfig,
         projection_dim: usize,
         vb: &VarBuilder,
-        precision: Precision,
+        kernels: Kernels,
     ) -> candle_core::Result<Self> {
         let v = vb.pp("vision_model");
         let (h, eps) = (cfg.encoder.hidden_size, cfg.encoder.layer_norm_eps);
@@ -127,10 +128,10 @@ impl VisionTower {
         let post = layer_norm(h, eps, v.pp("post_layernorm"))?;
         let projection = linear_no_bias(h, projection_dim, vb.pp("visual_projection"))?;
         Ok(VisionTower {
-            engine: embeddings.into_engine(cfg, Some(&pre), &encoder, precision)?,
+            engine: embeddings.into_engine(cfg, Some(&pre), &encoder, kernels)?,
             post_layernorm: Norm::new(&post)?,
             // Tiny (batch rows): kept f32.
-            projection: Dense::from_linear(&projection, Precision::F32)?,
+            projection: Dense::from_linear(&projection, kernels.at(Precision::F32))?,
         })
     }
 
@@ -161,7 +162,7 @@ pub struct ClipModel {
 
 /// Load a CLIP model from a Hugging Face folder: `config.json`, `preprocessor_config.json`,
 /// `tokenizer.json` and `model.safetensors` (or `pytorch_model.bin`).
-pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
+pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel, Error> {
     let json = config::read_config_json(dir)?;
     if config::kind_of(&json)? != ModelFamily::Clip {
         return Err(model_err(format!(
@@ -174,7 +175,10 @@ pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel> {
     let tokenizer = ClipTokenizer::from_dir(dir, config.text.max_position_embeddings)?;
     let device = Device::Cpu;
     let (vb, file) = crate::weights::open(dir, &device)?;
-    let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
+    let bad = |source| Error::Weights {
+        context: file.display().to_string(),
+        source,
+    };
     let mut model = build(config, &vb, preprocess, device, opts.precision).map_err(bad)?;
     model.tokenizer = Some(tokenizer);
     model.runtime = Runtime::new(opts.threads)?;
@@ -195,17 +199,20 @@ pub(crate) fn random_clip_in(preset: ClipPreset, precision: Precision) -> ClipMo
         .expect("a preset CLIP always builds from seeded weights")
 }
 
-pub(crate) fn read_preprocess_config(dir: &Path) -> Result<PreprocessConfig> {
+pub(crate) fn read_preprocess_config(dir: &Path) -> Result<PreprocessConfig, Error> {
     let path = dir.join("preprocessor_config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        model_err(format!(
-            "model folder {} has no readable preprocessor_config.json: {e}",
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        context: format!(
+            "model folder {} has no readable preprocessor_config.json",
             dir.display()
-        ))
+        ),
+        source,
     })?;
     // Its errors already name preprocessor_config.json.
-    PreprocessConfig::from_json_str(&text)
-        .map_err(|e| model_err(format!("model folder {}: {e}", dir.display())))
+    PreprocessConfig::from_json_str(&text).map_err(|source| Error::Preprocess {
+        context: format!("model folder {}", dir.display()),
+        source,
+    })
 }
 
 fn build(
@@ -216,7 +223,9 @@ fn build(
     precision: Precision,
 ) -> candle_core::Result<ClipModel> {
     let text = TextTower::new(&config.text, config.projection_dim, vb)?;
-    let vision = VisionTower::new(&config.vision, config.projection_dim, vb, precision)?;
+    // The kernels are chosen here, once per model, and kept by every layer built from them.
+    let kernels = Kernels::choose(precision);
+    let vision = VisionTower::new(&config.vision, config.projection_dim, vb, kernels)?;
     let logit_scale = vb
         .get_with_hints(
             (),

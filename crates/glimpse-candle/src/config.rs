@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use glimpse_core::CoreError;
 use serde_json::{Map, Value};
 
+use crate::Error;
 use glimpse_core::ModelFamily;
 
 /// Activation functions of `transformers.activations.ACT2FN` that these models use.
@@ -98,12 +98,12 @@ pub struct VitConfig {
     pub id2label: Vec<String>,
 }
 
-pub(crate) fn model_err(msg: impl Into<String>) -> CoreError {
-    CoreError::model(msg)
+pub(crate) fn model_err(msg: impl Into<String>) -> Error {
+    Error::Model(msg.into())
 }
 
 /// Read and parse `<dir>/config.json` into a JSON object.
-pub fn read_config_json(dir: &Path) -> Result<Map<String, Value>, CoreError> {
+pub fn read_config_json(dir: &Path) -> Result<Map<String, Value>, Error> {
     let path = dir.join("config.json");
     if !path.is_file() {
         return Err(model_err(format!(
@@ -111,42 +111,48 @@ pub fn read_config_json(dir: &Path) -> Result<Map<String, Value>, CoreError> {
             dir.display()
         )));
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| model_err(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        context: path.display().to_string(),
+        source,
+    })?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(model_err(format!(
             "{}: expected a JSON object",
             path.display()
         ))),
-        Err(e) => Err(model_err(format!("{}: {e}", path.display()))),
+        Err(source) => Err(Error::Json {
+            context: path.display().to_string(),
+            source,
+        }),
     }
 }
 
-pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelFamily, CoreError> {
-    match cfg.get("model_type").and_then(Value::as_str) {
-        Some("clip") => return Ok(ModelFamily::Clip),
-        Some("vit") => return Ok(ModelFamily::Vit),
-        _ => {}
+pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelFamily, Error> {
+    let model_type = cfg.get("model_type").and_then(Value::as_str);
+    if let Some(f) = model_type.and_then(ModelFamily::from_model_type) {
+        return Ok(f);
     }
     let archs: Vec<&str> = cfg
         .get("architectures")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    if archs.contains(&"CLIPModel") {
-        return Ok(ModelFamily::Clip);
+    if let Some(f) = ModelFamily::ALL
+        .into_iter()
+        .find(|f| archs.contains(&f.architecture()))
+    {
+        return Ok(f);
     }
-    if archs.contains(&"ViTForImageClassification") {
-        return Ok(ModelFamily::Vit);
-    }
-    match cfg.get("model_type") {
-        Some(Value::String(t)) => Err(model_err(format!(
-            "config.json: unknown model_type '{t}'; Glimpse runs 'clip' and 'vit'"
+    let supported = ModelFamily::supported();
+    match model_type {
+        Some(t) => Err(model_err(format!(
+            "config.json: unknown model_type '{t}'; Glimpse runs {supported}"
         ))),
-        _ => Err(model_err(
-            "config.json: no model_type (or architectures) saying 'clip' or 'vit'",
-        )),
+        None => Err(model_err(format!(
+            "config.json: no model_type (or architectures) saying {}",
+            supported.replace(" and ", " or ")
+        ))),
     }
 }
 
@@ -168,7 +174,7 @@ impl<'a> Section<'a> {
         self.obj?.get(key).filter(|v| !v.is_null())
     }
 
-    fn wrong(&self, key: &str, want: &str, got: &Value) -> CoreError {
+    fn wrong(&self, key: &str, want: &str, got: &Value) -> Error {
         model_err(format!(
             "config.json: {}{key} must be {want}, got {got}",
             self.prefix
@@ -176,7 +182,7 @@ impl<'a> Section<'a> {
     }
 
     /// A nested object; missing means "all defaults", as in transformers.
-    fn sub(&self, key: &str) -> Result<Section<'a>, CoreError> {
+    fn sub(&self, key: &str) -> Result<Section<'a>, Error> {
         let prefix = format!("{}{key}.", self.prefix);
         match self.field(key) {
             None => Ok(Section { obj: None, prefix }),
@@ -188,7 +194,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn usize(&self, key: &str, default: usize) -> Result<usize, CoreError> {
+    fn usize(&self, key: &str, default: usize) -> Result<usize, Error> {
         match self.field(key) {
             None => Ok(default),
             Some(v) => v
@@ -198,7 +204,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn positive(&self, key: &str, default: usize) -> Result<usize, CoreError> {
+    fn positive(&self, key: &str, default: usize) -> Result<usize, Error> {
         match self.usize(key, default)? {
             0 => Err(model_err(format!(
                 "config.json: {}{key} must be positive",
@@ -208,14 +214,14 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn f64(&self, key: &str, default: f64) -> Result<f64, CoreError> {
+    fn f64(&self, key: &str, default: f64) -> Result<f64, Error> {
         match self.field(key) {
             None => Ok(default),
             Some(v) => v.as_f64().ok_or_else(|| self.wrong(key, "a number", v)),
         }
     }
 
-    fn bool(&self, key: &str, default: bool) -> Result<bool, CoreError> {
+    fn bool(&self, key: &str, default: bool) -> Result<bool, Error> {
         match self.field(key) {
             None => Ok(default),
             Some(v) => v
@@ -224,7 +230,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn activation(&self, key: &str, default: Activation) -> Result<Activation, CoreError> {
+    fn activation(&self, key: &str, default: Activation) -> Result<Activation, Error> {
         match self.field(key) {
             None => Ok(default),
             Some(Value::String(s)) => Activation::parse(s).ok_or_else(|| {
@@ -239,7 +245,7 @@ impl<'a> Section<'a> {
     }
 
     /// An int or an `[height, width]` pair.
-    fn size2(&self, key: &str, default: usize) -> Result<(usize, usize), CoreError> {
+    fn size2(&self, key: &str, default: usize) -> Result<(usize, usize), Error> {
         let v = match self.field(key) {
             None => return Ok((default, default)),
             Some(v) => v,
@@ -259,7 +265,7 @@ impl<'a> Section<'a> {
         &self,
         defaults: &EncoderConfig,
         qkv_bias_key: Option<&str>,
-    ) -> Result<EncoderConfig, CoreError> {
+    ) -> Result<EncoderConfig, Error> {
         let hidden_size = self.positive("hidden_size", defaults.hidden_size)?;
         let num_attention_heads =
             self.positive("num_attention_heads", defaults.num_attention_heads)?;
@@ -288,7 +294,7 @@ impl<'a> Section<'a> {
         &self,
         defaults: &VisionConfig,
         qkv_bias_key: Option<&str>,
-    ) -> Result<VisionConfig, CoreError> {
+    ) -> Result<VisionConfig, Error> {
         Ok(VisionConfig {
             encoder: self.encoder(&defaults.encoder, qkv_bias_key)?,
             num_channels: self.positive("num_channels", defaults.num_channels)?,
@@ -335,7 +341,7 @@ impl ClipConfig {
         }
     }
 
-    pub fn from_json(cfg: &Map<String, Value>) -> Result<Self, CoreError> {
+    pub fn from_json(cfg: &Map<String, Value>) -> Result<Self, Error> {
         let d = Self::default_b32();
         let root = Section::root(cfg);
         let text = root.sub("text_config")?;
@@ -385,7 +391,7 @@ impl VitConfig {
         }
     }
 
-    pub fn from_json(cfg: &Map<String, Value>) -> Result<Self, CoreError> {
+    pub fn from_json(cfg: &Map<String, Value>) -> Result<Self, Error> {
         let root = Section::root(cfg);
         let vision = root.vision(&Self::default_vision(), Some("qkv_bias"))?;
         Ok(VitConfig {
@@ -397,7 +403,7 @@ impl VitConfig {
 
 /// `id2label` ordered by index, `LABEL_i` for gaps; without `id2label`, `num_labels` (default 2)
 /// `LABEL_i`s, as `PretrainedConfig` does.
-fn id2label(root: &Section) -> Result<Vec<String>, CoreError> {
+fn id2label(root: &Section) -> Result<Vec<String>, Error> {
     let map = match root.field("id2label") {
         None => {
             let n = root.usize("num_labels", 2)?;

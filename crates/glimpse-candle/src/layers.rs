@@ -186,24 +186,25 @@ impl Encoder {
     }
 
     /// The same layers for the fused CPU engine ([`crate::engine`]), weights re-laid out once.
-    pub(crate) fn blocks(&self, precision: crate::Precision) -> Result<Vec<crate::engine::Block>> {
-        use crate::engine::{Block, Dense, Norm};
+    pub(crate) fn blocks(
+        &self,
+        kernels: crate::kernels::Kernels,
+    ) -> Result<Vec<crate::engine::Block>> {
+        use crate::engine::{AttentionKernel, Block, Dense, Norm};
         self.layers
             .iter()
             .map(|l| {
                 let a = &l.attn;
                 Ok(Block {
                     ln1: Norm::new(&l.ln1)?,
-                    qkv: Dense::fused_qkv(&a.q, &a.k, &a.v, a.scale as f32, precision)?,
-                    o: Dense::from_linear(&a.o, precision)?,
+                    qkv: Dense::fused_qkv(&a.q, &a.k, &a.v, a.scale as f32, kernels)?,
+                    o: Dense::from_linear(&a.o, kernels)?,
                     ln2: Norm::new(&l.ln2)?,
-                    fc1: Dense::from_linear(&l.fc1, precision)?,
+                    fc1: Dense::from_linear(&l.fc1, kernels)?,
                     act: l.act.into(),
-                    fc2: Dense::from_linear(&l.fc2, precision)?,
+                    fc2: Dense::from_linear(&l.fc2, kernels)?,
                     heads: a.heads,
-                    bf16_attention: precision != crate::Precision::F32
-                        && crate::bf16::has_bf16()
-                        && crate::bf16::native(),
+                    attention: AttentionKernel::choose(kernels, a.head_dim),
                 })
             })
             .collect()
@@ -243,7 +244,8 @@ pub(crate) fn first_argmax<T: PartialOrd + Copy>(xs: &[T]) -> usize {
 }
 
 /// Patch embedding shared by the CLIP vision tower and ViT: a stride-`patch` convolution, the
-/// class token in front, learned position embeddings added. Output `[batch, 1 + patches, hidden]`.
+/// class token in front, learned position embeddings added. Loaded with candle (names, shapes,
+/// random init) and run only as part of the fused engine (`into_engine`).
 #[derive(Debug, Clone)]
 pub struct PatchEmbedding {
     conv: candle_nn::Conv2d,
@@ -289,7 +291,7 @@ impl PatchEmbedding {
         cfg: &crate::config::VisionConfig,
         pre_norm: Option<&LayerNorm>,
         encoder: &Encoder,
-        precision: crate::Precision,
+        kernels: crate::kernels::Kernels,
     ) -> Result<crate::engine::VisionEncoder> {
         Ok(crate::engine::VisionEncoder {
             patch: cfg.patch_size.0,
@@ -299,27 +301,16 @@ impl PatchEmbedding {
             // of cosine to f32 (0.9991 left), bf16 next to nothing, so reduced modes use bf16.
             conv: crate::engine::conv_dense(
                 &self.conv,
-                match precision {
+                kernels.at(match kernels.precision {
                     crate::Precision::F32 => crate::Precision::F32,
                     _ => crate::Precision::Bf16,
-                },
+                }),
             )?,
             cls: self.cls.flatten_all()?.to_vec1()?,
             pos: self.pos.flatten_all()?.to_vec1()?,
             pre_norm: pre_norm.map(crate::engine::Norm::new).transpose()?,
-            blocks: encoder.blocks(precision)?,
+            blocks: encoder.blocks(kernels)?,
         })
-    }
-
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let b = pixels.dim(0)?;
-        let patches = self
-            .conv
-            .forward(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
-        let cls = self.cls.broadcast_as((b, 1, self.cls.dim(2)?))?;
-        Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.pos)
     }
 }
 

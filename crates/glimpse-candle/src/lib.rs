@@ -8,15 +8,16 @@
 //! Layout: [`config`] reads `config.json` with transformers' defaults, [`weights`] opens
 //! `model.safetensors` / `pytorch_model.bin`, [`layers`] is the pre-LN transformer block both
 //! models share, [`clip`] and [`vit`] are the models, [`tokenizer`] the CLIP tokenizer.
+//! The forward pass of the image towers runs on `engine` (layers, attention, encoder) over the
+//! CPU kernels in `kernels`, chosen once per model at load.
 
-mod aligned;
-mod amx;
-mod bf16;
+// Every `unsafe` block says why its preconditions (bounds, CPU features, threads) hold.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod clip;
 pub mod config;
 mod engine;
-mod f32mm;
-mod int8;
+mod error;
 mod kernels;
 pub mod layers;
 pub mod presets;
@@ -35,6 +36,7 @@ use glimpse_core::{CoreError, Network};
 pub use glimpse_core::ModelFamily;
 
 pub use clip::{load_clip, random_clip, ClipModel};
+pub use error::Error;
 pub use presets::{ClipPreset, VitPreset};
 pub use vit::{load_vit, random_vit, VitModel};
 
@@ -49,7 +51,7 @@ pub use vit::{load_vit, random_vit, VitModel};
 /// - `Int8`: dynamic quantisation — weights per output channel, activations per row at run time,
 ///   i32 accumulation (AVX-512 VNNI where the CPU has it).
 ///
-/// Both reduced modes keep cosine ≥ 0.999 to f32 (`tests/precision.rs`).
+/// Both reduced modes keep cosine ≥ 0.999 to f32 (`tests/models/precision.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]
@@ -98,40 +100,19 @@ pub struct LoadOptions {
 /// and `glimpse bench`): a reduced precision without its instructions is no faster than fp32
 /// (bf16) or much slower (int8 on the scalar tile).
 pub fn kernel_for(precision: Precision) -> (&'static str, bool) {
-    let avx512 = kernels::isa() == kernels::Isa::Avx512;
-    match precision {
-        Precision::F32 if avx512 => ("f32 on AVX-512 FMA", true),
-        Precision::F32 => ("f32 on gemm (no AVX-512)", true),
-        Precision::Bf16 if amx::available() => ("bf16 on AMX tiles", true),
-        Precision::Bf16 if bf16::native() => ("bf16 on AVX-512 BF16", true),
-        Precision::Bf16 if bf16::has_bf16() => (
-            "bf16 weights widened to f32 (AVX-512 BF16 timed slower than f32 FMAs on this CPU): \
-             fp32 speed",
-            false,
-        ),
-        Precision::Bf16 => (
-            "bf16 weights widened to f32 (no AVX-512 BF16 on this CPU): fp32 speed",
-            false,
-        ),
-        Precision::Int8 if amx::available() => ("int8 on AMX tiles", true),
-        Precision::Int8 if int8::has_vnni() => ("int8 on AVX-512 VNNI", true),
-        Precision::Int8 => (
-            "int8 on the scalar tile (no AVX-512 VNNI or AMX on this CPU): slower than fp32",
-            false,
-        ),
-    }
+    kernels::Kernels::choose(precision).describe()
 }
 
 /// Which model a Hugging Face folder holds, from `config.json`'s `model_type` (or, failing that,
 /// its `architectures`).
-pub fn detect_kind(dir: &Path) -> Result<ModelFamily, CoreError> {
+pub fn detect_kind(dir: &Path) -> Result<ModelFamily, Error> {
     let cfg = config::read_config_json(dir)?;
     config::kind_of(&cfg)
 }
 
 /// Load whatever model a Hugging Face folder holds, as the family its `config.json` names: the
 /// one place that maps a family to its loader.
-pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<(ModelFamily, Network), CoreError> {
+pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<(ModelFamily, Network), Error> {
     Ok(match detect_kind(dir)? {
         ModelFamily::Clip => (
             ModelFamily::Clip,

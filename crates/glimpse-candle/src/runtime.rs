@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use glimpse_core::CoreError;
+use crate::Error;
 
 #[derive(Clone, Default)]
 pub(crate) struct Runtime {
@@ -21,16 +21,19 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new(threads: Option<usize>) -> Result<Self, CoreError> {
+    pub(crate) fn new(threads: Option<usize>) -> Result<Self, Error> {
         let pool = match threads {
             None => None,
-            Some(0) => return Err(CoreError::model("threads must be at least 1")),
+            Some(0) => return Err(Error::Model("threads must be at least 1".into())),
             Some(n) => Some(Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .thread_name(|i| format!("glimpse-model-{i}"))
                     .build()
-                    .map_err(|e| CoreError::model(format!("cannot start {n} threads: {e}")))?,
+                    .map_err(|source| Error::Threads {
+                        context: format!("cannot start {n} threads"),
+                        source,
+                    })?,
             )),
         };
         Ok(Runtime { pool })

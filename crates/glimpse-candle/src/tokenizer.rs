@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::model_err;
+use crate::Error;
 
 #[derive(Clone)]
 pub struct ClipTokenizer {
@@ -27,7 +28,7 @@ impl std::fmt::Debug for ClipTokenizer {
 impl ClipTokenizer {
     /// Load `<dir>/tokenizer.json`; the pad token comes from `tokenizer_config.json` when it names
     /// one, else `<|endoftext|>`.
-    pub fn from_dir(dir: &Path, max_length: usize) -> Result<Self, CoreError> {
+    pub fn from_dir(dir: &Path, max_length: usize) -> Result<Self, Error> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(model_err(format!(
@@ -35,8 +36,11 @@ impl ClipTokenizer {
                 dir.display()
             )));
         }
-        let mut inner = Tokenizer::from_file(&path)
-            .map_err(|e| model_err(format!("{}: {e}", path.display())))?;
+        let refused = |source| Error::Tokenizer {
+            context: path.display().to_string(),
+            source,
+        };
+        let mut inner = Tokenizer::from_file(&path).map_err(refused)?;
         // Truncation counts the added <|startoftext|>/<|endoftext|>, as transformers' does; the
         // end token survives truncation because the post-processor adds it afterwards.
         inner
@@ -46,7 +50,7 @@ impl ClipTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| model_err(format!("{}: {e}", path.display())))?;
+            .map_err(refused)?;
         inner.with_padding(None);
         let pad_token = pad_token_name(dir)?.unwrap_or_else(|| "<|endoftext|>".to_string());
         let pad_id = inner.token_to_id(&pad_token).ok_or_else(|| {
@@ -85,13 +89,15 @@ impl ClipTokenizer {
 }
 
 /// `pad_token` of `tokenizer_config.json`: a string, or an added-token object with `content`.
-fn pad_token_name(dir: &Path) -> Result<Option<String>, CoreError> {
+fn pad_token_name(dir: &Path) -> Result<Option<String>, Error> {
     let path = dir.join("tokenizer_config.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| model_err(format!("{}: {e}", path.display())))?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        context: path.display().to_string(),
+        source,
+    })?;
     Ok(match v.get("pad_token") {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),

@@ -14,10 +14,11 @@ use glimpse_core::Result;
 use crate::clip::read_preprocess_config;
 use crate::config::{self, model_err, VitConfig};
 use crate::engine::{Dense, Norm, VisionEncoder};
+use crate::kernels::Kernels;
 use crate::layers::{check_pixels, Encoder, LayerNames, PatchEmbedding, VIT_NAMES, VIT_V5_NAMES};
 use crate::presets::VitPreset;
 use crate::runtime::Runtime;
-use crate::{LoadOptions, Precision};
+use crate::{Error, LoadOptions, Precision};
 use glimpse_core::ModelFamily;
 
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct VitModel {
 
 /// Load a ViT classifier from a Hugging Face folder: `config.json`, `preprocessor_config.json`
 /// and `model.safetensors` (or `pytorch_model.bin`).
-pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
+pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel, Error> {
     let json = config::read_config_json(dir)?;
     if config::kind_of(&json)? != ModelFamily::Vit {
         return Err(model_err(format!(
@@ -44,7 +45,10 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel> {
     let preprocess = read_preprocess_config(dir)?;
     let device = Device::Cpu;
     let (vb, file) = crate::weights::open(dir, &device)?;
-    let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
+    let bad = |source| Error::Weights {
+        context: file.display().to_string(),
+        source,
+    };
     let mut model = build(config, &vb, preprocess, opts.precision).map_err(bad)?;
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), vision = ?model.config.vision,
@@ -83,6 +87,8 @@ fn build(
     preprocess: PreprocessConfig,
     precision: Precision,
 ) -> candle_core::Result<VitModel> {
+    // The kernels are chosen here, once per model, and kept by every layer built from them.
+    let kernels = Kernels::choose(precision);
     let cfg = &config.vision;
     let h = cfg.encoder.hidden_size;
     let e = vb.pp("vit.embeddings");
@@ -97,12 +103,12 @@ fn build(
     let encoder = Encoder::new(&cfg.encoder, &names, vb.pp(prefix))?;
     let layernorm = layer_norm(h, cfg.encoder.layer_norm_eps, vb.pp("vit.layernorm"))?;
     let classifier = linear(h, config.id2label.len(), vb.pp("classifier"))?;
-    let engine = embeddings.into_engine(cfg, None, &encoder, precision)?;
+    let engine = embeddings.into_engine(cfg, None, &encoder, kernels)?;
     Ok(VitModel {
         engine,
         layernorm: Norm::new(&layernorm)?,
         // Batch rows only: kept f32.
-        classifier: Dense::from_linear(&classifier, Precision::F32)?,
+        classifier: Dense::from_linear(&classifier, kernels.at(Precision::F32))?,
         config,
         preprocess,
         runtime: Runtime::default(),

@@ -4,14 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::model_err;
+use crate::Error;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use glimpse_core::CoreError;
-
-use crate::config::model_err;
 
 /// The weights file a folder would be loaded from.
-pub fn weights_file(dir: &Path) -> Result<PathBuf, CoreError> {
+pub fn weights_file(dir: &Path) -> Result<PathBuf, Error> {
     for name in ["model.safetensors", "pytorch_model.bin"] {
         let p = dir.join(name);
         if p.is_file() {
@@ -34,9 +33,12 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf, CoreError> {
 }
 
 /// A `VarBuilder` over the folder's weights, handing out f32 tensors on `device`.
-pub fn open(dir: &Path, device: &Device) -> Result<(VarBuilder<'static>, PathBuf), CoreError> {
+pub fn open(dir: &Path, device: &Device) -> Result<(VarBuilder<'static>, PathBuf), Error> {
     let file = weights_file(dir)?;
-    let bad = |e: candle_core::Error| model_err(format!("{}: {e}", file.display()));
+    let bad = |source| Error::Weights {
+        context: file.display().to_string(),
+        source,
+    };
     let vb = if file.extension().is_some_and(|e| e == "safetensors") {
         // SAFETY: the file is mapped read-only; as with every mmap, it must not be truncated
         // while the model is loaded (model folders are not rewritten in place).

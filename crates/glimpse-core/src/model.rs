@@ -102,6 +102,26 @@ impl ModelFamily {
         }
     }
 
+    /// The `architectures` entry of this family's checkpoints in `config.json`.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            ModelFamily::Clip => "CLIPModel",
+            ModelFamily::Vit => "ViTForImageClassification",
+        }
+    }
+
+    /// Every family's `model_type`, for messages: `'clip' and 'vit'`.
+    pub fn supported() -> String {
+        let names: Vec<String> = ModelFamily::ALL
+            .iter()
+            .map(|f| format!("'{}'", f.model_type()))
+            .collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.concat(),
+        }
+    }
+
     /// The family whose `model_type` is `name`.
     pub fn from_model_type(name: &str) -> Option<ModelFamily> {
         ModelFamily::ALL
@@ -286,5 +306,6 @@ mod tests {
         assert_eq!(ModelFamily::Clip.task(), Task::ZeroShot);
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
+        assert_eq!(ModelFamily::supported(), "'clip' and 'vit'");
     }
 }

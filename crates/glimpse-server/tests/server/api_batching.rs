@@ -79,8 +79,8 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
             sequential.push(call(&http, base, key, ep, im).await);
         }
     }
-    let before_clip = batcher(&state, Task::ZeroShot).stats();
-    let before_vit = batcher(&state, Task::Classify).stats();
+    let before_clip = batcher(state, Task::ZeroShot).stats();
+    let before_vit = batcher(state, Task::Classify).stats();
     assert_eq!(
         before_clip.max_batch_seen, 1,
         "one at a time: {before_clip:?}"
@@ -102,8 +102,8 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
     }
 
     for (name, before, after) in [
-        ("clip", before_clip, batcher(&state, Task::ZeroShot).stats()),
-        ("vit", before_vit, batcher(&state, Task::Classify).stats()),
+        ("clip", before_clip, batcher(state, Task::ZeroShot).stats()),
+        ("vit", before_vit, batcher(state, Task::Classify).stats()),
     ] {
         let passes = after.batches - before.batches;
         assert_eq!(after.jobs - before.jobs, IMAGES.len(), "{name}");
@@ -122,8 +122,8 @@ async fn concurrent_uploads_are_batched_and_answer_like_sequential_ones() {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     };
     let (clip, vit) = (
-        batcher(&state, Task::ZeroShot).stats(),
-        batcher(&state, Task::Classify).stats(),
+        batcher(state, Task::ZeroShot).stats(),
+        batcher(state, Task::Classify).stats(),
     );
     assert_eq!(
         series("glimpse_batch_size_count"),

@@ -9,17 +9,18 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{Act, SharedOut};
+use crate::kernels::schedule::SharedOut;
+use crate::kernels::{Act, Int8Kernel};
 
 /// Columns per panel: four 16-lane registers.
 pub(crate) const PANEL: usize = 64;
 /// Rows per register tile (6 rows × 4 registers = 24 accumulators of the 32).
 const MR: usize = 6;
 /// Most rows per cache block: 128 rows of 3072 u8 plus one 3072-deep panel fit in a 1 MiB L2
-/// (see [`crate::f32mm::row_blocks`]).
+/// (see [`crate::kernels::schedule::row_blocks`]).
 const MB: usize = 128;
 /// `k` is padded (zero weights) to whole AMX tile steps: 64 bytes.
-const K_ALIGN: usize = crate::amx::K_BYTES;
+const K_ALIGN: usize = crate::kernels::amx::K_BYTES;
 
 /// A `[k, n]` weight in VNNI panel order: for each 64-column panel, for each group of 4 `k`,
 /// 64 columns × 4 consecutive `k` bytes (one 256-byte stretch per step of the inner loop).
@@ -31,7 +32,7 @@ pub(crate) struct QuantWeight {
     /// Padded sizes.
     kp: usize,
     np: usize,
-    data: crate::aligned::Aligned<i8>,
+    data: crate::kernels::aligned::Aligned<i8>,
     scale: Vec<f32>,
     col_sum: Vec<i32>,
 }
@@ -41,7 +42,7 @@ impl QuantWeight {
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
         let (kp, np) = (k.div_ceil(K_ALIGN) * K_ALIGN, n.div_ceil(PANEL) * PANEL);
-        let mut data = crate::aligned::Aligned::zeroed(np * kp);
+        let mut data = crate::kernels::aligned::Aligned::zeroed(np * kp);
         let mut scale = vec![1f32; np];
         let mut col_sum = vec![0i32; np];
         for c in 0..n {
@@ -115,11 +116,11 @@ fn spare_q(k: usize, len: usize) -> Vec<u8> {
 }
 
 /// Quantise each `k`-wide row of `x` to u8 with its own scale and zero point (the range always
-/// includes 0 so that zero stays exact, as ONNX Runtime does).
-pub(crate) fn quantize_rows(x: &[f32], k: usize) -> QuantRows {
+/// includes 0 so that zero stays exact, as ONNX Runtime does), laid out for `kernel`.
+pub(crate) fn quantize_rows(x: &[f32], k: usize, kernel: Int8Kernel) -> QuantRows {
     let (m, kp) = (x.len() / k, k.div_ceil(K_ALIGN) * K_ALIGN);
-    let rows = if crate::amx::available() {
-        m.next_multiple_of(crate::amx::ROWS)
+    let rows = if kernel == Int8Kernel::Amx {
+        m.next_multiple_of(crate::kernels::amx::ROWS)
     } else {
         m
     };
@@ -130,8 +131,10 @@ pub(crate) fn quantize_rows(x: &[f32], k: usize) -> QuantRows {
         .zip(x.par_chunks(k))
         .zip(scale.par_iter_mut().zip(zero.par_iter_mut()))
         .for_each(|((q, x), (s, z))| {
-            (*s, *z) = if has_vnni() {
-                // SAFETY: AVX-512 F/BW present (VNNI implies them here).
+            // AMX and VNNI both imply AVX-512 F/BW; the two quantisers give the same bytes.
+            (*s, *z) = if kernel != Int8Kernel::Scalar {
+                // SAFETY: AVX-512 F and BW are present: `kernel` is VNNI (detected with
+                // AVX-512 F/BW) or AMX (chosen only on an `Isa::Avx512` CPU).
                 unsafe { quantize_row_avx512(x, &mut q[..k]) }
             } else {
                 quantize_row(x, &mut q[..k])
@@ -210,8 +213,9 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> (f32, i32) {
     quantize_row(x, q)
 }
 
-/// `dst[m×n] (+)= x·W + bias`, then `act` on the result, `x` already quantised: AMX tiles where
-/// [`crate::amx::available`], else VNNI, else scalar; the activation fused into each task.
+/// `dst[m×n] (+)= x·W + bias`, then `act` on the result, `x` already quantised (for the same
+/// `kernel`), on `kernel` (chosen at load, see [`crate::kernels::Kernels`]); the activation is
+/// applied to each tile task's output while it is still in cache (not with `accumulate`).
 pub(crate) fn matmul(
     x: &QuantRows,
     w: &QuantWeight,
@@ -219,48 +223,39 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     act: Option<Act>,
-) {
-    let amx = crate::amx::available();
-    if amx {
-        return matmul_on(x, w, bias, dst, accumulate, act, true);
-    }
-    matmul_on(x, w, bias, dst, accumulate, act, false)
-}
-
-/// [`matmul`] with the AMX choice made by the caller (the tests run both paths); `act` is applied
-/// to each tile task's output while it is still in cache (not with `accumulate`).
-fn matmul_on(
-    x: &QuantRows,
-    w: &QuantWeight,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-    accumulate: bool,
-    act: Option<Act>,
-    amx: bool,
+    kernel: Int8Kernel,
 ) {
     let m = x.scale.len();
     assert!(act.is_none() || !accumulate);
     assert!(dst.len() >= m * w.n && x.kp == w.kp);
     let out = SharedOut::new(dst);
-    if amx {
-        assert!(x.q.len() >= m.next_multiple_of(crate::amx::ROWS) * x.kp);
-        crate::f32mm::par_tiles(m, MB, crate::amx::ROWS, w.np / PANEL, |rows, p| {
-            let ctx = Tile {
-                x,
-                w,
-                bias,
-                out,
-                accumulate,
-                act,
-                panel: p,
-            };
-            // SAFETY: the caller saw AMX available; `x.q` holds whole 32-row blocks (asserted).
-            unsafe { ctx.amx(rows) }
-        });
+    if kernel == Int8Kernel::Amx {
+        assert!(x.q.len() >= m.next_multiple_of(crate::kernels::amx::ROWS) * x.kp);
+        crate::kernels::schedule::par_tiles(
+            m,
+            MB,
+            crate::kernels::amx::ROWS,
+            w.np / PANEL,
+            |rows, p| {
+                let ctx = Tile {
+                    x,
+                    w,
+                    bias,
+                    out,
+                    accumulate,
+                    act,
+                    panel: p,
+                };
+                // SAFETY: `kernel` is `Amx` only where `amx::available()` (tile state granted,
+                // AVX-512 F/BW present); `x.q` holds whole 32-row blocks (asserted) of `kp`, the
+                // weight's `kp` (asserted). Each task writes its own rows × panel of `dst`.
+                unsafe { ctx.amx(rows) }
+            },
+        );
         return;
     }
-    let vnni = has_vnni();
-    crate::f32mm::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
+    let vnni = kernel == Int8Kernel::Vnni;
+    crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let ctx = Tile {
             x,
             w,
@@ -270,8 +265,11 @@ fn matmul_on(
             act,
             panel: p,
         };
-        for (r, h) in crate::f32mm::row_tiles(rows.clone(), MR) {
-            // SAFETY: `r..r + h` and panel `p` are in range; VNNI only when detected.
+        for (r, h) in crate::kernels::schedule::row_tiles(rows.clone(), MR) {
+            // SAFETY: `r..r + h` and panel `p` are in range (`par_tiles` stays below `m` and the
+            // panel count; `dst` holds m·n, asserted); the VNNI tile runs only when `kernel` is
+            // `Vnni`, chosen where the CPU has AVX-512 F/BW/VNNI. Each task writes its own
+            // rows × panel of `dst`.
             unsafe {
                 match (vnni, h) {
                     (true, 6) => ctx.vnni::<6>(r),
@@ -289,7 +287,8 @@ fn matmul_on(
         // (10 % of a ViT-B/16 int8 batch-8 pass on VNNI, bound by reading 19 MB back per layer).
         if let Some(a) = act {
             let (c0, n) = (p * PANEL, w.n);
-            // SAFETY: this task owns rows `rows` of panel `p`'s columns.
+            // SAFETY: rows `rows` of panel `p`'s live columns lie inside `dst` (asserted to hold
+            // m·n) and belong to this task alone.
             unsafe {
                 crate::kernels::activate_tile(
                     a,
@@ -429,14 +428,14 @@ impl Tile<'_> {
     }
 
     /// Rows `rows` of this panel with AMX tiles: per 32-row block and 32-column half, one
-    /// [`crate::amx::Block`] over all of `k`, then the same epilogue as the VNNI tile.
+    /// [`crate::kernels::amx::Block`] over all of `k`, then the same epilogue as the VNNI tile.
     ///
     /// # Safety
-    /// [`crate::amx::available`]; `x.q` holds `rows.end` rounded up to 32 rows.
+    /// [`crate::kernels::amx::available`]; `x.q` holds `rows.end` rounded up to 32 rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn amx(&self, rows: std::ops::Range<usize>) {
-        use crate::amx::{Block, Op, Tiles, ROWS};
+        use crate::kernels::amx::{Block, Op, Tiles, ROWS};
         use std::arch::x86_64::*;
         let kp = self.w.kp;
         let _tiles = Tiles::configure();
@@ -457,7 +456,7 @@ impl Tile<'_> {
                         .as_ptr()
                         .add(self.panel * PANEL * kp + half * 128))
                         as *const u8,
-                    steps: kp / crate::amx::K_BYTES,
+                    steps: kp / crate::kernels::amx::K_BYTES,
                 }
                 .run(Op::Int8, &mut acc);
                 for i in 0..h {
@@ -493,6 +492,13 @@ impl Tile<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Kernels;
+    use crate::Precision;
+
+    /// The int8 kernel this CPU runs.
+    fn here() -> Int8Kernel {
+        Kernels::choose(Precision::Int8).int8
+    }
 
     /// A reused `q` buffer holds what a new one would in every row that is used (the padding
     /// columns included), after a call of the same size with other values.
@@ -508,19 +514,19 @@ mod tests {
         let fresh = std::thread::spawn({
             let second = second.clone();
             move || {
-                let r = quantize_rows(&second, k);
+                let r = quantize_rows(&second, k, here());
                 (r.q[..m * r.kp].to_vec(), r.scale.clone(), r.zero.clone())
             }
         })
         .join()
         .unwrap();
-        drop(quantize_rows(&first, k));
+        drop(quantize_rows(&first, k, here()));
         // Same buffer size, wider rows: its padding columns are not zero, so it must not be
         // taken for rows of `k`.
         let wide = k.div_ceil(K_ALIGN) * K_ALIGN - 2;
         let other: Vec<f32> = (0..m * wide).map(|i| 1.0 + i as f32).collect();
-        drop(quantize_rows(&other, wide));
-        let reused = quantize_rows(&second, k);
+        drop(quantize_rows(&other, wide, here()));
+        let reused = quantize_rows(&second, k, here());
         assert_eq!(reused.q[..m * reused.kp], fresh.0[..]);
         assert_eq!((&reused.scale, &reused.zero), (&fresh.1, &fresh.2));
         assert!(reused.kp > k, "the test needs padding columns");
@@ -537,11 +543,11 @@ mod tests {
     }
 
     fn matmul_tracks_f32(m: usize, k: usize, n: usize) {
-        let (x, w, bias) = crate::kernels::test_operands(m, k, n);
+        let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
         let qw = QuantWeight::new(&w, n, k);
-        let qx = quantize_rows(&x, k);
+        let qx = quantize_rows(&x, k, here());
         let mut got = vec![1.0f32; m * n];
-        matmul(&qx, &qw, Some(&bias), &mut got, true, None);
+        matmul(&qx, &qw, Some(&bias), &mut got, true, None, here());
         let mut scalar = vec![1.0f32; m * n];
         for p in 0..n.div_ceil(PANEL) {
             let t = Tile {
@@ -553,6 +559,8 @@ mod tests {
                 act: None,
                 panel: p,
             };
+            // SAFETY: `scalar` holds m·n values, panel `p` is below n's panel count and `qx`
+            // holds `m` rows; the scalar tile has no CPU-feature precondition.
             unsafe { t.portable(0, m) };
         }
         for r in 0..m {
@@ -571,33 +579,57 @@ mod tests {
     /// is several tile steps plus padding.
     #[test]
     fn amx_and_vnni_paths_agree_exactly() {
-        if !crate::amx::available() || !has_vnni() {
+        if here() != Int8Kernel::Amx || !has_vnni() {
             eprintln!("no AMX here: nothing to compare");
             return;
         }
         for (m, k, n) in [(13, 42, 150), (70, 200, 64), (33, 768, 100), (197, 96, 200)] {
-            let (x, w, bias) = crate::kernels::test_operands(m, k, n);
-            let (qw, qx) = (QuantWeight::new(&w, n, k), quantize_rows(&x, k));
+            let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
+            let (qw, qx) = (QuantWeight::new(&w, n, k), quantize_rows(&x, k, here()));
             for accumulate in [false, true] {
                 let mut amx = vec![0.5f32; m * n];
                 let mut vnni = amx.clone();
-                matmul_on(&qx, &qw, Some(&bias), &mut amx, accumulate, None, true);
-                matmul_on(&qx, &qw, Some(&bias), &mut vnni, accumulate, None, false);
+                matmul(
+                    &qx,
+                    &qw,
+                    Some(&bias),
+                    &mut amx,
+                    accumulate,
+                    None,
+                    Int8Kernel::Amx,
+                );
+                matmul(
+                    &qx,
+                    &qw,
+                    Some(&bias),
+                    &mut vnni,
+                    accumulate,
+                    None,
+                    Int8Kernel::Vnni,
+                );
                 assert!(amx == vnni, "m {m} k {k} n {n} accumulate {accumulate}");
             }
             // The activation fused into the AMX epilogue equals the separate pass.
             let mut fused = vec![0.5f32; m * n];
             let mut apart = fused.clone();
-            matmul_on(
+            matmul(
                 &qx,
                 &qw,
                 Some(&bias),
                 &mut fused,
                 false,
                 Some(Act::GeluErf),
-                true,
+                Int8Kernel::Amx,
             );
-            matmul_on(&qx, &qw, Some(&bias), &mut apart, false, None, false);
+            matmul(
+                &qx,
+                &qw,
+                Some(&bias),
+                &mut apart,
+                false,
+                None,
+                Int8Kernel::Vnni,
+            );
             crate::kernels::activate(Act::GeluErf, &mut apart);
             assert!(fused == apart, "fused activation, m {m} k {k} n {n}");
         }
@@ -608,13 +640,18 @@ mod tests {
     #[test]
     fn fused_activation_equals_a_separate_pass_off_amx() {
         for (m, k, n) in [(13, 42, 150), (197, 96, 200), (400, 64, 70)] {
-            let (x, w, bias) = crate::kernels::test_operands(m, k, n);
-            let (qw, qx) = (QuantWeight::new(&w, n, k), quantize_rows(&x, k));
+            let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
+            let (qw, qx) = (QuantWeight::new(&w, n, k), quantize_rows(&x, k, here()));
+            let off_amx = if has_vnni() {
+                Int8Kernel::Vnni
+            } else {
+                Int8Kernel::Scalar
+            };
             for act in [Act::GeluErf, Act::QuickGelu] {
                 let mut fused = vec![0.5f32; m * n];
                 let mut apart = fused.clone();
-                matmul_on(&qx, &qw, Some(&bias), &mut fused, false, Some(act), false);
-                matmul_on(&qx, &qw, Some(&bias), &mut apart, false, None, false);
+                matmul(&qx, &qw, Some(&bias), &mut fused, false, Some(act), off_amx);
+                matmul(&qx, &qw, Some(&bias), &mut apart, false, None, off_amx);
                 crate::kernels::activate(act, &mut apart);
                 assert!(fused == apart, "{act:?}, m {m} k {k} n {n}");
             }

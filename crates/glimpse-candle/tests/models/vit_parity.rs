@@ -1,9 +1,7 @@
 //! ViT against transformers' outputs on the tiny reference models, for safetensors and
 //! pytorch_model.bin weights.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use glimpse_candle::{load_vit, LoadOptions};
 use glimpse_core::backend::{ImageClassifier, PixelBatch};
 

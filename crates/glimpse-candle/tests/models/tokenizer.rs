@@ -1,8 +1,6 @@
 //! The Rust tokenizer gives the ids transformers' CLIPTokenizer gives, truncation included.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use glimpse_candle::tokenizer::ClipTokenizer;
 
 #[test]

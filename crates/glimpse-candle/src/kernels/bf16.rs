@@ -5,14 +5,14 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::Act;
+use crate::kernels::{Act, Bf16Kernel};
 
 const PANEL: usize = 64;
 pub(crate) const MR: usize = 6;
-/// Most rows per cache block (see [`crate::f32mm::row_blocks`]).
+/// Most rows per cache block (see [`crate::kernels::schedule::row_blocks`]).
 const MB: usize = 128;
 /// `k` is padded (with zero weights) to whole AMX tile steps: 32 bf16.
-const K_ALIGN: usize = crate::amx::K_BYTES / 2;
+const K_ALIGN: usize = crate::kernels::amx::K_BYTES / 2;
 
 /// Round to nearest even (finite inputs; weights and activations here are finite).
 #[inline(always)]
@@ -38,7 +38,7 @@ pub(crate) struct Bf16Weight {
     n: usize,
     kp: usize,
     np: usize,
-    data: crate::aligned::Aligned<u16>,
+    data: crate::kernels::aligned::Aligned<u16>,
 }
 
 impl Bf16Weight {
@@ -46,7 +46,7 @@ impl Bf16Weight {
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
         let (kp, np) = (k.div_ceil(K_ALIGN) * K_ALIGN, n.div_ceil(PANEL) * PANEL);
-        let mut data = crate::aligned::Aligned::zeroed(np * kp);
+        let mut data = crate::kernels::aligned::Aligned::zeroed(np * kp);
         for c in 0..n {
             let (p, j) = (c / PANEL, c % PANEL);
             for kk in 0..k {
@@ -75,8 +75,10 @@ crate::kernels::multiversion! {
     }
 }
 
-/// `dst[m×n] (+)= x·W + bias`, then `act` on the result: AMX tiles where
-/// [`crate::amx::available`] (the activation in their epilogue), else AVX-512 BF16, else scalar.
+/// `dst[m×n] (+)= x·W + bias`, then `act` on the result, on `kernel` (chosen at load, see
+/// [`crate::kernels::Kernels`]): the activation in the AMX tiles' epilogue, a separate pass after
+/// the others.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     x: &[f32],
     k: usize,
@@ -85,18 +87,18 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     act: Option<Act>,
+    kernel: Bf16Kernel,
 ) {
-    if crate::amx::available() {
-        return matmul_on(x, k, w, bias, dst, accumulate, act, true);
+    if kernel == Bf16Kernel::Amx {
+        return matmul_on(x, k, w, bias, dst, accumulate, act, kernel);
     }
-    matmul_on(x, k, w, bias, dst, accumulate, None, false);
+    matmul_on(x, k, w, bias, dst, accumulate, None, kernel);
     if let Some(a) = act {
         crate::kernels::activate(a, &mut dst[..x.len() / k * w.n]);
     }
 }
 
-/// [`matmul`] with the AMX choice made by the caller (the tests run both paths); `act` is applied
-/// in the AMX epilogue only.
+/// [`matmul`] with `act` applied in the AMX epilogue only.
 #[allow(clippy::too_many_arguments)]
 fn matmul_on(
     x: &[f32],
@@ -106,13 +108,14 @@ fn matmul_on(
     dst: &mut [f32],
     accumulate: bool,
     act: Option<Act>,
-    amx: bool,
+    kernel: Bf16Kernel,
 ) {
+    let amx = kernel == Bf16Kernel::Amx;
     assert!(act.is_none() || (amx && !accumulate));
     let (m, kp) = (x.len() / k, w.kp);
     // AMX reads whole 32-row blocks: the rows past `m` are zeros whose results are dropped.
     let rows = if amx {
-        m.next_multiple_of(crate::amx::ROWS)
+        m.next_multiple_of(crate::kernels::amx::ROWS)
     } else {
         m
     };
@@ -120,20 +123,28 @@ fn matmul_on(
     a.par_chunks_mut(kp)
         .zip(x.par_chunks(k))
         .for_each(|(q, x)| round_row(x, &mut q[..k]));
-    let out = crate::kernels::SharedOut::new(dst);
+    let out = crate::kernels::schedule::SharedOut::new(dst);
     if amx {
-        crate::f32mm::par_tiles(m, MB, crate::amx::ROWS, w.np / PANEL, |rows, p| {
-            // SAFETY: AMX available; blocks of 32 rows of `a` exist (padded above), the panel
-            // is `kp / 2` pair rows of 256 bytes, and `kp · 2` is whole 64-byte steps.
-            unsafe { amx_tile(&a, w, bias, out, accumulate, act, rows, p) }
-        });
+        crate::kernels::schedule::par_tiles(
+            m,
+            MB,
+            crate::kernels::amx::ROWS,
+            w.np / PANEL,
+            |rows, p| {
+                // SAFETY: `kernel` is `Amx` only where `amx::available()` (tile state granted,
+                // AVX-512 present); blocks of 32 rows of `a` exist (padded above), the panel is
+                // `kp / 2` pair rows of 256 bytes, and `kp · 2` is whole 64-byte steps. Each task
+                // writes its own rows × panel of `dst`.
+                unsafe { amx_tile(&a, w, bias, out, accumulate, act, rows, p) }
+            },
+        );
         return;
     }
-    let fast = has_bf16();
-    crate::f32mm::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
+    let fast = kernel == Bf16Kernel::Avx512Bf16;
+    crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
         let live = (w.n - c0).min(PANEL);
-        for (r, h) in crate::f32mm::row_tiles(rows, MR) {
+        for (r, h) in crate::kernels::schedule::row_tiles(rows, MR) {
             let t = Tile {
                 a: a[r * kp..].as_ptr(),
                 lda: kp,
@@ -146,7 +157,10 @@ fn matmul_on(
                 bias: bias.map(|b| b[c0..].as_ptr()),
                 add_dst: accumulate,
             };
-            // SAFETY: rows and panel in range; the BF16 kernel only when detected.
+            // SAFETY: rows `r..r + h` of `a` (rows of `kp`) and `dst`, and the panel's `kp / 2`
+            // pair rows, are in range (`par_tiles` stays below `m` and the panel count); the
+            // AVX-512 BF16 tile runs only when `kernel` says the CPU has it. Each task writes
+            // its own rows × panel of `dst`.
             unsafe {
                 if fast {
                     t.run_rows(h);
@@ -161,13 +175,13 @@ fn matmul_on(
 /// Rows `rows` × panel `p` of the linear layer with AMX tiles ([`amx_panel`]).
 ///
 /// # Safety
-/// [`crate::amx::available`]; `a` holds `rows.end` rounded up to 32 rows of `w.kp`.
+/// [`crate::kernels::amx::available`]; `a` holds `rows.end` rounded up to 32 rows of `w.kp`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn amx_tile(
     a: &[u16],
     w: &Bf16Weight,
     bias: Option<&[f32]>,
-    out: crate::kernels::SharedOut,
+    out: crate::kernels::schedule::SharedOut,
     accumulate: bool,
     act: Option<Act>,
     rows: std::ops::Range<usize>,
@@ -192,10 +206,10 @@ unsafe fn amx_tile(
 /// One 64-column panel with AMX tiles: `c[i·ldc + j] = (c[i·ldc + j] if add_dst) + bias[j] +
 /// Σ_kk a[i·lda + kk] · B[kk][j]` for `i < m`, `j < live`, then `act` over those columns. `b` is
 /// the panel in pair rows of 64 columns (256 bytes), `kp` (a multiple of 32) `k` deep. Per 32-row
-/// block and 32-column half, one [`crate::amx::Block`] over all of `kp`.
+/// block and 32-column half, one [`crate::kernels::amx::Block`] over all of `kp`.
 ///
 /// # Safety
-/// [`crate::amx::available`]; `a` holds `m` rounded up to 32 rows of `kp` values at stride
+/// [`crate::kernels::amx::available`]; `a` holds `m` rounded up to 32 rows of `kp` values at stride
 /// `lda`; `b` holds `kp / 2` pair rows; `c` (and `bias`) hold `m` rows of `live` columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -213,7 +227,7 @@ pub(crate) unsafe fn amx_panel(
     add_dst: bool,
     act: Option<Act>,
 ) {
-    use crate::amx::{Block, Op, Tiles, ROWS};
+    use crate::kernels::amx::{Block, Op, Tiles, ROWS};
     use std::arch::x86_64::*;
     let _tiles = Tiles::configure();
     let mut acc = [[0u32; 256]; 4];
@@ -225,7 +239,7 @@ pub(crate) unsafe fn amx_panel(
                 a: a.add(r * lda) as *const u8,
                 lda: lda * 2,
                 b: b.add(half * 64) as *const u8,
-                steps: kp * 2 / crate::amx::K_BYTES,
+                steps: kp * 2 / crate::kernels::amx::K_BYTES,
             }
             .run(Op::Bf16, &mut acc);
             for i in 0..h {
@@ -234,7 +248,7 @@ pub(crate) unsafe fn amx_panel(
                     _mm512_loadu_ps(acc[t][(i % 16) * 16..].as_ptr() as *const f32),
                     _mm512_loadu_ps(acc[t + 1][(i % 16) * 16..].as_ptr() as *const f32),
                 ]];
-                crate::f32mm::store_rows(
+                crate::kernels::f32::store_rows(
                     &row,
                     c.add((r + i) * ldc + c0),
                     ldc,
@@ -269,26 +283,17 @@ pub(crate) unsafe fn amx_panel(
     unreachable!("AMX is x86-64 only")
 }
 
-/// The CPU multiplies bf16 faster than f32 (AMX tiles, or AVX-512 BF16 whose dot product
-/// [`dot_pays`]): whether bf16 weights are kept as bf16 ([`crate::engine`]), whether reduced
-/// modes run attention in bf16 ([`crate::layers`]), and what [`crate::kernel_for`] reports.
-pub(crate) fn native() -> bool {
-    crate::amx::available() || (has_bf16() && dot_pays())
-}
-
-/// Whether this CPU's `vdpbf16ps` beats its f32 FMAs, timed once per process on the two tiles
-/// themselves ([`race_tiles`], ~1 ms). Having the instruction is not enough: on an Intel Xeon
-/// without AMX (Emerald Rapids under KVM, 2026-12-03) one issues every ~2 cycles against two FMAs
-/// per cycle, so the bf16 tile does half the f32 tile's work per second and CLIP B/32 bf16 ran at
-/// 0.7× fp32; on AMD Zen 4 the same tile is ~1.8× fp32.
+/// Whether this CPU's `vdpbf16ps` beats its f32 FMAs, timed on the two tiles themselves
+/// ([`race_tiles`], ~1 ms), once per process by [`crate::kernels::Kernels`]. Having the
+/// instruction is not enough: on an Intel Xeon without AMX (Emerald Rapids under KVM, 2026-12-03)
+/// one issues every ~2 cycles against two FMAs per cycle, so the bf16 tile does half the f32
+/// tile's work per second and CLIP B/32 bf16 ran at 0.7× fp32; on AMD Zen 4 the same tile is
+/// ~1.8× fp32.
 pub(crate) fn dot_pays() -> bool {
-    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PAYS.get_or_init(|| {
-        let (f32_ns, bf16_ns) = race_tiles();
-        let pays = bf16_wins(f32_ns, bf16_ns);
-        tracing::debug!(f32_ns, bf16_ns, pays, "bf16 dot product vs f32 FMA");
-        pays
-    })
+    let (f32_ns, bf16_ns) = race_tiles();
+    let pays = bf16_wins(f32_ns, bf16_ns);
+    tracing::debug!(f32_ns, bf16_ns, pays, "bf16 dot product vs f32 FMA");
+    pays
 }
 
 /// The bf16 tile pays when it does the same multiply-adds in less time than the f32 tile (it also
@@ -301,7 +306,7 @@ fn bf16_wins(f32_ns: u64, bf16_ns: u64) -> bool {
 /// operands in L1) for the same multiply-adds, best of 5 alternating rounds of 64 tiles (a
 /// preempted round only ever reads slower). Both `u64::MAX` where either kernel is missing.
 fn race_tiles() -> (u64, u64) {
-    if !(has_bf16() && crate::f32mm::PackedWeight::available()) {
+    if !(has_bf16() && crate::kernels::isa() == crate::kernels::Isa::Avx512) {
         return (u64::MAX, u64::MAX);
     }
     const K: usize = 128;
@@ -311,7 +316,7 @@ fn race_tiles() -> (u64, u64) {
     let a16: Vec<u16> = a32.iter().map(|&x| to_bf16(x)).collect();
     let b16: Vec<u16> = b32.iter().map(|&x| to_bf16(x)).collect();
     let mut c = vec![0f32; MR * PANEL];
-    let wide = crate::f32mm::Tile {
+    let wide = crate::kernels::f32::Tile {
         a: a32.as_ptr(),
         lda: K,
         b: b32.as_ptr(),
@@ -322,7 +327,7 @@ fn race_tiles() -> (u64, u64) {
         live: PANEL,
         bias: None,
         add_dst: true,
-        prefetch: crate::f32mm::Prefetch::NONE,
+        prefetch: crate::kernels::f32::Prefetch::NONE,
     };
     let pairs = Tile {
         a: a16.as_ptr(),
@@ -340,13 +345,14 @@ fn race_tiles() -> (u64, u64) {
     for _ in 0..5 {
         let t = std::time::Instant::now();
         for _ in 0..REPS {
-            // SAFETY: AVX-512 checked above; MR rows of `a` and `c`, K rows of `b`.
+            // SAFETY: AVX-512 checked at the top; `a32` and `c` hold MR rows, `b32` K rows of 64.
             unsafe { wide.run_rows(MR) };
         }
         best32 = best32.min(t.elapsed().as_nanos() as u64);
         let t = std::time::Instant::now();
         for _ in 0..REPS {
-            // SAFETY: AVX-512 BF16 checked above; MR rows of `a` and `c`, K / 2 pair rows of `b`.
+            // SAFETY: AVX-512 BF16 checked at the top; `a16` and `c` hold MR rows, `b16` K / 2
+            // pair rows of 64 columns.
             unsafe { pairs.run_rows(MR) };
         }
         best16 = best16.min(t.elapsed().as_nanos() as u64);
@@ -434,7 +440,7 @@ impl Tile {
                 }
             }
         }
-        crate::f32mm::store_rows(&acc, self.c, self.ldc, self.live, self.bias, self.add_dst);
+        crate::kernels::f32::store_rows(&acc, self.c, self.ldc, self.live, self.bias, self.add_dst);
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -446,39 +452,47 @@ impl Tile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Kernels;
+    use crate::Precision;
 
     #[test]
     fn dot_pays_only_when_the_bf16_tile_wins_the_race() {
         assert!(bf16_wins(1000, 550), "Zen 4: bf16 tile ~1.8x the f32 one");
         assert!(!bf16_wins(1000, 2200), "Xeon without AMX: ~0.45x");
         assert!(!bf16_wins(u64::MAX, u64::MAX), "no kernel to race");
+        let chosen = Kernels::choose(Precision::Bf16);
         let (f32_ns, bf16_ns) = race_tiles();
-        let raced = has_bf16() && crate::f32mm::PackedWeight::available();
+        let raced = has_bf16() && crate::kernels::isa() == crate::kernels::Isa::Avx512;
         assert_eq!(f32_ns != u64::MAX, raced);
         assert_eq!(bf16_ns != u64::MAX, raced);
         assert!(f32_ns > 0 && bf16_ns > 0);
         if raced {
             eprintln!("64 tiles: f32 {f32_ns} ns, bf16 {bf16_ns} ns");
-            // The first race (inside `dot_pays`) can land on the other side only when the two
-            // tiles are close.
+            // The race made when the kernels were chosen can land on the other side only when
+            // the two tiles are close.
             let ratio = bf16_ns as f64 / f32_ns as f64;
-            if !(0.8..1.25).contains(&ratio) {
-                assert_eq!(dot_pays(), bf16_wins(f32_ns, bf16_ns), "ratio {ratio:.2}");
+            if chosen.bf16 != Bf16Kernel::Amx && !(0.8..1.25).contains(&ratio) {
+                let wins = bf16_wins(f32_ns, bf16_ns);
+                assert_eq!(chosen.bf16_native, wins, "ratio {ratio:.2}");
             }
         }
-        assert_eq!(
-            native(),
-            crate::amx::available() || (has_bf16() && dot_pays())
-        );
+        // AMX always keeps bf16 weights; without AVX-512 BF16 (and AMX) they are always widened.
+        if chosen.bf16 == Bf16Kernel::Amx {
+            assert!(chosen.bf16_native);
+        }
+        if chosen.bf16 == Bf16Kernel::Scalar {
+            assert!(!chosen.bf16_native && !chosen.bf16_attention);
+        }
     }
 
     #[test]
     fn bf16_matmul_tracks_f32() {
         let (m, k, n) = (13, 41, 150);
-        let (x, w, bias) = crate::kernels::test_operands(m, k, n);
+        let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
         let bw = Bf16Weight::new(&w, n, k);
         let mut got = vec![1.0f32; m * n];
-        matmul(&x, k, &bw, Some(&bias), &mut got, true, None);
+        let kernel = Kernels::choose(Precision::Bf16).bf16;
+        matmul(&x, k, &bw, Some(&bias), &mut got, true, None, kernel);
         for r in 0..m {
             for c in 0..n {
                 let exact: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum::<f32>();
@@ -487,18 +501,19 @@ mod tests {
                 assert!((g - want).abs() < 0.05, "[{r},{c}] {g} vs {want}");
             }
         }
-        if crate::amx::available() && has_bf16() {
+        if kernel == Bf16Kernel::Amx && has_bf16() {
             // AMX and AVX-512 BF16 multiply the same bf16 values; only the f32 summation order
             // differs.
             for accumulate in [false, true] {
                 for (m, k, n) in [(m, k, n), (70, 200, 64), (33, 768, 100)] {
-                    let (x, w, _) = crate::kernels::test_operands(m, k, n);
+                    let (x, w, _) = crate::kernels::test_support::test_operands(m, k, n);
                     let bw = Bf16Weight::new(&w, n, k);
                     let mut tiles = vec![0.5f32; m * n];
                     let mut avx = tiles.clone();
                     let b = Some(&bias[..n]);
-                    matmul_on(&x, k, &bw, b, &mut tiles, accumulate, None, true);
-                    matmul_on(&x, k, &bw, b, &mut avx, accumulate, None, false);
+                    matmul_on(&x, k, &bw, b, &mut tiles, accumulate, None, Bf16Kernel::Amx);
+                    let avx512 = Bf16Kernel::Avx512Bf16;
+                    matmul_on(&x, k, &bw, b, &mut avx, accumulate, None, avx512);
                     for (t, a) in tiles.iter().zip(&avx) {
                         assert!(
                             (t - a).abs() <= 1e-4 * a.abs().max(1.0),

@@ -1,11 +1,9 @@
 //! Bad model folders give `CoreError::Model` naming the file or field; bad calls give errors, not
 //! panics.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use glimpse_candle::{detect_kind, load_clip, load_vit, LoadOptions, Precision};
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::CoreError;
@@ -32,8 +30,9 @@ fn copy_model(name: &str, skip: &[&str], edit: impl FnOnce(&mut Value)) -> tempf
     dir
 }
 
-fn model_error(r: Result<impl std::fmt::Debug, CoreError>) -> String {
-    match r {
+/// The message of a load error, which must reach glimpse-core's callers as `CoreError::Model`.
+fn model_error<E: Into<CoreError>>(r: Result<impl std::fmt::Debug, E>) -> String {
+    match r.map_err(Into::into) {
         Err(e @ CoreError::Model { .. }) => e.to_string(),
         other => panic!("expected CoreError::Model, got {other:?}"),
     }
@@ -123,7 +122,7 @@ fn corrupt_weights_are_a_model_error() {
 fn wrong_family_and_unsupported_precision_are_refused() {
     let e = model_error(load_vit(&model_dir("clip-tiny"), &LoadOptions::default()).map(|_| ()));
     assert!(e.contains("not a ViT"), "{e}");
-    // Every precision loads (the accuracy of the reduced ones is tested in tests/precision.rs).
+    // Every precision loads (the accuracy of the reduced ones is tested in precision.rs).
     for p in [Precision::F32, Precision::Bf16, Precision::Int8] {
         let opts = LoadOptions {
             precision: p,

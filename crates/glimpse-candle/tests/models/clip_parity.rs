@@ -1,9 +1,7 @@
 //! CLIP against transformers' outputs on the tiny reference models: tokenizer ids, text and image
 //! embeddings, logits and probabilities, for safetensors and pytorch_model.bin weights.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use glimpse_candle::{load_clip, ClipModel, LoadOptions};
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::scoring::{clip_probabilities, ensemble};

@@ -3,9 +3,7 @@
 //! did not save. Every format agrees to 1e-4 on the probabilities today, JPEG included (the
 //! decoder matches libjpeg's output here); a failure on a JPEG alone points at the decoder.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use glimpse_candle::{load_clip, load_vit, LoadOptions};
 use glimpse_core::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
 use glimpse_core::image::{decode, DecodeLimits};

@@ -1,12 +1,10 @@
 //! Weight files beyond the plain f32 fixtures: fp16/bf16 checkpoints (converted to f32 on load)
 //! and ViT weights under transformers 5's module names.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use common::*;
 use glimpse_candle::{load_clip, load_vit, LoadOptions};
 use glimpse_core::backend::ZeroShotModel;
 

@@ -4,31 +4,15 @@
 //! pass over each tile. gemm (which packs the weight again on every call and has no epilogue) is
 //! the fallback on other CPUs.
 
-use rayon::prelude::*;
+use super::schedule::{par_tiles, row_blocks, row_tiles, SharedOut};
 
 pub(crate) const PANEL: usize = 64;
 pub(crate) const MR: usize = 6;
 /// Most rows per cache block; `m` is cut into equal blocks of at most this (a multiple of `MR`),
 /// so no block is a sliver that pays a whole read of the weight for a few rows (ViT-B/16 at
 /// batch 1: 197 rows as 96 + 96 + 5 was ~8 % slower than one block).
-const MB: usize = 252;
+pub(crate) const MB: usize = 252;
 
-/// `(first row, rows)` of each register tile of at most `mr` rows covering `rows`.
-pub(crate) fn row_tiles(
-    rows: std::ops::Range<usize>,
-    mr: usize,
-) -> impl Iterator<Item = (usize, usize)> {
-    let end = rows.end;
-    rows.step_by(mr).map(move |r| (r, (end - r).min(mr)))
-}
-
-/// `(blocks, rows per block)` for `m` rows and blocks of at most `max` rows, each a multiple of
-/// `align` rows (the register tile, or [`crate::amx::ROWS`]).
-pub(crate) fn row_blocks(m: usize, max: usize, align: usize) -> (usize, usize) {
-    let blocks = m.div_ceil(max).max(1);
-    let mb = m.div_ceil(blocks).div_ceil(align) * align;
-    (m.div_ceil(mb).max(1), mb)
-}
 /// `k` per block on a 1 MiB L2: 96 rows × 256 × 4 B = 96 KiB of activations, 64 KiB of panel
 /// (384 measured ~3 % slower on a 1 MiB-L2 Zen 5; 128 to 512 otherwise within noise).
 const KC: usize = 256;
@@ -39,7 +23,7 @@ const KC_LARGE_L2: usize = 768;
 /// The `k` block for this CPU: [`KC_LARGE_L2`] where the L2 (per Linux's sysfs) is 2 MiB or more.
 fn kc() -> usize {
     static KC_HERE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *KC_HERE.get_or_init(|| match crate::kernels::l2_bytes() {
+    *KC_HERE.get_or_init(|| match super::schedule::l2_bytes() {
         Some(b) if b >= 2 << 20 => KC_LARGE_L2,
         _ => KC,
     })
@@ -51,19 +35,21 @@ pub(crate) struct PackedWeight {
     n: usize,
     k: usize,
     np: usize,
-    data: crate::aligned::Aligned<f32>,
+    data: crate::kernels::aligned::Aligned<f32>,
 }
 
 impl PackedWeight {
-    pub(crate) fn available() -> bool {
-        crate::kernels::isa() == crate::kernels::Isa::Avx512
-    }
-
-    /// `w` is `[n, k]` row-major.
+    /// `w` is `[n, k]` row-major. Only on AVX-512 CPUs ([`F32Kernel::Avx512`]): a packed weight
+    /// is what lets [`matmul`] run the AVX-512 tile, so it is checked here, once per layer at
+    /// load, not on every call.
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
+        assert!(
+            super::isa() == super::Isa::Avx512,
+            "packed f32 weights need AVX-512"
+        );
         assert_eq!(w.len(), n * k);
         let np = n.div_ceil(PANEL) * PANEL;
-        let mut data = crate::aligned::Aligned::zeroed(np * k);
+        let mut data = crate::kernels::aligned::Aligned::zeroed(np * k);
         for c in 0..n {
             let (p, j) = (c / PANEL, c % PANEL);
             for kk in 0..k {
@@ -75,7 +61,6 @@ impl PackedWeight {
 }
 
 /// `dst[m×n] (+)= x·W + bias`, then `act` on it (in each tile's last pass, while it is in L1).
-/// Only call when [`PackedWeight::available`].
 pub(crate) fn matmul(
     x: &[f32],
     w: &PackedWeight,
@@ -85,10 +70,9 @@ pub(crate) fn matmul(
     act: Option<crate::kernels::Act>,
     then: Option<&PackedWeight>,
 ) {
-    assert!(PackedWeight::available());
     let m = x.len() / w.k;
     assert!(dst.len() >= m * w.n && x.len() == m * w.k);
-    let out = crate::kernels::SharedOut::new(dst);
+    let out = SharedOut::new(dst);
     let kc = kc();
     let panels = w.np / PANEL;
     let (blocks, mb) = row_blocks(m, MB, MR);
@@ -110,7 +94,10 @@ pub(crate) fn matmul(
             };
             let add_dst = accumulate || k0 > 0;
             for (r, h) in row_tiles(rows.clone(), MR) {
-                // SAFETY: rows, panel and k range in bounds; AVX-512 checked above.
+                // SAFETY: rows `r..r + h` of x (rows of `k`, asserted) and dst (m·n, asserted),
+                // panel `p` and `k0..k1` are in range; the prefetch run lies inside the weights
+                // (`ahead_of`). AVX-512: a `PackedWeight` exists only on AVX-512 CPUs (asserted
+                // in `PackedWeight::new`). Each task writes its own rows × panel of `dst`.
                 unsafe {
                     let a = x.as_ptr().add(r * w.k + k0);
                     let b = w.data.as_ptr().add(p * PANEL * w.k + k0 * PANEL);
@@ -190,34 +177,12 @@ impl Ahead {
         let per = self.lines.div_ceil(of.max(1));
         let start = (i * per).min(self.lines);
         Prefetch {
-            // SAFETY (of the `add`): `start` ≤ `lines`, and `lines` lines from `at` are in bounds.
+            // SAFETY: `start` ≤ `lines`, and `lines` cache lines from `at` are in bounds (or
+            // `lines` is 0 and the pointer is only offset by 0).
             at: unsafe { self.at[src].add(start * 64) },
             lines: per.min(self.lines - start),
         }
     }
-}
-
-/// Run `tile(rows, panel)` for every (row block, panel) of an `m`-row matmul with `panels`
-/// weight panels, rows cut by [`row_blocks`] into blocks of at most `max_rows` (multiples of
-/// `align` rows). One rayon task
-/// per tile: rayon's default splitting leaves a thread with a run of tasks it cannot hand off,
-/// and the other idle at the end of every matmul (16 % of the threads' time in matmul, measured
-/// on CLIP B/32 at batch 8).
-pub(crate) fn par_tiles(
-    m: usize,
-    max_rows: usize,
-    align: usize,
-    panels: usize,
-    tile: impl Fn(std::ops::Range<usize>, usize) + Sync + Send,
-) {
-    let (blocks, mb) = row_blocks(m, max_rows, align);
-    (0..blocks * panels)
-        .into_par_iter()
-        .with_max_len(1)
-        .for_each(|t| {
-            let (b, p) = (t / panels, t % panels);
-            tile(b * mb..((b + 1) * mb).min(m), p)
-        });
 }
 
 /// One register tile of at most [`MR`] rows × 64 columns:
@@ -310,7 +275,7 @@ impl Tile {
 
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn run<const H: usize, const V: usize>(&self) {
-        unreachable!("PackedWeight::available() is false off x86-64")
+        unreachable!("PackedWeight::new refuses CPUs without AVX-512")
     }
 }
 
@@ -352,31 +317,70 @@ pub(crate) unsafe fn store_rows<const V: usize>(
     }
 }
 
+/// A strided f32 matrix view for [`gemm`].
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    /// Distance between rows and between columns, in elements.
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: a `Mat` is only read, from buffers that outlive the call it is passed to.
+unsafe impl Send for Mat {}
+// SAFETY: as for `Send`: shared views are only read.
+unsafe impl Sync for Mat {}
+
+/// `dst[m×n] (+)= a[m×k] · b[k×n]`; `accumulate` adds to what `dst` holds. `threads`: split the
+/// product on the current rayon pool (false inside an already-parallel loop).
+///
+/// # Safety
+/// `a`, `b` and `dst` (row stride `dst_rs`, column stride 1) must cover the shapes given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: bool,
+) {
+    let par = if threads {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::Act;
-
-    #[test]
-    fn row_blocks_cover_m_evenly() {
-        for m in [1, 5, 50, 197, 252, 253, 400, 1576, 5000] {
-            for (max, align) in [(MB, MR), (128, 32), (32, 32)] {
-                let (blocks, mb) = row_blocks(m, max, align);
-                assert!(
-                    mb % align == 0 && mb <= max.div_ceil(align) * align,
-                    "{m}: {mb}"
-                );
-                assert!(
-                    blocks * mb >= m && (blocks - 1) * mb < m,
-                    "{m}: {blocks} × {mb}"
-                );
-            }
-        }
-        assert_eq!(row_blocks(197, MB, MR), (1, 198));
-        assert_eq!(row_blocks(400, MB, MR), (2, 204));
-        assert_eq!(row_blocks(400, 128, 32), (4, 128));
-        assert_eq!(row_blocks(50, 128, 32), (1, 64));
-    }
+    use crate::kernels::{Act, F32Kernel, Kernels};
+    use crate::Precision;
 
     #[test]
     fn prefetch_shares_cover_each_source_once() {
@@ -412,12 +416,12 @@ mod tests {
 
     #[test]
     fn packed_f32_matmul_matches_naive() {
-        if !PackedWeight::available() {
+        if Kernels::choose(Precision::F32).f32 != F32Kernel::Avx512 {
             return;
         }
         // k over two or more blocks (either KC), n over two panels with a partial one, m over a partial row tile.
         let (m, k, n) = (13, KC_LARGE_L2 + 41, 150);
-        let (x, w, bias) = crate::kernels::test_operands(m, k, n);
+        let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
         let pw = PackedWeight::new(&w, n, k);
         let mut got = vec![1.0f32; m * n];
         matmul(&x, &pw, Some(&bias), &mut got, true, None, None);

@@ -2,9 +2,7 @@
 //! embeddings (CLIP) and the logits (ViT), on the transformers fixture models and on random
 //! models at the real sizes (the same seeded weights at every precision).
 
-mod common;
-
-use common::{model_dir, pixels, single};
+use crate::common::{model_dir, pixels, single};
 use glimpse_candle::{
     load_clip, load_vit, random_clip_with, random_vit_with, ClipPreset, LoadOptions, Precision,
     VitPreset,
@@ -49,8 +47,8 @@ fn two_images(side: usize) -> PixelBatch {
 }
 
 fn fixture_pixels() -> PixelBatch {
-    let exp = common::expected("clip-tiny");
-    let (_, rel, _) = common::images_with_pixels(&exp).remove(0);
+    let exp = crate::common::expected("clip-tiny");
+    let (_, rel, _) = crate::common::images_with_pixels(&exp).remove(0);
     single(pixels(&rel))
 }
 
@@ -71,8 +69,8 @@ fn reduced_precision_clip_fixture_tracks_f32() {
 
 #[test]
 fn reduced_precision_vit_fixture_tracks_f32() {
-    let exp = common::expected("vit-tiny");
-    let (_, rel, _) = common::images_with_pixels(&exp).remove(0);
+    let exp = crate::common::expected("vit-tiny");
+    let (_, rel, _) = crate::common::images_with_pixels(&exp).remove(0);
     let px = single(pixels(&rel));
     let want = load_vit(&model_dir("vit-tiny"), &opts(Precision::F32))
         .unwrap()

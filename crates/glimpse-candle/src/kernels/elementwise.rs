@@ -1,10 +1,9 @@
 //! Single-pass CPU kernels over contiguous `[rows, cols]` f32 buffers: layer norm, activations,
-//! softmax, bias adds, and the f32 matmul (the `gemm` crate candle itself uses, called directly so
-//! the bias/residual can be pre-filled into the output and accumulated into in one pass).
+//! softmax and bias adds.
 //!
 //! The element-wise loops are plain Rust written so LLVM vectorises them (16 independent
 //! accumulators for reductions, no libm calls: `exp` and `erf` are polynomial). The release build
-//! targets baseline x86-64, so [`multiversion!`] compiles each loop for AVX-512, AVX2+FMA and the
+//! targets baseline x86-64, so [`multiversion!`](super::multiversion) compiles each loop for AVX-512, AVX2+FMA and the
 //! baseline and picks one at run time; the helpers they call are `#[inline(always)]`.
 
 use rayon::prelude::*;
@@ -12,121 +11,6 @@ use rayon::prelude::*;
 /// Rows per rayon task for the row-wise passes: large enough to amortise the task, small enough
 /// to split a batch-1 pass (50 or 197 tokens) between threads.
 const ROW_CHUNK: usize = 8;
-
-/// Which vector unit [`multiversion!`] functions run on, detected once.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
-    Avx512,
-    Avx2,
-    Baseline,
-}
-
-pub(crate) fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
-                return Isa::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    })
-}
-
-/// Per-thread scratch for a parallel loop over `task`s: `body(scratch, task)`, with a scratch made
-/// by `init` once per thread and `shape` and then reused by that thread's later tasks and calls
-/// (rayon's `for_each_init` makes one per task when tasks are split one by one, and zeroing
-/// 0.3 MB of attention buffers per (image, head) was 1.6 % of a ViT-B/16 int8 pass on AMX).
-/// `init` must make the same buffers for the same `shape`, and `body` must leave them fit for the
-/// next task: every write pattern of the loops here depends only on the shape, so a region a
-/// task reads before writing is one no task ever writes (zero padding).
-pub(crate) fn per_thread<S, I, F>(shape: [usize; 3], init: I, body: F) -> impl Fn(usize) + Sync
-where
-    S: std::any::Any,
-    I: Fn() -> S + Sync,
-    F: Fn(&mut S, usize) + Sync,
-{
-    use std::any::{Any, TypeId};
-    use std::cell::RefCell;
-    type Kept = (TypeId, [usize; 3], Box<dyn Any>);
-    thread_local! {
-        static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
-    }
-    /// Scratch sets kept per thread (one per model input shape and attention kind in use).
-    const KEEP: usize = 8;
-    move |task| {
-        let id = TypeId::of::<S>();
-        // Taken out while in use: a task nested on this thread (rayon work stealing) makes its own.
-        let kept = KEPT.with(|k| {
-            let mut k = k.borrow_mut();
-            let i = k.iter().position(|(t, s, _)| *t == id && *s == shape)?;
-            k.swap_remove(i).2.downcast::<S>().ok()
-        });
-        let mut scratch = kept.unwrap_or_else(|| Box::new(init()));
-        body(&mut scratch, task);
-        KEPT.with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() == KEEP {
-                k.remove(0);
-            }
-            k.push((id, shape, scratch));
-        });
-    }
-}
-
-/// Size of CPU 0's level-2 cache, from Linux's sysfs (`None` elsewhere or when unreadable).
-pub(crate) fn l2_bytes() -> Option<usize> {
-    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
-    (0..8).find_map(|i| {
-        let read = |f: &str| std::fs::read_to_string(dir.join(format!("index{i}/{f}"))).ok();
-        if read("level")?.trim() != "2" || read("type")?.trim() == "Instruction" {
-            return None;
-        }
-        parse_cache_size(&read("size")?)
-    })
-}
-
-/// `"2048K"` → 2 MiB; also `M` and plain bytes.
-fn parse_cache_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        'K' => (&s[..s.len() - 1], 1 << 10),
-        'M' => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    num.parse::<usize>().ok().map(|n| n * mult)
-}
-
-/// Define `fn $name(args)` compiled three times (AVX-512, AVX2+FMA, baseline) and dispatching on
-/// [`isa`]. Helpers it calls are `#[inline(always)]`, so they are compiled into each version.
-macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-            unsafe fn v4($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn v3($($arg: $ty),*) $(-> $ret)? $body
-            fn v0($($arg: $ty),*) $(-> $ret)? $body
-            match $crate::kernels::isa() {
-                // SAFETY: `isa()` detected these features at run time.
-                #[cfg(target_arch = "x86_64")]
-                $crate::kernels::Isa::Avx512 => unsafe { v4($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
-                $crate::kernels::Isa::Avx2 => unsafe { v3($($arg),*) },
-                _ => v0($($arg),*),
-            }
-        }
-    };
-}
-pub(crate) use multiversion;
 
 /// `e^x` to about 2 ulp for the range that matters (inputs are clamped to f32's finite range),
 /// without a libm call so it vectorises: `2^k · p(r)`, `r = x − k·ln2`, degree-6 polynomial.
@@ -187,7 +71,7 @@ fn act_one(a: Act, x: f32) -> f32 {
     }
 }
 
-multiversion! {
+super::multiversion! {
     pub(crate) fn activate_chunk(act: Act, c: &mut [f32]) {
         // One loop per variant so each is a straight-line vectorised body.
         match act {
@@ -232,7 +116,7 @@ fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().map(|&x| f(x)).sum::<f32>()
 }
 
-multiversion! {
+super::multiversion! {
     fn layer_norm_rows(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         let cols = w.len();
         for (d, s) in dst.chunks_exact_mut(cols).zip(src.chunks_exact(cols)) {
@@ -254,7 +138,7 @@ pub(crate) fn layer_norm(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps
         .for_each(|(d, s)| layer_norm_rows(s, d, w, b, eps));
 }
 
-multiversion! {
+super::multiversion! {
     /// Softmax of each `cols`-wide row, in place.
     pub(crate) fn softmax_rows(xs: &mut [f32], cols: usize) {
         for row in xs.chunks_exact_mut(cols) {
@@ -278,25 +162,6 @@ multiversion! {
     }
 }
 
-/// An output buffer's pointer handed to parallel tasks that each write their own disjoint part
-/// (a rows × panel block of a matmul, an (image, head) block of attention).
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
-// SAFETY: users only write disjoint elements from different tasks.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
-        SharedOut(buf.as_mut_ptr())
-    }
-
-    /// A method (not a field access), so closures capture the `Send` wrapper, not the pointer.
-    pub(crate) fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `dst[r] = bias` (or `dst[r] += bias` when `add`) for every `bias.len()`-wide row.
 pub(crate) fn fill_bias(dst: &mut [f32], bias: Option<&[f32]>, cols: usize, add: bool) {
     match (bias, add) {
@@ -308,7 +173,7 @@ pub(crate) fn fill_bias(dst: &mut [f32], bias: Option<&[f32]>, cols: usize, add:
     }
 }
 
-multiversion! {
+super::multiversion! {
     fn bias_rows(c: &mut [f32], b: &[f32], add: bool) {
         for row in c.chunks_exact_mut(b.len()) {
             if add {
@@ -320,89 +185,9 @@ multiversion! {
     }
 }
 
-/// A strided f32 matrix view for [`gemm`].
-#[derive(Clone, Copy)]
-pub(crate) struct Mat {
-    pub ptr: *const f32,
-    /// Distance between rows and between columns, in elements.
-    pub rs: isize,
-    pub cs: isize,
-}
-
-// SAFETY: a `Mat` is only read, from buffers that outlive the call it is passed to.
-unsafe impl Send for Mat {}
-unsafe impl Sync for Mat {}
-
-/// `dst[m×n] (+)= a[m×k] · b[k×n]`; `accumulate` adds to what `dst` holds. `threads`: split the
-/// product on the current rayon pool (false inside an already-parallel loop).
-///
-/// # Safety
-/// `a`, `b` and `dst` (row stride `dst_rs`, column stride 1) must cover the shapes given.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    a: Mat,
-    b: Mat,
-    threads: bool,
-) {
-    let par = if threads {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        a.ptr,
-        a.cs,
-        a.rs,
-        b.ptr,
-        b.cs,
-        b.rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        par,
-    );
-}
-
-/// Deterministic `x` (`m×k`), `w` (`n×k`) and `bias` (`n`) for the matmul tests: values of
-/// either sign, small enough that the reduced-precision paths stay near the f32 product.
-#[cfg(test)]
-pub(crate) fn test_operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let x = (0..m * k)
-        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.2)
-        .collect();
-    let w = (0..n * k)
-        .map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0)
-        .collect();
-    (x, w, (0..n).map(|i| i as f32 * 0.01).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_sizes_parse_as_sysfs_writes_them() {
-        assert_eq!(parse_cache_size("2048K\n"), Some(2 << 20));
-        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
-        assert_eq!(parse_cache_size("512"), Some(512));
-        assert_eq!(parse_cache_size("lots"), None);
-        assert_eq!(parse_cache_size(""), None);
-    }
 
     #[test]
     fn exp_and_erf_match_libm() {

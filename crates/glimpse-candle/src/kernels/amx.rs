@@ -38,9 +38,9 @@ pub(crate) fn available() -> bool {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
     // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE, bit 25 AMX-INT8.
+    #[allow(unused_unsafe)]
     // SAFETY: CPUID leaf 7 exists on every CPU with AVX-512 (checked by the caller). `unsafe`
     // for the declared minimum Rust; newer ones made `__cpuid_count` safe.
-    #[allow(unused_unsafe)]
     let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
     let want = (1 << 22) | (1 << 24) | (1 << 25);
     if edx & want != want {
@@ -104,8 +104,9 @@ impl Tiles {
 
 impl Drop for Tiles {
     fn drop(&mut self) {
-        // SAFETY: a `Tiles` exists only after `ldtilecfg` on this same thread.
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Tiles` exists only after `ldtilecfg` on this same thread (it is not `Send`),
+        // so the tile state is configured here and releasing it is valid.
         unsafe {
             std::arch::asm!("tilerelease", options(nostack, nomem))
         }

@@ -1,0 +1,436 @@
+//! softmax(Q·Kᵀ)·V per (image, head), straight out of the fused `[t, 3h]` QKV buffer: with gemm
+//! for any head size, and with the f32 or bf16 register tiles for 64-wide heads.
+
+use rayon::prelude::*;
+
+use crate::kernels::bf16;
+use crate::kernels::f32 as f32k;
+use crate::kernels::schedule::{per_thread, row_tiles, SharedOut};
+use crate::kernels::{self, Bf16Kernel, F32Kernel, Kernels, Mat};
+use crate::Precision;
+
+/// The attention kernel a block runs, chosen once when it is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttentionKernel {
+    /// Any head size, with gemm ([`attention_gemm`]).
+    Gemm,
+    /// 64-wide heads on the f32 AVX-512 register tile ([`attention_d64`]).
+    F32Tile,
+    /// 64-wide heads with bf16 products ([`attention_bf16_d64`]): on AMX tiles where `amx`, else
+    /// AVX-512 BF16.
+    Bf16Tile { amx: bool },
+}
+
+impl AttentionKernel {
+    /// What `kernels` runs for heads of `head_dim`: bf16 products in the reduced modes where the
+    /// CPU multiplies bf16 fast, the f32 tile for 64-wide heads on AVX-512, gemm otherwise.
+    pub(crate) fn choose(kernels: Kernels, head_dim: usize) -> Self {
+        if head_dim != f32k::PANEL {
+            AttentionKernel::Gemm
+        } else if kernels.precision != Precision::F32 && kernels.bf16_attention {
+            AttentionKernel::Bf16Tile {
+                amx: kernels.bf16 == Bf16Kernel::Amx,
+            }
+        } else if kernels.f32 == F32Kernel::Avx512 {
+            AttentionKernel::F32Tile
+        } else {
+            AttentionKernel::Gemm
+        }
+    }
+
+    /// softmax(Q·Kᵀ)·V per (image, head), straight out of the fused `[t, 3h]` buffer into
+    /// `out` `[t, h]` (heads side by side, the layout the output projection reads).
+    pub(crate) fn run(
+        self,
+        qkv: &[f32],
+        out: &mut [f32],
+        batch: usize,
+        seq: usize,
+        h: usize,
+        heads: usize,
+    ) {
+        match self {
+            AttentionKernel::Gemm => attention_gemm(qkv, out, batch, seq, h, heads),
+            AttentionKernel::F32Tile => attention_d64(qkv, out, batch, seq, h, heads),
+            AttentionKernel::Bf16Tile { amx } => {
+                attention_bf16_d64(qkv, out, batch, seq, h, heads, amx)
+            }
+        }
+    }
+}
+
+/// Attention for any head size, with gemm.
+fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
+    let d = h / heads;
+    assert!(qkv.len() >= batch * seq * 3 * h && out.len() >= batch * seq * h);
+    let dst = SharedOut::new(out);
+    let src = qkv.as_ptr() as usize;
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(per_thread(
+            [seq, d, 0],
+            || vec![0f32; seq * seq],
+            |scores, task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = (src as *const f32).wrapping_add(b * seq * 3 * h + hd * d);
+                let row = 3 * h as isize;
+                let q = Mat {
+                    ptr: base,
+                    rs: row,
+                    cs: 1,
+                };
+                // Kᵀ: element (j, i) is K[i][j].
+                let kt = Mat {
+                    ptr: base.wrapping_add(h),
+                    rs: 1,
+                    cs: row,
+                };
+                let v = Mat {
+                    ptr: base.wrapping_add(2 * h),
+                    rs: row,
+                    cs: 1,
+                };
+                // SAFETY: the asserts above guarantee `batch·seq` rows of qkv (stride 3h) and of
+                // out (stride h). Q, Kᵀ and V are this (image, head)'s `seq` × `d` views inside
+                // those rows; `scores` is this task's own `seq × seq` buffer; the output view is
+                // this image's rows in this head's `d` columns, which no other task writes.
+                unsafe {
+                    kernels::gemm(seq, seq, d, scores.as_mut_ptr(), seq, false, q, kt, false);
+                    kernels::softmax_rows(scores, seq);
+                    let p = Mat {
+                        ptr: scores.as_ptr(),
+                        rs: seq as isize,
+                        cs: 1,
+                    };
+                    let o = dst.at(b * seq * h + hd * d);
+                    kernels::gemm(seq, d, seq, o, h, false, p, v, false);
+                }
+            },
+        ));
+}
+
+/// Attention for 64-wide heads on AVX-512, with the f32 matmul's register tile: per
+/// (image, head), Kᵀ is packed into 64-column panels (zero-padded), Q·Kᵀ and P·V run as tiles of
+/// 6 rows × 64 columns; V is copied out contiguous (read in place at its row stride of 3h, its
+/// rows fall on few L1 sets and evict each other).
+fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
+    const D: usize = f32k::PANEL;
+    let panels = seq.div_ceil(D);
+    let dst = SharedOut::new(out);
+    let src = qkv.as_ptr() as usize;
+    let row = 3 * h;
+    assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(per_thread(
+            [seq, 0, 0],
+            || {
+                (
+                    vec![0f32; seq * seq],
+                    vec![0f32; panels * D * D],
+                    vec![0f32; seq * D],
+                )
+            },
+            |(scores, kt, vp), task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = (src as *const f32).wrapping_add(b * seq * row + hd * D);
+                // SAFETY: every read stays inside this image's `seq` rows of qkv (row stride 3h,
+                // asserted above; the head's 64 columns of Q, K or V); every write inside this
+                // image's rows of `out` in the head's 64 columns (no other task's) or the task's
+                // own buffers. The f32 tile needs AVX-512: this kernel is chosen only where
+                // `Kernels::f32` is `Avx512` (`AttentionKernel::choose`).
+                unsafe {
+                    for t in 0..seq {
+                        let vrow = std::slice::from_raw_parts(base.add(t * row + 2 * h), D);
+                        vp[t * D..(t + 1) * D].copy_from_slice(vrow);
+                        let krow = base.add(t * row + h);
+                        let (p, j) = (t / D, t % D);
+                        for kk in 0..D {
+                            kt[p * D * D + kk * D + j] = *krow.add(kk);
+                        }
+                    }
+                    for p in 0..panels {
+                        let live = (seq - p * D).min(D);
+                        for (r, rows) in row_tiles(0..seq, f32k::MR) {
+                            f32k::Tile {
+                                a: base.add(r * row),
+                                lda: row,
+                                b: kt.as_ptr().add(p * D * D),
+                                ldb: D,
+                                k: D,
+                                c: scores.as_mut_ptr().add(r * seq + p * D),
+                                ldc: seq,
+                                live,
+                                bias: None,
+                                add_dst: false,
+                                prefetch: f32k::Prefetch::NONE,
+                            }
+                            .run_rows(rows);
+                        }
+                    }
+                    kernels::softmax_rows(scores, seq);
+                    let o = dst.at(b * seq * h + hd * D);
+                    for (r, rows) in row_tiles(0..seq, f32k::MR) {
+                        f32k::Tile {
+                            a: scores.as_ptr().add(r * seq),
+                            lda: seq,
+                            b: vp.as_ptr(),
+                            ldb: D,
+                            k: seq,
+                            c: o.add(r * h),
+                            ldc: h,
+                            live: D,
+                            bias: None,
+                            add_dst: false,
+                            prefetch: f32k::Prefetch::NONE,
+                        }
+                        .run_rows(rows);
+                    }
+                }
+            },
+        ));
+}
+
+/// [`attention_d64`] with bf16 products (f32 sums and softmax), for the reduced-precision modes:
+/// Q, Kᵀ, the probabilities and V are rounded to bf16 in the pair layout of [`bf16::Tile`].
+fn attention_bf16_d64(
+    qkv: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    seq: usize,
+    h: usize,
+    heads: usize,
+    amx: bool,
+) {
+    const D: usize = f32k::PANEL;
+    let panels = seq.div_ceil(D);
+    // With AMX ([`bf16::amx_panel`]): Q and P padded to whole 32-row blocks, the sequence as a
+    // `k` to whole 32-value tile steps. Otherwise the sequence as a `k` in whole pairs. The
+    // padding stays zero.
+    let rows = if amx { seq.next_multiple_of(32) } else { seq };
+    let sp = if amx {
+        seq.next_multiple_of(32)
+    } else {
+        seq.div_ceil(2) * 2
+    };
+    let row = 3 * h;
+    assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
+    let dst = SharedOut::new(out);
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(per_thread(
+            [seq, rows, sp],
+            || Bf16Scratch {
+                q: vec![0u16; rows * D],
+                kt: vec![0u32; panels * D * D / 2],
+                scores: vec![0f32; seq * seq],
+                p: vec![0u16; rows * sp],
+                v: vec![0u32; sp / 2 * D],
+            },
+            |s, task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = b * seq * row + hd * D;
+                let zeros = [0f32; D];
+                let mut krow = [0u16; D];
+                for t in 0..seq {
+                    let r = &qkv[base + t * row..];
+                    bf16::round_row(&r[..D], &mut s.q[t * D..(t + 1) * D]);
+                    // Kᵀ: token t is column t % 64 of panel t / 64; one u32 holds the pair (kk, kk+1).
+                    bf16::round_row(&r[h..h + D], &mut krow);
+                    let (p, j) = (t / D, t % D);
+                    for kk2 in 0..D / 2 {
+                        s.kt[p * D * D / 2 + kk2 * D + j] =
+                            krow[2 * kk2] as u32 | (krow[2 * kk2 + 1] as u32) << 16;
+                    }
+                    // V: tokens t and t+1 pair up in every column.
+                    if t % 2 == 0 {
+                        let next = if t + 1 < seq {
+                            &qkv[base + (t + 1) * row + 2 * h..][..D]
+                        } else {
+                            &zeros[..]
+                        };
+                        bf16::interleave_pairs(
+                            &r[2 * h..2 * h + D],
+                            next,
+                            &mut s.v[(t / 2) * D..][..D],
+                        );
+                    }
+                }
+                // SAFETY: the tiles read the task's own buffers in bounds (Kᵀ panels are whole,
+                // zero-padded; Q and P hold `rows` rows, whole 32-row blocks with AMX; P rows and
+                // V hold `sp` entries, whole tile steps with AMX) and write `scores` or this
+                // image's rows of `out` in the head's 64 columns (no other task's). The CPU
+                // features: `AttentionKernel::choose` picks this kernel only where the kernels
+                // found AVX-512 BF16, and `amx` only where `Kernels::bf16` is `Amx`.
+                unsafe {
+                    if amx {
+                        let kt = s.kt.as_ptr() as *const u16;
+                        for p in 0..panels {
+                            let (c, live) =
+                                (s.scores.as_mut_ptr().add(p * D), (seq - p * D).min(D));
+                            bf16::amx_panel(
+                                s.q.as_ptr(),
+                                D,
+                                D,
+                                kt.add(p * D * D),
+                                seq,
+                                live,
+                                c,
+                                seq,
+                                None,
+                                false,
+                                None,
+                            );
+                        }
+                        kernels::softmax_rows(&mut s.scores, seq);
+                        for (pr, sr) in s.p.chunks_exact_mut(sp).zip(s.scores.chunks_exact(seq)) {
+                            bf16::round_row(sr, &mut pr[..seq]);
+                        }
+                        let o = dst.at(b * seq * h + hd * D);
+                        let v = s.v.as_ptr() as *const u16;
+                        bf16::amx_panel(s.p.as_ptr(), sp, sp, v, seq, D, o, h, None, false, None);
+                        return;
+                    }
+                    for p in 0..panels {
+                        for (r, rows) in row_tiles(0..seq, bf16::MR) {
+                            bf16::Tile {
+                                a: s.q.as_ptr().add(r * D),
+                                lda: D,
+                                b: (s.kt.as_ptr() as *const u16).add(p * D * D),
+                                ldb: 2 * D,
+                                pairs: D / 2,
+                                c: s.scores.as_mut_ptr().add(r * seq + p * D),
+                                ldc: seq,
+                                live: (seq - p * D).min(D),
+                                bias: None,
+                                add_dst: false,
+                            }
+                            .run_rows(rows);
+                        }
+                    }
+                    kernels::softmax_rows(&mut s.scores, seq);
+                    for (pr, sr) in s.p.chunks_exact_mut(sp).zip(s.scores.chunks_exact(seq)) {
+                        bf16::round_row(sr, &mut pr[..seq]);
+                    }
+                    let o = dst.at(b * seq * h + hd * D);
+                    for (r, rows) in row_tiles(0..seq, bf16::MR) {
+                        bf16::Tile {
+                            a: s.p.as_ptr().add(r * sp),
+                            lda: sp,
+                            b: s.v.as_ptr() as *const u16,
+                            ldb: 2 * D,
+                            pairs: sp / 2,
+                            c: o.add(r * h),
+                            ldc: h,
+                            live: D,
+                            bias: None,
+                            add_dst: false,
+                        }
+                        .run_rows(rows);
+                    }
+                }
+            },
+        ));
+}
+
+struct Bf16Scratch {
+    q: Vec<u16>,
+    /// Kᵀ panels, bf16 pairs as u32.
+    kt: Vec<u32>,
+    scores: Vec<f32>,
+    /// Probabilities, rows padded to an even length with zeros.
+    p: Vec<u16>,
+    /// V, bf16 pairs of tokens as u32.
+    v: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attention kernels this CPU can run besides gemm.
+    fn tiles_here() -> Vec<(&'static str, AttentionKernel)> {
+        let here = Kernels::choose(Precision::Bf16);
+        let mut tiles = Vec::new();
+        if here.f32 == F32Kernel::Avx512 {
+            tiles.push(("f32 d64", AttentionKernel::F32Tile));
+        }
+        if crate::kernels::bf16::has_bf16() {
+            let amx = here.bf16 == Bf16Kernel::Amx;
+            tiles.push(("bf16 d64", AttentionKernel::Bf16Tile { amx }));
+        }
+        tiles
+    }
+
+    /// The AVX-512 attention (f32, and bf16 where the CPU has it) against the gemm one, with a
+    /// sequence over two key panels (the second partial) and an odd length (the bf16 pad).
+    #[test]
+    fn attention_paths_agree() {
+        let (batch, seq, heads) = (2, 77, 3);
+        let h = heads * f32k::PANEL;
+        let qkv: Vec<f32> = (0..batch * seq * 3 * h)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
+            .collect();
+        let mut want = vec![f32::NAN; batch * seq * h];
+        attention_gemm(&qkv, &mut want, batch, seq, h, heads);
+        assert!(want.iter().all(|x| x.is_finite()));
+        for (name, kernel) in tiles_here() {
+            let mut got = vec![f32::NAN; batch * seq * h];
+            kernel.run(&qkv, &mut got, batch, seq, h, heads);
+            let tol = if kernel == AttentionKernel::F32Tile {
+                1e-5
+            } else {
+                2e-2
+            };
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < tol, "{name} attention {g} vs {w}");
+            }
+        }
+    }
+
+    /// Every attention path keeps its buffers per thread between calls
+    /// ([`per_thread`]): a call after another of the same shape answers exactly what it
+    /// answers on threads that never ran one (the zero padding is still zero).
+    #[test]
+    fn attention_scratch_is_clean_when_reused() {
+        let (batch, seq, heads) = (2, 77, 3);
+        let h = heads * f32k::PANEL;
+        let input = |salt: usize| -> Vec<f32> {
+            (0..batch * seq * 3 * h)
+                .map(|i| (((i + salt) * 7919 % 1013) as f32 / 506.0) - 1.0)
+                .collect()
+        };
+        let (first, second) = (input(0), input(517));
+        let mut paths = vec![("gemm", AttentionKernel::Gemm)];
+        paths.extend(tiles_here());
+        let pool = || {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap()
+        };
+        for (name, path) in paths {
+            let run = |qkv: &[f32]| {
+                let mut out = vec![f32::NAN; batch * seq * h];
+                path.run(qkv, &mut out, batch, seq, h, heads);
+                out
+            };
+            let fresh = pool().install(|| run(&second));
+            let reused = pool().install(|| {
+                run(&first);
+                run(&second)
+            });
+            assert!(fresh.iter().all(|x| x.is_finite()), "{name}");
+            assert!(
+                fresh
+                    .iter()
+                    .zip(&reused)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: a second call differs from a first"
+            );
+        }
+    }
+}

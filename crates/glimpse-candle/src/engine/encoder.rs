@@ -1,0 +1,177 @@
+//! One pre-LN transformer block on the fused kernels, and the image encoder: patch embedding
+//! (im2col + one matmul), class token, position embeddings, then the blocks.
+
+use candle_core::Result;
+use rayon::prelude::*;
+
+use super::attention::AttentionKernel;
+use super::dense::{vec1, Dense, Norm};
+use crate::kernels::{Act, Kernels};
+
+/// One pre-LN transformer block.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub(crate) ln1: Norm,
+    pub(crate) qkv: Dense,
+    pub(crate) o: Dense,
+    pub(crate) ln2: Norm,
+    pub(crate) fc1: Dense,
+    pub(crate) act: Act,
+    pub(crate) fc2: Dense,
+    pub(crate) heads: usize,
+    /// softmax(Q·Kᵀ)·V, chosen with the layers' kernels ([`AttentionKernel::choose`]).
+    pub(crate) attention: AttentionKernel,
+}
+
+impl Block {
+    /// `xs`: `[batch·seq, h]`, updated in place.
+    /// `next`: the block after this one (its first weights are fetched ahead).
+    fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch, next: Option<&Block>) {
+        self.attend(xs, seq, s);
+        let mid = &mut s.mid[..xs.len() / self.ln1.w.len() * self.fc1.out_features()];
+        self.finish(xs, &mut s.ln, mid, next);
+    }
+
+    /// This block for the class tokens only (rows `0, seq, 2·seq, …` of `xs`), as `[batch,
+    /// hidden]`: what the last block owes a model that reads nothing else. Attention still
+    /// reads every token; the output projection and the MLP (three quarters of the block's
+    /// matmuls) run on `batch` rows instead of `batch·seq`. The rows come out as
+    /// [`Block::forward`] computes them: each of those steps works row by row.
+    fn forward_class_tokens(&self, xs: &[f32], seq: usize, s: &mut Scratch) -> Vec<f32> {
+        let h = self.ln1.w.len();
+        let batch = xs.len() / h / seq;
+        let mut x = class_rows(xs, batch, seq, h);
+        self.attend(xs, seq, s);
+        let mut attn = class_rows(&s.ln, batch, seq, h);
+        let mid = &mut s.mid[..batch * self.fc1.out_features()];
+        self.finish(&mut x, &mut attn, mid, None);
+        x
+    }
+
+    /// The attention half: `s.ln` = attention(ln1(xs)) for every row (before the output
+    /// projection).
+    fn attend(&self, xs: &[f32], seq: usize, s: &mut Scratch) {
+        let h = self.ln1.w.len();
+        let t = xs.len() / h;
+        self.ln1.forward(xs, &mut s.ln);
+        self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
+        self.attention
+            .run(&s.qkv, &mut s.ln, t / seq, seq, h, self.heads);
+    }
+
+    /// The rest, on the rows of `xs`: `xs += o(attn)`, then `xs += fc2(act(fc1(ln2(xs))))`.
+    /// `ln` holds the attention output on entry and is reused for ln2's; `mid` is `fc1`'s.
+    fn finish(&self, xs: &mut [f32], ln: &mut [f32], mid: &mut [f32], next: Option<&Block>) {
+        self.o.run(ln, xs, true, None, Some(&self.fc1));
+        self.ln2.forward(xs, ln);
+        self.fc1
+            .run(ln, mid, false, Some(self.act), Some(&self.fc2));
+        self.fc2.run(mid, xs, true, None, next.map(|b| &b.qkv));
+    }
+}
+
+/// Work buffers reused across blocks.
+struct Scratch {
+    ln: Vec<f32>,
+    qkv: Vec<f32>,
+    mid: Vec<f32>,
+}
+
+/// Patch embedding (im2col + one matmul), class token, position embeddings, then the blocks.
+#[derive(Debug, Clone)]
+pub(crate) struct VisionEncoder {
+    pub(crate) patch: usize,
+    pub(crate) channels: usize,
+    pub(crate) image: (usize, usize),
+    /// `[hidden, c·p·p]` → gemm over im2col rows.
+    pub(crate) conv: Dense,
+    pub(crate) cls: Vec<f32>,
+    /// `[1 + patches, hidden]`.
+    pub(crate) pos: Vec<f32>,
+    pub(crate) pre_norm: Option<Norm>,
+    pub(crate) blocks: Vec<Block>,
+}
+
+impl VisionEncoder {
+    pub(crate) fn seq(&self) -> usize {
+        (self.image.0 / self.patch) * (self.image.1 / self.patch) + 1
+    }
+
+    /// `pixels`: `[batch, c, H, W]`. Returns each image's class token out of the encoder,
+    /// `[batch, hidden]` (the other tokens' last-block outputs are never computed).
+    pub(crate) fn class_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let (p, c, (ih, iw)) = (self.patch, self.channels, self.image);
+        let (gh, gw) = (ih / p, iw / p);
+        let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len());
+        let kdim = c * p * p;
+        // im2col: one row per patch, columns in the conv weight's (c, ky, kx) order.
+        let mut cols = vec![0f32; batch * np * kdim];
+        cols.par_chunks_mut(kdim).enumerate().for_each(|(r, row)| {
+            let (b, pi) = (r / np, r % np);
+            let (py, px) = (pi / gw, pi % gw);
+            for ch in 0..c {
+                for ky in 0..p {
+                    let src = ((b * c + ch) * ih + py * p + ky) * iw + px * p;
+                    let at = (ch * p + ky) * p;
+                    row[at..at + p].copy_from_slice(&pixels[src..src + p]);
+                }
+            }
+        });
+        let mut emb = vec![0f32; batch * np * hidden];
+        self.conv.forward(&cols, &mut emb, false);
+        drop(cols);
+        let mut xs = vec![0f32; batch * seq * hidden];
+        xs.par_chunks_mut(seq * hidden)
+            .enumerate()
+            .for_each(|(b, img)| {
+                for (t, row) in img.chunks_exact_mut(hidden).enumerate() {
+                    let pos = &self.pos[t * hidden..(t + 1) * hidden];
+                    let src = if t == 0 {
+                        &self.cls[..]
+                    } else {
+                        &emb[(b * np + t - 1) * hidden..(b * np + t) * hidden]
+                    };
+                    row.iter_mut()
+                        .zip(src.iter().zip(pos))
+                        .for_each(|(d, (s, q))| *d = s + q);
+                }
+            });
+        let t = batch * seq;
+        let mut s = Scratch {
+            ln: vec![0f32; t * hidden],
+            qkv: vec![0f32; t * 3 * hidden],
+            mid: vec![0f32; t * self.blocks.first().map_or(0, |b| b.fc1.out_features())],
+        };
+        if let Some(norm) = &self.pre_norm {
+            norm.forward(&xs, &mut s.ln);
+            std::mem::swap(&mut xs, &mut s.ln);
+        }
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return class_rows(&xs, batch, seq, hidden);
+        };
+        for (i, block) in rest.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+        }
+        last.forward_class_tokens(&xs, seq, &mut s)
+    }
+}
+
+/// Rows `0, seq, 2·seq, …` of `[batch·seq, h]` `xs` (each image's class token), as `[batch, h]`.
+fn class_rows(xs: &[f32], batch: usize, seq: usize, h: usize) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|b| xs[b * seq * h..b * seq * h + h].iter().copied())
+        .collect()
+}
+
+/// Convert a candle conv2d (`[hidden, c, p, p]`, optional bias) into the im2col matmul.
+pub(crate) fn conv_dense(conv: &candle_nn::Conv2d, kernels: Kernels) -> Result<Dense> {
+    let (hidden, c, p, _) = conv.weight().dims4()?;
+    let bias = conv.bias().map(vec1).transpose()?;
+    Ok(Dense::from_parts(
+        vec1(conv.weight())?,
+        hidden,
+        c * p * p,
+        bias,
+        kernels,
+    ))
+}
