@@ -2,6 +2,9 @@
 //! preprocessing that reproduces the Hugging Face image processors, and the `Backend` traits that the
 //! model crates implement. Nothing here knows about HTTP, SQL or candle.
 
+// Every `unsafe` block says why it is sound (see docs/DESIGN.md).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backend;
 pub mod batcher;
 pub mod categories;

@@ -60,7 +60,7 @@ pub async fn drain_unread_body(
     next: Next,
 ) -> Response {
     // The same bound the router's body limit allows: the upload plus its multipart framing.
-    let limit = (state.settings.max_upload_bytes + crate::routes::MULTIPART_SLACK) as u64;
+    let limit = (state.settings.max_upload_bytes + crate::limits::MULTIPART_SLACK) as u64;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use crate::error::{ApiError, ErrorCode};
 
+/// Multipart framing around the image: boundaries, part headers, the small text fields (what a
+/// body may hold beyond `GLIMPSE_MAX_UPLOAD_BYTES`).
+pub(crate) const MULTIPART_SLACK: usize = 64 * 1024;
+
 struct Bucket {
     tokens: f64,
     at: Instant,

@@ -28,6 +28,9 @@
 //! (nothing is evicted, so no stored answer is dropped before its TTL and a retry is never charged
 //! twice). On PostgreSQL the cap may be overshot by the claims of one key running concurrently.
 
+// Every `unsafe` block says why it is sound (see docs/DESIGN.md).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

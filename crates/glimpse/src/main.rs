@@ -1,6 +1,9 @@
 //! `glimpse`: the one binary. Each subcommand lives in its own module; this file only parses and
 //! dispatches.
 
+// Every `unsafe` block says why it is sound (see docs/DESIGN.md).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod bench;
 mod bulk;
 mod classify;

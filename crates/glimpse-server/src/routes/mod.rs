@@ -4,8 +4,10 @@
 pub mod account;
 pub mod admin;
 pub mod classify;
+mod docs;
 pub mod health;
 pub mod input;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -17,13 +19,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::docs;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{metrics, playground, request_id};
-
-/// Multipart framing around the image: boundaries, part headers, the small text fields.
-pub(crate) const MULTIPART_SLACK: usize = 64 * 1024;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -70,7 +68,7 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state
         .settings
         .max_upload_bytes
-        .saturating_add(MULTIPART_SLACK);
+        .saturating_add(crate::limits::MULTIPART_SLACK);
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body_limit))

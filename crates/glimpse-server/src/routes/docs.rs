@@ -10,10 +10,10 @@ use glimpse_core::Task;
 
 use crate::state::AppState;
 
-const CSS: &[u8] = include_bytes!("../assets/swagger/swagger-ui.css");
-const BUNDLE: &[u8] = include_bytes!("../assets/swagger/swagger-ui-bundle.js");
-const PRESET: &[u8] = include_bytes!("../assets/swagger/swagger-ui-standalone-preset.js");
-const LICENSE: &[u8] = include_bytes!("../assets/swagger/LICENSE");
+const CSS: &[u8] = include_bytes!("../../assets/swagger/swagger-ui.css");
+const BUNDLE: &[u8] = include_bytes!("../../assets/swagger/swagger-ui-bundle.js");
+const PRESET: &[u8] = include_bytes!("../../assets/swagger/swagger-ui-standalone-preset.js");
+const LICENSE: &[u8] = include_bytes!("../../assets/swagger/LICENSE");
 
 /// `validatorUrl: null` keeps Swagger UI from calling the public validator service.
 const INDEX: &str = r##"<!DOCTYPE html>
@@ -47,7 +47,7 @@ const INIT: &str = r##"window.onload = function () {
 pub async fn openapi(State(state): State<AppState>) -> Response {
     let clip = state.models.ids(Task::ZeroShot);
     let vit = state.models.ids(Task::Classify);
-    Json(crate::openapi::document(&clip, &vit)).into_response()
+    Json(super::openapi::document(&clip, &vit)).into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> Response {

@@ -10,9 +10,9 @@ use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
+use super::admin::{Balance, CreateKey, Revoked, Topup};
+use super::health::Health;
 use crate::error::ErrorBody;
-use crate::routes::admin::{Balance, CreateKey, Revoked, Topup};
-use crate::routes::health::Health;
 
 #[derive(OpenApi)]
 #[openapi(
