@@ -315,7 +315,7 @@ mod tests {
 mod scoring_tests {
     use super::*;
     use crate::backend::PixelBatch;
-    use crate::preprocess::{PreprocessConfig, ResizeTarget};
+    use crate::preprocess::PreprocessConfig;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -329,18 +329,7 @@ mod scoring_tests {
     impl Fake {
         fn new() -> Self {
             Fake {
-                cfg: PreprocessConfig {
-                    do_resize: true,
-                    size: ResizeTarget::Exact(2, 2),
-                    resample: 3,
-                    do_center_crop: false,
-                    crop_size: (2, 2),
-                    do_rescale: true,
-                    rescale_factor: 1.0 / 255.0,
-                    do_normalize: false,
-                    image_mean: [0.0; 3],
-                    image_std: [1.0; 3],
-                },
+                cfg: PreprocessConfig::plain(2),
                 text_calls: AtomicUsize::new(0),
                 texts_embedded: AtomicUsize::new(0),
             }

@@ -139,6 +139,23 @@ fn parse_triple(
 }
 
 impl PreprocessConfig {
+    /// Resize to exactly `side`×`side` (bicubic), scale to 0–1, no crop and no normalisation: what
+    /// stand-in models in tests and benchmarks declare.
+    pub fn plain(side: u32) -> Self {
+        PreprocessConfig {
+            do_resize: true,
+            size: ResizeTarget::Exact(side, side),
+            resample: 3,
+            do_center_crop: false,
+            crop_size: (side, side),
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: false,
+            image_mean: [0.0; 3],
+            image_std: [1.0; 3],
+        }
+    }
+
     pub fn from_json_str(s: &str) -> Result<Self> {
         let v: Value =
             serde_json::from_str(s).map_err(|e| model_err(format!("not valid JSON: {e}")))?;

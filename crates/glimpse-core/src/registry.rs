@@ -130,7 +130,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::backend::{ImageClassifier, PixelBatch};
-    use crate::preprocess::{PreprocessConfig, ResizeTarget};
+    use crate::preprocess::PreprocessConfig;
 
     struct Fake(PreprocessConfig, Vec<String>);
 
@@ -147,18 +147,7 @@ mod tests {
     }
 
     fn fake(id: &str) -> ServedModel {
-        let cfg = PreprocessConfig {
-            do_resize: true,
-            size: ResizeTarget::Exact(2, 2),
-            resample: 3,
-            do_center_crop: false,
-            crop_size: (2, 2),
-            do_rescale: true,
-            rescale_factor: 1.0 / 255.0,
-            do_normalize: false,
-            image_mean: [0.0; 3],
-            image_std: [1.0; 3],
-        };
+        let cfg = PreprocessConfig::plain(2);
         ServedModel::classifier(id, Arc::new(Fake(cfg, vec!["x".into()])))
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::batcher::{model_batcher, BatchError, BatchOptions, Batcher, ModelJob, PassGate};
 use glimpse_core::model::ServedModel;
-use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
+use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::Result;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -395,18 +395,7 @@ struct FakeClip {
 impl FakeClip {
     fn new() -> Self {
         FakeClip {
-            cfg: PreprocessConfig {
-                do_resize: true,
-                size: ResizeTarget::Exact(2, 2),
-                resample: 3,
-                do_center_crop: false,
-                crop_size: (2, 2),
-                do_rescale: true,
-                rescale_factor: 1.0 / 255.0,
-                do_normalize: false,
-                image_mean: [0.0; 3],
-                image_std: [1.0; 3],
-            },
+            cfg: PreprocessConfig::plain(2),
             image_calls: AtomicUsize::new(0),
             text_calls: AtomicUsize::new(0),
         }

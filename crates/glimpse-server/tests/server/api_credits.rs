@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use glimpse_core::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
-use glimpse_core::preprocess::{PreprocessConfig, ResizeTarget};
+use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::{CoreError, Result as CoreResult};
 use glimpse_server::Models;
 use reqwest::multipart::{Form, Part};
@@ -210,16 +210,8 @@ struct FakeClip {
 
 fn cfg() -> PreprocessConfig {
     PreprocessConfig {
-        do_resize: true,
-        size: ResizeTarget::Exact(8, 8),
         resample: 2,
-        do_center_crop: false,
-        crop_size: (8, 8),
-        do_rescale: true,
-        rescale_factor: 1.0 / 255.0,
-        do_normalize: false,
-        image_mean: [0.0; 3],
-        image_std: [1.0; 3],
+        ..PreprocessConfig::plain(8)
     }
 }
 
