@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 OLD_GLIMPSE NEW_GLIMPSE" >&2; exit 2; }
 FIX="$PWD/tests/fixtures"
 OUT="$(mktemp -d)"
-trap 'kill "${PID:-0}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap '[ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; rm -rf "$OUT"' EXIT
 unset GLIMPSE_CONFIG GLIMPSE_ADMIN_TOKEN
 export GLIMPSE_CLIP_MODEL="$FIX/models/clip-tiny" GLIMPSE_VIT_MODEL="$FIX/models/vit-tiny"
 IMAGES=$(ls "$FIX"/images/*.{jpg,png,webp,gif,bmp} 2>/dev/null | sort)

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod batcher;
 pub mod categories;
+pub mod decision;
 pub mod error;
 pub mod image;
 pub mod labels;

@@ -110,6 +110,15 @@ impl ModelFamily {
         }
     }
 
+    /// Whether the family's scores are independent per label (sigmoid, as SigLIP's), so that a
+    /// threshold over them decides each label on its own (`multiLabel`). CLIP's and ViT's are a
+    /// softmax: the labels compete for one unit of probability.
+    pub fn independent_scores(self) -> bool {
+        match self {
+            ModelFamily::Clip | ModelFamily::Vit => false,
+        }
+    }
+
     /// Every family's `model_type`, for messages: `'clip' and 'vit'`.
     pub fn supported() -> String {
         let names: Vec<String> = ModelFamily::ALL
@@ -198,6 +207,11 @@ impl ServedModel {
 
     pub fn task(&self) -> Task {
         self.family.task()
+    }
+
+    /// See [`ModelFamily::independent_scores`].
+    pub fn independent_scores(&self) -> bool {
+        self.family.independent_scores()
     }
 
     pub fn network(&self) -> &Network {
@@ -307,6 +321,9 @@ mod tests {
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
         assert_eq!(ModelFamily::supported(), "'clip' and 'vit'");
+        // Both current families score with a softmax: no multiLabel.
+        assert!(!ModelFamily::Clip.independent_scores());
+        assert!(!ModelFamily::Vit.independent_scores());
     }
 }
 

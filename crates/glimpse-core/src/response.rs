@@ -21,10 +21,17 @@ pub struct ImagenetPrediction {
 pub struct ClassificationResponse {
     pub result: String,
     pub confidence: f32,
+    /// Set when `minConfidence` was not reached: `result` is then the fallback label (see
+    /// `crate::decision`). Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abstained: bool,
     /// `"clip"` or `"vit"`.
     pub model: String,
     /// Every label (CLIP) or category (ViT), highest score first.
     pub predictions: Vec<Prediction>,
+    /// `multiLabel=true` only: every label at or above `minConfidence`, highest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<Prediction>>,
     pub model_id: String,
     pub timing_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,8 +56,10 @@ impl ClassificationResponse {
         ClassificationResponse {
             result,
             confidence,
+            abstained: false,
             model: model.to_string(),
             predictions,
+            results: None,
             model_id: model_id.to_string(),
             timing_ms: 0.0,
             imagenet: None,

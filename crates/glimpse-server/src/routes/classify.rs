@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::batcher::{Incoming, ModelJob};
+use glimpse_core::decision::Decision;
 use glimpse_core::registry::Slot;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_core::Task;
@@ -42,6 +43,8 @@ struct Plan {
     model: Arc<Slot>,
     /// The image's labels (zero-shot models; empty for classifiers).
     labels: Vec<String>,
+    /// What to make of the scores (`minConfidence`, `fallback`, `topK`, `multiLabel`).
+    decision: Decision,
     source: Source,
     /// The call announced to its endpoint's default model from its arrival (see `classify`).
     early: Option<Incoming>,
@@ -180,6 +183,8 @@ fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, Stri
         Task::ZeroShot => glimpse_core::labels::parse_labels(input.labels.as_deref())?,
         Task::Classify => Vec::new(),
     };
+    let decision = Decision::parse(input.decision())?;
+    decision.check_model(model.model.id(), model.model.independent_scores())?;
     let source = match (input.upload, input.url) {
         (Some(bytes), _) if bytes.is_empty() => {
             return Err(ApiError::validation("the uploaded image is empty"))
@@ -196,6 +201,7 @@ fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, Stri
         Plan {
             model,
             labels,
+            decision,
             source,
             early: None,
         },
@@ -382,6 +388,7 @@ async fn run(
     let answer = infer(&slot, pixels, plan.labels, incoming).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match answer.and_then(|mut r| {
+        plan.decision.apply(&mut r);
         r.set_timing_ms(ms);
         serde_json::to_string(&r).map_err(ApiError::internal)
     }) {

@@ -3,7 +3,8 @@
 //! Rules (documented in the OpenAPI description too):
 //! - the image is the multipart file field `image`; exactly one file field is accepted, and any
 //!   other file field is refused, so a typo is not silently ignored;
-//! - `labels`, `url` and `clipModel`/`vitModel` may come as query parameters or as text fields of
+//! - `labels`, `url`, `clipModel`/`vitModel` and the decision controls (`minConfidence`,
+//!   `fallback`, `topK`, `multiLabel`; see `glimpse_core::decision`) may come as query parameters or as text fields of
 //!   the form; when both give one, the query string wins (the seed documents them as query
 //!   parameters, the form fields are a convenience);
 //! - an upload and a `url` together: the upload wins; neither: 400;
@@ -35,9 +36,66 @@ pub struct RawInput {
     pub url: Option<String>,
     /// `clipModel` or `vitModel`, whichever the endpoint reads.
     pub model: Option<String>,
+    pub min_confidence: Option<String>,
+    pub fallback: Option<String>,
+    pub top_k: Option<String>,
+    pub multi_label: Option<String>,
     pub upload: Option<Vec<u8>>,
     /// Hex SHA-256 of the request, for idempotency.
     pub fingerprint: String,
+}
+
+impl RawInput {
+    /// The slot of a text parameter, by its name; `None` for names this endpoint does not read.
+    fn slot(&mut self, name: &str, model_param: &str) -> Option<&mut Option<String>> {
+        Some(match name {
+            "labels" => &mut self.labels,
+            "url" => &mut self.url,
+            "minConfidence" => &mut self.min_confidence,
+            "fallback" => &mut self.fallback,
+            "topK" => &mut self.top_k,
+            "multiLabel" => &mut self.multi_label,
+            n if n == model_param => &mut self.model,
+            _ => return None,
+        })
+    }
+
+    /// The decision fields, for `glimpse_core::decision::Decision::parse`.
+    pub fn decision(&self) -> glimpse_core::decision::RawDecision<'_> {
+        glimpse_core::decision::RawDecision {
+            min_confidence: self.min_confidence.as_deref(),
+            fallback: self.fallback.as_deref(),
+            top_k: self.top_k.as_deref(),
+            multi_label: self.multi_label.as_deref(),
+        }
+    }
+
+    /// Each text parameter this one lacks, taken from `other` (the query wins over the form).
+    fn fill_from(&mut self, other: RawInput) {
+        let RawInput {
+            labels,
+            url,
+            model,
+            min_confidence,
+            fallback,
+            top_k,
+            multi_label,
+            ..
+        } = other;
+        for (mine, theirs) in [
+            (&mut self.labels, labels),
+            (&mut self.url, url),
+            (&mut self.model, model),
+            (&mut self.min_confidence, min_confidence),
+            (&mut self.fallback, fallback),
+            (&mut self.top_k, top_k),
+            (&mut self.multi_label, multi_label),
+        ] {
+            if mine.is_none() {
+                *mine = theirs;
+            }
+        }
+    }
 }
 
 /// Read query and form. `model_param` is `clipModel` or `vitModel`.
@@ -64,11 +122,8 @@ pub async fn read_input(
         .map_err(|_| ApiError::validation("the query string is not valid URL encoding"))?;
     // The first occurrence of a repeated parameter counts.
     for (k, v) in pairs {
-        let slot = match k.as_str() {
-            "labels" => &mut input.labels,
-            "url" => &mut input.url,
-            k if k == model_param => &mut input.model,
-            _ => continue,
+        let Some(slot) = input.slot(&k, model_param) else {
+            continue;
         };
         if slot.is_none() {
             *slot = Some(v);
@@ -134,9 +189,7 @@ async fn read_form(
     max_upload: usize,
     idle: std::time::Duration,
 ) -> Result<(), ApiError> {
-    let mut form_labels = None;
-    let mut form_url = None;
-    let mut form_model = None;
+    let mut form = RawInput::default();
     while let Some(mut field) = tokio::time::timeout(idle, mp.next_field())
         .await
         .map_err(|_| slow_body())?
@@ -182,11 +235,8 @@ async fn read_form(
             input.upload = Some(data);
             continue;
         }
-        let slot = match name.as_str() {
-            "labels" => &mut form_labels,
-            "url" => &mut form_url,
-            n if n == model_param => &mut form_model,
-            _ => continue,
+        let Some(slot) = form.slot(&name, model_param) else {
+            continue;
         };
         let text = String::from_utf8(data)
             .map_err(|_| ApiError::validation(format!("form field '{name}' is not UTF-8 text")))?;
@@ -197,9 +247,7 @@ async fn read_form(
         }
     }
     // The query string wins over the form.
-    input.labels = input.labels.take().or(form_labels);
-    input.url = input.url.take().or(form_url);
-    input.model = input.model.take().or(form_model);
+    input.fill_from(form);
     Ok(())
 }
 

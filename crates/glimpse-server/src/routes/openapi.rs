@@ -20,8 +20,9 @@ use crate::error::ErrorBody;
         title = "Glimpse image classification API",
         description = "CLIP zero-shot and ViT ImageNet classification. Send an image as the \
             multipart field `image`, or pass `?url=` (GET, or POST without an upload); with \
-            both, the upload wins. `labels`, `url` and `clipModel`/`vitModel` may also be sent \
-            as text fields of the form; when the query string and the form both give one, the \
+            both, the upload wins. `labels`, `url`, `clipModel`/`vitModel` and the decision \
+            controls (`minConfidence`, `fallback`, `topK`, `multiLabel`) may also be sent as \
+            text fields of the form; when the query string and the form both give one, the \
             query string wins. Exactly one file field (`image`) is accepted. Each successful \
             classification costs credits; bad input costs nothing. Every error is \
             `{\"message\", \"code\"}`.",
@@ -144,12 +145,20 @@ pub struct ImagenetPrediction {
 pub struct ClassificationResponse {
     /// The best label (the first prediction).
     pub result: String,
-    /// Its score.
+    /// Its score (the top score, also when the answer abstained).
     pub confidence: f32,
+    /// Present (true) only when the top score is below `minConfidence`: `result` is then the
+    /// `fallback` label.
+    #[schema(nullable = false)]
+    pub abstained: Option<bool>,
     /// `clip` or `vit`.
     pub model: String,
-    /// Every label (CLIP) or category (ViT), highest score first; the scores sum to 1.
+    /// Every label (CLIP) or category (ViT), highest score first; the scores sum to 1. With
+    /// `topK`, only the K best.
     pub predictions: Vec<Prediction>,
+    /// `multiLabel=true` only: every label scoring at or above `minConfidence`, highest first.
+    #[schema(nullable = false)]
+    pub results: Option<Vec<Prediction>>,
     /// The model that answered.
     pub model_id: String,
     /// Server time for the call, in milliseconds.
@@ -224,6 +233,31 @@ pub struct ClipForm {
     /// Same as the query parameter (the query wins). Empty: the server's default CLIP model.
     #[schema(rename = "clipModel", nullable = false)]
     pub clip_model: Option<String>,
+    /// Same as the query parameter (the query wins). Empty: not used. (The examples of these
+    /// four are what Swagger's "Try it out" pre-fills: each decides nothing.)
+    #[schema(
+        rename = "minConfidence",
+        nullable = false,
+        minimum = 0.0,
+        maximum = 1.0,
+        example = 0
+    )]
+    pub min_confidence: Option<f64>,
+    /// Same as the query parameter (the query wins). Empty: `other`.
+    #[schema(nullable = false, min_length = 1, max_length = 64, example = "other")]
+    pub fallback: Option<String>,
+    /// Same as the query parameter (the query wins). Empty: every prediction.
+    #[schema(
+        rename = "topK",
+        nullable = false,
+        minimum = 1,
+        maximum = 64,
+        example = 64
+    )]
+    pub top_k: Option<u32>,
+    /// Same as the query parameter (the query wins). Empty: false.
+    #[schema(rename = "multiLabel", nullable = false, example = false)]
+    pub multi_label: Option<bool>,
 }
 
 /// Multipart form of the ViT endpoint.
@@ -238,6 +272,31 @@ pub struct VitForm {
     /// Same as the query parameter (the query wins). Empty: the server's default ViT model.
     #[schema(rename = "vitModel", nullable = false)]
     pub vit_model: Option<String>,
+    /// Same as the query parameter (the query wins). Empty: not used. (The examples of these
+    /// four are what Swagger's "Try it out" pre-fills: each decides nothing.)
+    #[schema(
+        rename = "minConfidence",
+        nullable = false,
+        minimum = 0.0,
+        maximum = 1.0,
+        example = 0
+    )]
+    pub min_confidence: Option<f64>,
+    /// Same as the query parameter (the query wins). Empty: `other`.
+    #[schema(nullable = false, min_length = 1, max_length = 64, example = "other")]
+    pub fallback: Option<String>,
+    /// Same as the query parameter (the query wins). Empty: every prediction.
+    #[schema(
+        rename = "topK",
+        nullable = false,
+        minimum = 1,
+        maximum = 64,
+        example = 64
+    )]
+    pub top_k: Option<u32>,
+    /// Same as the query parameter (the query wins). Empty: false.
+    #[schema(rename = "multiLabel", nullable = false, example = false)]
+    pub multi_label: Option<bool>,
 }
 
 #[derive(IntoParams)]
@@ -252,6 +311,21 @@ pub struct ClipQuery {
     /// Model id from the server's allow-list (default: the server's default CLIP model).
     #[param(rename = "clipModel")]
     pub clip_model: Option<String>,
+    /// Below this top score (0 to 1) the answer abstains: `result` is `fallback`, `confidence`
+    /// stays the top score and `abstained` is true. With `multiLabel`, the threshold of `results`.
+    #[param(rename = "minConfidence", minimum = 0.0, maximum = 1.0)]
+    pub min_confidence: Option<f64>,
+    /// The label an abstaining answer gives (1 to 64 characters). Default: other.
+    #[param(min_length = 1, max_length = 64)]
+    pub fallback: Option<String>,
+    /// Keep only the K best `predictions` (1 to 64).
+    #[param(rename = "topK", minimum = 1, maximum = 64)]
+    pub top_k: Option<u32>,
+    /// true: also answer `results`, every label at or above `minConfidence` (0 if not given).
+    /// Only for models whose scores are independent per label (SigLIP-family); the CLIP
+    /// models' scores are a softmax, so asking it of them is a 400. Default: false.
+    #[param(rename = "multiLabel")]
+    pub multi_label: Option<bool>,
 }
 
 #[derive(IntoParams)]
@@ -265,6 +339,21 @@ pub struct VitQuery {
     /// Model id from the server's allow-list (default: the server's default ViT model).
     #[param(rename = "vitModel")]
     pub vit_model: Option<String>,
+    /// Below this top score (0 to 1) the answer abstains: `result` is `fallback`, `confidence`
+    /// stays the top score and `abstained` is true. With `multiLabel`, the threshold of `results`.
+    #[param(rename = "minConfidence", minimum = 0.0, maximum = 1.0)]
+    pub min_confidence: Option<f64>,
+    /// The label an abstaining answer gives (1 to 64 characters). Default: other.
+    #[param(min_length = 1, max_length = 64)]
+    pub fallback: Option<String>,
+    /// Keep only the K best `predictions` (1 to 64); `imagenet` keeps its 5.
+    #[param(rename = "topK", minimum = 1, maximum = 64)]
+    pub top_k: Option<u32>,
+    /// true: also answer `results`, every label at or above `minConfidence` (0 if not given).
+    /// Only for models whose scores are independent per label (SigLIP-family); the ViT
+    /// models' scores are a softmax, so asking it of them is a 400. Default: false.
+    #[param(rename = "multiLabel")]
+    pub multi_label: Option<bool>,
 }
 
 #[derive(IntoParams)]
@@ -285,7 +374,9 @@ pub struct IdempotencyHeader {
 #[derive(IntoResponses)]
 pub enum ClassifyErrors {
     /// VALIDATION_ERROR: no image, unreadable or unsupported image, bad url, url that cannot be
-    /// fetched or is not an image, bad labels, unknown model. No credit is spent.
+    /// fetched or is not an image, bad labels, unknown model, a bad decision field
+    /// (`minConfidence`, `fallback`, `topK`, `multiLabel`), multiLabel on a softmax model. No
+    /// credit is spent.
     #[response(status = 400, headers(("X-Credits-Remaining" = i64, description = "Balance")), example = json!({"message": "labels must hold at least 1 non-empty label", "code": "VALIDATION_ERROR"}))]
     Validation(ErrorBody),
     /// UNAUTHORIZED: missing, malformed, unknown or revoked X-API-Key.

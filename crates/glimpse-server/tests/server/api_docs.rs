@@ -174,6 +174,29 @@ async fn openapi_lists_every_route_and_matches_live_answers() {
             names.contains(&"url") && names.contains(&"Idempotency-Key"),
             "{names:?}"
         );
+        // The decision controls, with their ranges.
+        for field in ["minConfidence", "fallback", "topK", "multiLabel"] {
+            assert!(names.contains(&field), "{path} lacks {field}: {names:?}");
+        }
+        let range = |name: &str| {
+            let p = params.iter().find(|p| p["name"] == name).unwrap();
+            (
+                p["schema"]["minimum"].as_f64(),
+                p["schema"]["maximum"].as_f64(),
+            )
+        };
+        assert_eq!(range("minConfidence"), (Some(0.0), Some(1.0)), "{path}");
+        assert_eq!(range("topK"), (Some(1.0), Some(64.0)), "{path}");
+        if *method == "post" {
+            let form = &op["requestBody"]["content"]["multipart/form-data"]["schema"];
+            let form = resolve(&doc, form);
+            for field in ["minConfidence", "fallback", "topK", "multiLabel"] {
+                assert!(
+                    form["properties"].get(field).is_some(),
+                    "{path} form lacks {field}: {form}"
+                );
+            }
+        }
         let model = if path.ends_with("clip") {
             "clipModel"
         } else {
@@ -223,6 +246,32 @@ async fn openapi_lists_every_route_and_matches_live_answers() {
         response_schema(&doc, clip, "post", "200"),
         &ok,
         "clip 200",
+    );
+    // An abstaining answer fits too (`abstained`).
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(image_bytes("coffee.jpg")).file_name("c.jpg"),
+        )
+        .text("minConfidence", "1")
+        .text("topK", "1");
+    let abstained: Value = s
+        .http
+        .post(s.url(clip))
+        .header("X-API-Key", &s.key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(abstained["abstained"], true, "{abstained}");
+    check(
+        &doc,
+        response_schema(&doc, clip, "post", "200"),
+        &abstained,
+        "clip abstained 200",
     );
     let vit = "/api/image-classification/vit";
     let (host, _) = image_host(image_bytes("coffee.jpg")).await;
@@ -343,8 +392,8 @@ async fn swagger_ui_is_served_from_the_binary() {
 use std::path::PathBuf;
 
 /// What Swagger UI's "Try it out" sends with its own defaults: every form text field pre-filled
-/// from its `example`, else its enum's first value, else the literal "string" (Swagger's sample
-/// for a plain string). With an image chosen, Execute answers 200 on both routes. Each error
+/// from its `example`, else its enum's first value, else Swagger's sample for its type (the
+/// literal "string", 0, true). With an image chosen, Execute answers 200 on both routes. Each error
 /// status documents its own code, and the API key is the first scheme in the Authorize dialog
 /// (schemes are listed alphabetically). Before: clipModel was sent as "string" (400 unknown
 /// clipModel), every error example said VALIDATION_ERROR, the admin token came first.
@@ -379,12 +428,17 @@ async fn swagger_try_it_out_with_its_defaults_succeeds() {
             if prop["format"] == "binary" {
                 continue;
             }
-            let sample = prop
-                .get("example")
-                .and_then(Value::as_str)
-                .or_else(|| prop["enum"].get(0).and_then(Value::as_str))
-                .unwrap_or("string")
-                .to_string();
+            // Swagger's own sample where there is no example or enum: 0 for numbers, true for
+            // booleans, "string" for strings.
+            let sample = match prop.get("example").or_else(|| prop["enum"].get(0)) {
+                Some(Value::String(v)) => v.clone(),
+                Some(v) => v.to_string(),
+                None => match prop["type"].as_str() {
+                    Some("integer" | "number") => "0".to_string(),
+                    Some("boolean") => "true".to_string(),
+                    _ => "string".to_string(),
+                },
+            };
             sent.push(format!("{name}={sample}"));
             mp = mp.text(name.clone(), sample);
         }

@@ -18,6 +18,7 @@ mod api_admin;
 mod api_batching;
 mod api_clients;
 mod api_credits;
+mod api_decision;
 mod api_docs;
 mod api_errors;
 mod api_hostile;
