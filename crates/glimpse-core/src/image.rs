@@ -12,6 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
+use crate::preprocess::ResizeTarget;
 use crate::{CoreError, Result};
 
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,61 @@ impl Default for DecodeLimits {
             max_jpeg_scans: MAX_JPEG_SCANS,
         }
     }
+}
+
+/// How a JPEG is decoded (`GLIMPSE_DECODE`). Other formats are always decoded in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeMode {
+    /// Every pixel, then the Pillow-exact resize: preprocessing byte-identical to Pillow.
+    #[default]
+    Exact,
+    /// libjpeg's DCT-domain scaling (1/2, 1/4 or 1/8) down to the smallest size that still holds
+    /// [`FAST_MARGIN`] times the resize target, then the same exact resampler.
+    Fast,
+}
+
+/// How much a fast decode keeps above the resize target on each axis the resize reads, so the
+/// exact resampler still downsamples by at least this factor (and its filter, not libjpeg's
+/// scaled IDCT, sets the result's look).
+pub const FAST_MARGIN: u32 = 2;
+
+/// How much of a JPEG's resolution [`decode_sized`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeSize {
+    /// Every pixel (what Pillow decodes).
+    Full,
+    /// Enough for this resize of the upright (EXIF-oriented) image, times [`FAST_MARGIN`].
+    AtLeast(ResizeTarget),
+}
+
+/// libjpeg's scale numerator (over 8) for a JPEG of `width × height` as stored: the smallest of
+/// 1/8, 1/4, 1/2 whose output, turned upright (`swapped` when EXIF rotates it a quarter turn),
+/// still holds `FAST_MARGIN` times the target on the axes the resize reads; 8 (no scaling) when
+/// none does. libjpeg's scaled size is `ceil(side * num / 8)`.
+pub fn jpeg_scale(width: u32, height: u32, swapped: bool, size: DecodeSize) -> u8 {
+    let DecodeSize::AtLeast(target) = size else {
+        return 8;
+    };
+    let (w, h) = if swapped {
+        (u64::from(height), u64::from(width))
+    } else {
+        (u64::from(width), u64::from(height))
+    };
+    let m = u64::from(FAST_MARGIN);
+    for num in [1u8, 2, 4] {
+        let (sw, sh) = (
+            (w * u64::from(num)).div_ceil(8),
+            (h * u64::from(num)).div_ceil(8),
+        );
+        let enough = match target {
+            ResizeTarget::ShortestEdge(s) => sw.min(sh) >= u64::from(s) * m,
+            ResizeTarget::Exact(th, tw) => sh >= u64::from(th) * m && sw >= u64::from(tw) * m,
+        };
+        if enough {
+            return num;
+        }
+    }
+    8
 }
 
 /// Default for [`DecodeLimits::max_jpeg_scans`].
@@ -291,6 +347,13 @@ pub fn probe_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
 /// refuse from the header (size limits, too many JPEG scans), so a caller can admit the decode
 /// against a memory budget before any pixel is allocated.
 pub fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<u64> {
+    decode_cost_sized(bytes, limits, DecodeSize::Full)
+}
+
+/// [`decode_cost`] for [`decode_sized`]: a JPEG decoded at a reduced scale is charged its scaled
+/// pixel buffers (the progressive coefficient buffer stays full size). The EXIF orientation is
+/// not read here, so the scale charged is the larger of the upright and the rotated choice.
+pub fn decode_cost_sized(bytes: &[u8], limits: &DecodeLimits, size: DecodeSize) -> Result<u64> {
     let format = sniff_format(bytes)?;
     for (w, h) in declared_sizes(bytes, format) {
         check_dimensions(w, h, limits)?;
@@ -299,10 +362,18 @@ pub fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<u64> {
         let info = jpeg::header(bytes).map_err(|e| invalid(format, e))?;
         check_dimensions(info.width, info.height, limits)?;
         check_scans(&info, limits)?;
-        let px = u64::from(info.width) * u64::from(info.height);
+        let full = u64::from(info.width) * u64::from(info.height);
+        let num = jpeg_scale(info.width, info.height, false, size).max(jpeg_scale(
+            info.width,
+            info.height,
+            true,
+            size,
+        ));
+        let scaled = |side: u32| (u64::from(side) * u64::from(num)).div_ceil(8);
+        let px = scaled(info.width) * scaled(info.height);
         let decoded = px * u64::from(info.components.clamp(1, 4));
         let coefficients = if info.progressive {
-            px * u64::from(info.components) * 2
+            full * u64::from(info.components) * 2
         } else {
             0
         };
@@ -382,6 +453,12 @@ fn guarded<T>(format: Format, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// Decode bytes into RGB8: sniff the format from the bytes, check dimensions before decoding,
 /// decode the first frame, apply EXIF orientation, flatten alpha onto white.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    decode_sized(bytes, limits, DecodeSize::Full)
+}
+
+/// [`decode`], decoding a JPEG only as large as `size` needs (see [`jpeg_scale`]); with
+/// [`DecodeSize::Full`], and for every other format, exactly [`decode`].
+pub fn decode_sized(bytes: &[u8], limits: &DecodeLimits, size: DecodeSize) -> Result<RgbImage> {
     let format = sniff_format(bytes)?;
     for (w, h) in declared_sizes(bytes, format) {
         check_dimensions(w, h, limits)?;
@@ -391,11 +468,16 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
         check_scans(&info, limits)?;
     }
     let bytes = strip_png_text(bytes, format);
-    let img = guarded(format, || decode_checked(&bytes, format, limits))?;
+    let img = guarded(format, || decode_checked(&bytes, format, limits, size))?;
     Ok(flatten_to_rgb8(img))
 }
 
-fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result<DynamicImage> {
+fn decode_checked(
+    bytes: &[u8],
+    format: Format,
+    limits: &DecodeLimits,
+    size: DecodeSize,
+) -> Result<DynamicImage> {
     // The reader parses only the header here; the default limits (512 MiB) still bound anything
     // a decoder might allocate while doing so.
     let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
@@ -421,7 +503,13 @@ fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = if format == Format::Jpeg {
         drop(decoder);
-        jpeg::decode(bytes).map_err(|e| invalid(format, e))?
+        use image::metadata::Orientation as O;
+        let swapped = matches!(
+            orientation,
+            O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
+        );
+        let num = jpeg_scale(w, h, swapped, size);
+        jpeg::decode(bytes, num).map_err(|e| invalid(format, e))?
     } else {
         DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?
     };

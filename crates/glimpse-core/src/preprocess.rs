@@ -38,7 +38,7 @@ pub struct PreprocessConfig {
     pub image_std: [f32; 3],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizeTarget {
     /// Resize so the shorter side equals this, keeping aspect ratio (CLIP).
     ShortestEdge(u32),
@@ -288,6 +288,16 @@ impl PreprocessConfig {
         let s = std::fs::read_to_string(path)
             .map_err(|e| CoreError::model(format!("cannot read {}: {e}", path.display())))?;
         Self::from_json_str(&s)
+    }
+
+    /// What a decode in `mode` must keep of a JPEG for this preprocessing: everything in exact
+    /// mode or without a resize step, else enough for the resize target.
+    pub fn decode_size(&self, mode: crate::image::DecodeMode) -> crate::image::DecodeSize {
+        use crate::image::{DecodeMode, DecodeSize};
+        match mode {
+            DecodeMode::Fast if self.do_resize => DecodeSize::AtLeast(self.size),
+            _ => DecodeSize::Full,
+        }
     }
 
     /// `(height, width)` of the tensor `preprocess` produces.

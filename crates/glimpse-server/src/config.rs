@@ -285,6 +285,17 @@ pub struct DecodeConfig {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub decode_threads: Option<usize>,
 
+    /// How JPEGs are decoded: `exact` (every pixel, then the resize: preprocessing identical to
+    /// Pillow's) or `fast` (libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping at least
+    /// twice the model's resize target, then the same resize; see docs/ACCURACY.md).
+    #[arg(
+        long = "decode",
+        env = "GLIMPSE_DECODE",
+        value_enum,
+        default_value = "exact"
+    )]
+    pub decode_mode: DecodeModeName,
+
     /// Seconds allowed for decoding and preprocessing one image.
     #[arg(long, env = "GLIMPSE_DECODE_TIMEOUT_SECS", default_value_t = 20,
           value_parser = value_parser!(u64).range(1..))]
@@ -331,6 +342,25 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The names `GLIMPSE_DECODE` / `--decode` take (`glimpse-core` stays free of clap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DecodeModeName {
+    /// Every pixel, then the Pillow-exact resize.
+    #[default]
+    Exact,
+    /// JPEGs decoded at a DCT scale of at least twice the resize target, then the same resize.
+    Fast,
+}
+
+impl From<DecodeModeName> for glimpse_core::image::DecodeMode {
+    fn from(m: DecodeModeName) -> Self {
+        match m {
+            DecodeModeName::Exact => Self::Exact,
+            DecodeModeName::Fast => Self::Fast,
+        }
+    }
 }
 
 /// The names `GLIMPSE_PRECISION` / `--precision` take. `glimpse-candle` stays free of clap, so
@@ -534,6 +564,7 @@ mod tests {
         assert_eq!((c.batching.batch_size, c.batching.batch_window_ms), (8, 10));
         assert_eq!(c.models.precision, glimpse_candle::Precision::F32);
         assert_eq!(c.logging.log_format, LogFormat::Text);
+        assert_eq!(c.decode.decode_mode, DecodeModeName::Exact);
         assert_eq!(
             (
                 c.store.settle_retry_secs,
@@ -592,8 +623,14 @@ mod tests {
             "--prompt-templates",
             "a {label}|b {label}",
             "--allow-private-urls",
+            "--decode",
+            "fast",
         ])
         .unwrap();
+        assert_eq!(
+            glimpse_core::image::DecodeMode::from(c.decode.decode_mode),
+            glimpse_core::image::DecodeMode::Fast
+        );
         assert_eq!(c.listen.bind, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.models.precision, glimpse_candle::Precision::Int8);
         assert_eq!(c.logging.log_format, LogFormat::Json);
@@ -621,6 +658,7 @@ mod tests {
             (&["--bind", "nope"], "--bind"),
             (&["--bind", "localhost"], "--bind"),
             (&["--log-format", "xml"], "--log-format"),
+            (&["--decode", "quick"], "--decode"),
             (&["--batch-size", "0"], "--batch-size"),
             (&["--batch-size", "257"], "--batch-size"),
             (&["--batch-window-ms", "1001"], "--batch-window-ms"),

@@ -3,7 +3,8 @@
 //!
 //! - **Memory**: before any pixel is allocated, `glimpse_core::image::decode_cost` reads the
 //!   header and says how many bytes the decode can hold at its peak (pixel buffers, the copy
-//!   rotation or flattening makes, libjpeg's coefficients for a progressive JPEG). The decode is
+//!   rotation or flattening makes, libjpeg's coefficients for a progressive JPEG); with
+//!   `GLIMPSE_DECODE=fast` a JPEG's pixel buffers are those of its scaled decode. The decode is
 //!   admitted against `GLIMPSE_DECODE_MEMORY_MB` (a semaphore of MiB): an image that alone needs
 //!   more is refused (400), one that must wait longer than its time limit is shed (503
 //!   `OVERLOADED`, `Retry-After`). So any mix of uploads holds at most the budget in decoders.
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::image::DecodeLimits;
+use glimpse_core::image::{DecodeLimits, DecodeMode};
 use glimpse_core::preprocess::PreprocessConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -33,6 +34,8 @@ pub struct DecodeGate {
     budget: Arc<Semaphore>,
     budget_mib: u32,
     limits: DecodeLimits,
+    /// `GLIMPSE_DECODE`: a fast decode is admitted for its scaled size.
+    mode: DecodeMode,
     timeout: Duration,
     /// Bytes admitted and not yet released (`glimpse_decode_memory_bytes`).
     in_use: Arc<AtomicU64>,
@@ -59,9 +62,16 @@ impl DecodeGate {
             budget: Arc::new(Semaphore::new(budget_mib.max(1) as usize)),
             budget_mib: budget_mib.max(1),
             limits,
+            mode: DecodeMode::Exact,
             timeout,
             in_use: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Decode JPEGs in `mode` (the default is [`DecodeMode::Exact`]).
+    pub fn with_mode(mut self, mode: DecodeMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Bytes of decode memory admitted now.
@@ -83,9 +93,10 @@ impl DecodeGate {
     ) -> Result<PixelBatch, ApiError> {
         let deadline = Instant::now() + self.timeout;
         let limits = self.limits;
+        let size = cfg.decode_size(self.mode);
         // The header read is cheap but walks the whole file for a JPEG: off the async threads.
         let (bytes, cost) = match tokio::task::spawn_blocking(move || {
-            let cost = glimpse_core::image::decode_cost(&bytes, &limits);
+            let cost = glimpse_core::image::decode_cost_sized(&bytes, &limits, size);
             (bytes, cost)
         })
         .await
@@ -127,7 +138,7 @@ impl DecodeGate {
         };
         let job = tokio::task::spawn_blocking(move || {
             let _admitted = admitted;
-            let img = glimpse_core::image::decode(&bytes, &limits)?;
+            let img = glimpse_core::image::decode_sized(&bytes, &limits, size)?;
             drop(bytes);
             let (h, w) = cfg.output_size();
             let data = cfg.preprocess(&img);
@@ -186,6 +197,38 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 99]));
+        let mut out = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut out),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn fast_mode_admits_a_jpeg_for_its_scaled_size() {
+        // 2000 x 2000: ~40 MB in full, over a 16 MiB budget; for a 32-pixel model fast mode
+        // decodes it at 1/8 (250 x 250, still ≥ 2 × 32), well under.
+        let e = gate(16)
+            .decode(jpeg(2000, 2000), PreprocessConfig::clip(32))
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("GLIMPSE_DECODE_MEMORY_MB"),
+            "{}",
+            e.message
+        );
+        let px = gate(16)
+            .with_mode(DecodeMode::Fast)
+            .decode(jpeg(2000, 2000), PreprocessConfig::clip(32))
+            .await
+            .unwrap();
+        assert_eq!(px.data.len(), 3 * 32 * 32);
     }
 
     #[tokio::test]

@@ -178,7 +178,8 @@ impl AppState {
                     ..DecodeLimits::default()
                 },
                 Duration::from_secs(config.decode.decode_timeout_secs),
-            ),
+            )
+            .with_mode(config.decode.decode_mode.into()),
         })))
     }
 

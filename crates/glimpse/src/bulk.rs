@@ -320,6 +320,7 @@ fn pipeline(
 ) -> anyhow::Result<usize> {
     let cfg = session.preprocess_config().clone();
     let limits = session.limits;
+    let mode = session.mode;
     let (h, w) = cfg.output_size();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(plan.decode_threads)
@@ -337,7 +338,8 @@ fn pipeline(
                         .par_iter()
                         .map(|(rel, path)| {
                             let t = Instant::now();
-                            let input = prepare(path, &cfg, &limits).map_err(|e| format!("{e:#}"));
+                            let input =
+                                prepare(path, &cfg, &limits, mode).map_err(|e| format!("{e:#}"));
                             Prepared {
                                 rel: rel.clone(),
                                 input,

@@ -42,7 +42,7 @@ fn classify_one(path: &Path, session: &Session) -> anyhow::Result<Classification
     let started = Instant::now();
     let cfg = session.preprocess_config();
     let (h, w) = cfg.output_size();
-    let pixels = PixelBatch::single(prepare(path, cfg, &session.limits)?, h, w);
+    let pixels = PixelBatch::single(prepare(path, cfg, &session.limits, session.mode)?, h, w);
     let mut resp = session
         .classify(&pixels)?
         .pop()

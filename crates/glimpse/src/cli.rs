@@ -104,6 +104,15 @@ pub struct ClassifyArgs {
     #[arg(long, env = "GLIMPSE_PRECISION", default_value = "fp32", ignore_case = true,
           value_parser = glimpse_server::config::precision_parser())]
     pub precision: glimpse_candle::Precision,
+    /// How JPEGs are decoded, as `serve` does: `exact` (identical to Pillow) or `fast` (scaled by
+    /// libjpeg to at least twice the model's resize target, then the same resize).
+    #[arg(
+        long = "decode",
+        env = "GLIMPSE_DECODE",
+        value_enum,
+        default_value = "exact"
+    )]
+    pub decode_mode: glimpse_server::config::DecodeModeName,
     /// Prompt templates for CLIP, `|`-separated; `{label}` is replaced.
     #[arg(long, env = "GLIMPSE_PROMPT_TEMPLATES", default_value = glimpse_core::labels::DEFAULT_TEMPLATE)]
     pub templates: String,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::image::{decode, DecodeLimits};
+use glimpse_core::image::{decode_sized, DecodeLimits, DecodeMode};
 use glimpse_core::labels::parse_labels;
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::response::ClassificationResponse;
@@ -20,6 +20,8 @@ pub struct Session {
     labels: Vec<String>,
     templates: Vec<String>,
     pub limits: DecodeLimits,
+    /// `GLIMPSE_DECODE` / `--decode`.
+    pub mode: DecodeMode,
 }
 
 impl Session {
@@ -60,6 +62,7 @@ impl Session {
             labels,
             templates,
             limits: DecodeLimits::default(),
+            mode: args.decode_mode.into(),
         })
     }
 
@@ -80,8 +83,9 @@ pub fn prepare(
     path: &Path,
     cfg: &PreprocessConfig,
     limits: &DecodeLimits,
+    mode: DecodeMode,
 ) -> anyhow::Result<Vec<f32>> {
     let bytes = std::fs::read(path).context("cannot read file")?;
-    let image = decode(&bytes, limits)?;
+    let image = decode_sized(&bytes, limits, cfg.decode_size(mode))?;
     Ok(cfg.preprocess(&image))
 }

@@ -122,24 +122,32 @@ pub(super) fn header(bytes: &[u8]) -> Result<Header, String> {
     Ok(h)
 }
 
-/// Decode to RGB8 or L8. Errors are libjpeg's messages; libjpeg's fatal errors unwind, and the
-/// caller's `catch_unwind` turns them into `InvalidImage`.
-pub(super) fn decode(bytes: &[u8]) -> Result<DynamicImage, String> {
+/// Decode to RGB8 or L8, scaled by `num / 8` in the DCT domain (8: every pixel, untouched
+/// settings). Errors are libjpeg's messages; libjpeg's fatal errors unwind, and the caller's
+/// `catch_unwind` turns them into `InvalidImage`.
+pub(super) fn decode(bytes: &[u8], num: u8) -> Result<DynamicImage, String> {
     if !is_complete(bytes) {
         return Err("the file is truncated".into());
     }
-    let d = Decompress::new_mem(bytes).map_err(|e| e.to_string())?;
-    let (w, h) = (d.width() as u32, d.height() as u32);
+    let mut d = Decompress::new_mem(bytes).map_err(|e| e.to_string())?;
+    if num != 8 {
+        d.scale(num);
+    }
     let io = |e: std::io::Error| e.to_string();
+    // The output size: libjpeg's `ceil(side * num / 8)` once scaled.
+    let size =
+        |s: &mozjpeg::decompress::DecompressStarted<&[u8]>| (s.width() as u32, s.height() as u32);
     let img = match d.color_space() {
         ColorSpace::JCS_GRAYSCALE => {
             let mut s = d.grayscale().map_err(io)?;
+            let (w, h) = size(&s);
             let px: Vec<u8> = s.read_scanlines().map_err(io)?;
             s.finish().map_err(io)?;
             DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, px).ok_or("short read")?)
         }
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
             let mut s = d.to_colorspace(ColorSpace::JCS_CMYK).map_err(io)?;
+            let (w, h) = size(&s);
             let px: Vec<[u8; 4]> = s.read_scanlines().map_err(io)?;
             s.finish().map_err(io)?;
             let rgb: Vec<u8> = px.iter().flat_map(|p| cmyk_to_rgb(p)).collect();
@@ -147,6 +155,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<DynamicImage, String> {
         }
         _ => {
             let mut s = d.rgb().map_err(io)?;
+            let (w, h) = size(&s);
             let px: Vec<[u8; 3]> = s.read_scanlines().map_err(io)?;
             s.finish().map_err(io)?;
             // The same allocation, seen as bytes (no second copy of a 40 MP image).

@@ -410,3 +410,144 @@ fn jpeg_scans_are_counted_and_capped() {
     let h = jpeg::header(&baseline).unwrap();
     assert!(!h.progressive && h.scans == 1, "{h:?}");
 }
+
+fn fixture(name: &str) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images");
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+/// A smooth picture with a dark left quarter, so a quarter turn shows.
+fn big_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        if x < w / 4 {
+            Rgb([10, 10, 10])
+        } else {
+            Rgb([(x / 8) as u8, (y / 8) as u8, ((x + y) / 16) as u8])
+        }
+    });
+    encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg)
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(x.abs_diff(*y)))
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+const CLIP_224: DecodeSize = DecodeSize::AtLeast(ResizeTarget::ShortestEdge(224));
+
+#[test]
+fn jpeg_scale_keeps_the_margin_on_the_axes_the_resize_reads() {
+    // A 12 MP phone photo for a 224 shortest edge: 1/8 leaves 378 < 448, 1/4 leaves 756.
+    assert_eq!(jpeg_scale(4032, 3024, false, CLIP_224), 2);
+    let vit = DecodeSize::AtLeast(ResizeTarget::Exact(224, 224));
+    assert_eq!(jpeg_scale(4032, 3024, false, vit), 2);
+    // Under twice the target: no scaling; exact mode: never.
+    assert_eq!(jpeg_scale(600, 400, false, CLIP_224), 8);
+    assert_eq!(jpeg_scale(4032, 3024, false, DecodeSize::Full), 8);
+    // 1/2 exactly reaches 448 on 896 (libjpeg rounds sizes up: 895 at 1/2 is 448 too).
+    assert_eq!(jpeg_scale(896, 2000, false, CLIP_224), 4);
+    assert_eq!(jpeg_scale(895, 2000, false, CLIP_224), 4);
+    assert_eq!(jpeg_scale(894, 2000, false, CLIP_224), 8);
+    // A tall target on an image stored wide and turned upright by EXIF: the stored width is the
+    // upright height.
+    let tall = DecodeSize::AtLeast(ResizeTarget::Exact(400, 100));
+    assert_eq!(jpeg_scale(3200, 800, true, tall), 2);
+    assert_eq!(jpeg_scale(3200, 800, false, tall), 8);
+}
+
+#[test]
+fn fast_decode_of_a_large_jpeg_is_scaled_and_preprocesses_alike() {
+    let bytes = big_jpeg(2048, 1536);
+    let exact = decode(&bytes, &limits()).unwrap();
+    let fast = decode_sized(&bytes, &limits(), CLIP_224).unwrap();
+    assert_eq!(exact.dimensions(), (2048, 1536));
+    // 1/2: 768 ≥ 2 × 224; 1/4 would leave 384.
+    assert_eq!(fast.dimensions(), (1024, 768));
+    let cfg = crate::preprocess::PreprocessConfig::clip(224);
+    assert_eq!(
+        cfg.decode_size(DecodeMode::Fast),
+        CLIP_224,
+        "the resize target reaches the decoder"
+    );
+    assert_eq!(cfg.decode_size(DecodeMode::Exact), DecodeSize::Full);
+    let (a, b) = (cfg.preprocess(&exact), cfg.preprocess(&fast));
+    assert_eq!(b.len(), 3 * 224 * 224);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    assert!(mean < 0.02 && worst < 0.5, "mean {mean}, worst {worst}");
+    // The memory charged is the scaled decode's.
+    let (full, scaled) = (
+        decode_cost(&bytes, &limits()).unwrap(),
+        decode_cost_sized(&bytes, &limits(), CLIP_224).unwrap(),
+    );
+    assert_eq!(full - scaled, (2048 * 1536 - 1024 * 768) * (3 * 2 + 3));
+}
+
+#[test]
+fn fast_decode_below_twice_the_target_is_the_exact_decode() {
+    for name in [
+        "coffee.jpg",
+        "chelsea_exif6.jpg",
+        "page.jpg",
+        "coffee_cmyk.jpg",
+    ] {
+        let bytes = fixture(name);
+        let exact = decode(&bytes, &limits()).unwrap();
+        let fast = decode_sized(&bytes, &limits(), CLIP_224).unwrap();
+        assert_eq!(exact.dimensions(), fast.dimensions(), "{name}");
+        assert!(exact.as_raw() == fast.as_raw(), "{name}");
+        assert_eq!(
+            decode_cost(&bytes, &limits()).unwrap(),
+            decode_cost_sized(&bytes, &limits(), CLIP_224).unwrap()
+        );
+    }
+}
+
+#[test]
+fn fast_decode_scales_the_upright_axes_of_a_rotated_jpeg() {
+    // Stored 2048 × 1024, EXIF 6: upright 1024 × 2048. A target 448 high and 112 wide needs
+    // 896 × 224 upright: 1/2 of the upright image, where the stored axes would need all of it.
+    let bytes = with_exif_orientation(&big_jpeg(2048, 1024), 6);
+    let exact = decode(&bytes, &limits()).unwrap();
+    let tall = DecodeSize::AtLeast(ResizeTarget::Exact(448, 112));
+    let fast = decode_sized(&bytes, &limits(), tall).unwrap();
+    assert_eq!(exact.dimensions(), (1024, 2048));
+    assert_eq!(fast.dimensions(), (512, 1024));
+    // Same picture, same way up: the dark quarter is on top in both.
+    let small = |img: &RgbImage| {
+        image::imageops::resize(img, 64, 128, image::imageops::FilterType::Triangle).into_raw()
+    };
+    let (a, b) = (small(&exact), small(&fast));
+    assert!(mean_abs_diff(&a, &b) < 2.0, "{}", mean_abs_diff(&a, &b));
+    let top = |img: &RgbImage| img.get_pixel(img.width() / 2, img.height() / 16).0[0];
+    assert!(top(&exact) < 30 && top(&fast) < 30);
+    // Turned the wrong way it would differ a lot: the check can fail.
+    let wrong = image::imageops::rotate180(&exact);
+    assert!(mean_abs_diff(&small(&wrong), &b) > 10.0);
+}
+
+#[test]
+fn fast_mode_leaves_png_and_webp_alone() {
+    let img = DynamicImage::ImageRgb8(RgbImage::from_fn(1200, 1000, |x, y| {
+        Rgb([(x / 5) as u8, (y / 4) as u8, 9])
+    }));
+    for format in [ImageFormat::Png, ImageFormat::WebP] {
+        let bytes = encode(&img, format);
+        let exact = decode(&bytes, &limits()).unwrap();
+        let fast = decode_sized(&bytes, &limits(), CLIP_224).unwrap();
+        assert_eq!(fast.dimensions(), (1200, 1000), "{format:?}");
+        assert!(exact.as_raw() == fast.as_raw(), "{format:?}");
+        assert_eq!(
+            decode_cost(&bytes, &limits()).unwrap(),
+            decode_cost_sized(&bytes, &limits(), CLIP_224).unwrap()
+        );
+    }
+}

@@ -162,6 +162,72 @@ fn bad_labels_and_missing_model_folder_are_refused() {
     assert!(stderr.contains("acme/not-cached-anywhere"), "{stderr}");
 }
 
+/// `GLIMPSE_DECODE` (and `--decode`) reach the decoder: on a 1600×1200 JPEG, fast mode decodes
+/// at 1/2 and the answer moves (so the scaled path ran) within the documented bound, top-1 kept;
+/// an unknown mode is refused naming the flag.
+#[test]
+fn decode_mode_variable_and_flag_reach_the_decoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("photo.jpg");
+    let src = image::open(fixtures().join("images/coffee.jpg")).unwrap();
+    src.resize_exact(1600, 1200, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+        .save(&photo)
+        .unwrap();
+    let run = |flag: Option<&str>, var: Option<&str>| -> Value {
+        let mut c = glimpse();
+        c.args(["classify", "clip", "--json", "--model"])
+            .arg(fixtures().join("models/clip-tiny"))
+            .arg(&photo)
+            .env_remove("GLIMPSE_DECODE");
+        if let Some(m) = flag {
+            c.args(["--decode", m]);
+        }
+        if let Some(m) = var {
+            c.env("GLIMPSE_DECODE", m);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let scores = |v: &Value| -> Vec<(String, f64)> {
+        let mut s: Vec<(String, f64)> = v["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["label"].as_str().unwrap().into(),
+                    p["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        s
+    };
+    let exact = run(None, None);
+    assert_eq!(scores(&exact), scores(&run(Some("exact"), None)));
+    for fast in [run(None, Some("fast")), run(Some("fast"), Some("exact"))] {
+        assert_eq!(fast["result"], exact["result"]);
+        let (a, b) = (scores(&exact), scores(&fast));
+        assert_ne!(a, b, "fast mode gave the exact answer bit for bit");
+        for ((l, x), (_, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 5e-3, "{l}: exact {x}, fast {y}");
+        }
+    }
+    let out = glimpse()
+        .args(["classify", "clip", "--decode", "quick"])
+        .arg(&photo)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--decode"));
+}
+
 /// `--precision` (and `GLIMPSE_PRECISION`) reach the model: the start-up line names the reduced
 /// kernel, the answers differ from fp32 in their bits (so the reduced path really ran) but stay
 /// within the documented bound of the fp32 answer on every category, tall shapes included; each
