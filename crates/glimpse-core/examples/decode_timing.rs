@@ -2,11 +2,13 @@
 //! preprocess with a CLIP (B/32, 224) or ViT (224 square) config, in each `GLIMPSE_DECODE` mode
 //! (exact: every pixel; fast: a JPEG decoded at the DCT scale the resize needs). Prints median
 //! ms per stage. With `WxH` the image is first resized to that size and re-encoded as a quality
-//! 90 JPEG (a phone photo from a fixture: `4032x3024`).
+//! 90 JPEG (a phone photo from a fixture: `4032x3024`), or as `png` or (lossless) `webp`.
 //!
-//!     cargo run --release -p glimpse-core --example decode_timing -- IMAGE [ITERS] [WxH]
+//!     cargo run --release -p glimpse-core --example decode_timing -- IMAGE [ITERS] [WxH [FORMAT]]
 
 use std::time::Instant;
+
+use image::ImageEncoder;
 
 use glimpse_core::image::{decode, decode_sized, DecodeLimits, DecodeMode};
 use glimpse_core::preprocess::PreprocessConfig;
@@ -30,9 +32,18 @@ fn main() {
         let img = decode(&bytes, &limits).expect("decode");
         let img = image::imageops::resize(&img, w, h, image::imageops::FilterType::CatmullRom);
         bytes.clear();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
-            .encode_image(&img)
-            .expect("encode");
+        match args.next().as_deref().unwrap_or("jpeg") {
+            "jpeg" => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+                .encode_image(&img)
+                .expect("encode"),
+            "png" => image::codecs::png::PngEncoder::new(&mut bytes)
+                .write_image(&img, w, h, image::ExtendedColorType::Rgb8)
+                .expect("encode"),
+            "webp" => image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)
+                .encode(&img, w, h, image::ExtendedColorType::Rgb8)
+                .expect("encode"),
+            other => panic!("FORMAT is jpeg, png or webp, not {other}"),
+        }
     }
     let configs = [
         ("clip", r#"{"image_processor_type":"CLIPImageProcessor"}"#),
