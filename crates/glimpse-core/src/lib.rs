@@ -22,4 +22,5 @@ pub mod scoring;
 pub use backend::{ImageClassifier, ZeroShotModel};
 pub use error::{CoreError, Result};
 pub use model::{ModelFamily, Network, ServedModel, Task};
+pub use pipeline::{PromptCacheBounds, PromptCacheStats};
 pub use registry::Registry;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
-use crate::pipeline::{label_embeddings, PromptCache};
+use crate::pipeline::{label_embeddings, PromptCache, PromptCacheBounds, PromptCacheStats};
 use crate::preprocess::PreprocessConfig;
 use crate::response::ClassificationResponse;
 use crate::scoring::{
@@ -161,9 +161,6 @@ pub struct ServedModel {
     prompts: PromptCache,
 }
 
-/// Prompt embeddings kept per zero-shot model: 64 labels × a few templates × many label sets.
-pub const PROMPT_CACHE_CAPACITY: usize = 8192;
-
 impl ServedModel {
     /// `network` must be of the kind `family`'s task needs.
     pub fn new(id: impl Into<String>, family: ModelFamily, network: Network) -> Result<Self> {
@@ -181,7 +178,7 @@ impl ServedModel {
             id: id.into(),
             family,
             network,
-            prompts: PromptCache::new(PROMPT_CACHE_CAPACITY),
+            prompts: PromptCache::new(PromptCacheBounds::default()),
         })
     }
 
@@ -221,6 +218,19 @@ impl ServedModel {
     /// Prompt embeddings cached so far (zero-shot models; 0 for classifiers).
     pub fn cached_prompts(&self) -> usize {
         self.prompts.len()
+    }
+
+    /// The same model with an empty prompt cache bounded by `bounds` (instead of
+    /// [`PromptCacheBounds::default`]).
+    pub fn with_prompt_cache(mut self, bounds: PromptCacheBounds) -> Self {
+        self.prompts = PromptCache::new(bounds);
+        self
+    }
+
+    /// What the prompt cache holds now (entries, estimated bytes) and how many prompts the text
+    /// tower has embedded for it. All zero for classifiers.
+    pub fn prompt_cache_stats(&self) -> PromptCacheStats {
+        self.prompts.stats()
     }
 
     pub fn preprocess_config(&self) -> &PreprocessConfig {
@@ -405,6 +415,128 @@ mod scoring_tests {
         let more: Vec<String> = vec!["car".into(), "truck".into()];
         model.classify_all(&px, &more, &templates).unwrap();
         assert_eq!(fake.texts_embedded.load(Ordering::SeqCst), 3);
+    }
+
+    fn labels(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn one_pixel() -> PixelBatch {
+        PixelBatch {
+            data: vec![0.0; 12],
+            batch: 1,
+            height: 2,
+            width: 2,
+        }
+    }
+
+    #[test]
+    fn subsets_and_reorders_embed_nothing_overlaps_only_new_prompts() {
+        let fake = Arc::new(Fake::new());
+        let model = ServedModel::zero_shot("m", fake.clone());
+        let templates = vec!["a {label}.".to_string(), "the {label}".to_string()];
+        let px = one_pixel();
+        model
+            .classify_all(&px, &labels(&["car", "dog", "cat"]), &templates)
+            .unwrap();
+        assert_eq!(fake.text_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.texts_embedded.load(Ordering::SeqCst), 6);
+        model
+            .classify_all(&px, &labels(&["cat", "car"]), &templates)
+            .unwrap();
+        model
+            .classify_all(&px, &labels(&["dog", "cat", "car"]), &templates)
+            .unwrap();
+        assert_eq!(
+            fake.text_calls.load(Ordering::SeqCst),
+            1,
+            "subset or reorder embedded"
+        );
+        model
+            .classify_all(&px, &labels(&["cat", "bus", "car"]), &templates)
+            .unwrap();
+        assert_eq!(fake.text_calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            fake.texts_embedded.load(Ordering::SeqCst),
+            8,
+            "only bus's two prompts"
+        );
+        let stats = model.prompt_cache_stats();
+        assert_eq!((stats.entries, stats.misses), (8, 8));
+    }
+
+    /// Embeds `names` one call each through `cache`, so each is its own use.
+    fn embed_each(cache: &PromptCache, fake: &Fake, names: &[&str]) {
+        for n in names {
+            cache.embed(fake, &[n.to_string()]).unwrap();
+        }
+    }
+
+    #[test]
+    fn byte_bound_evicts_the_least_recently_used() {
+        let fake = Fake::new();
+        // Every entry is 2 floats + a 1-byte key = 9 bytes: room for three.
+        let cache = PromptCache::new(PromptCacheBounds {
+            entries: 100,
+            bytes: 27,
+        });
+        embed_each(&cache, &fake, &["a", "b", "c"]);
+        assert_eq!(cache.stats().bytes, 27);
+        embed_each(&cache, &fake, &["a"]); // a hit: now b is the oldest
+        assert_eq!(fake.texts_embedded.load(Ordering::SeqCst), 3);
+        embed_each(&cache, &fake, &["d"]);
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes, stats.misses), (3, 27, 4));
+        embed_each(&cache, &fake, &["a", "c", "d"]);
+        assert_eq!(
+            fake.texts_embedded.load(Ordering::SeqCst),
+            4,
+            "a, c, d stayed"
+        );
+        embed_each(&cache, &fake, &["b"]);
+        assert_eq!(
+            fake.texts_embedded.load(Ordering::SeqCst),
+            5,
+            "b was evicted"
+        );
+        // An entry larger than the whole bound is not kept.
+        embed_each(&cache, &fake, &["a long prompt over 27 bytes"]);
+        assert_eq!(cache.stats().entries, 3);
+    }
+
+    #[test]
+    fn entry_bound_evicts_the_least_recently_used() {
+        let fake = Fake::new();
+        let cache = PromptCache::new(PromptCacheBounds {
+            entries: 2,
+            bytes: 1 << 20,
+        });
+        embed_each(&cache, &fake, &["a", "b", "a", "c"]);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(fake.texts_embedded.load(Ordering::SeqCst), 3);
+        embed_each(&cache, &fake, &["a", "c"]);
+        assert_eq!(
+            fake.texts_embedded.load(Ordering::SeqCst),
+            3,
+            "a and c stayed"
+        );
+        embed_each(&cache, &fake, &["b"]);
+        assert_eq!(
+            fake.texts_embedded.load(Ordering::SeqCst),
+            4,
+            "b was evicted"
+        );
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn with_prompt_cache_takes_the_bounds() {
+        let bounds = PromptCacheBounds {
+            entries: 5,
+            bytes: 100,
+        };
+        let model = ServedModel::zero_shot("m", Arc::new(Fake::new())).with_prompt_cache(bounds);
+        assert_eq!(model.prompts.bounds(), bounds);
     }
 
     #[test]
