@@ -26,6 +26,9 @@ const MAX_BATCH_WINDOW_MS: u64 = 1000;
 const MAX_CONN_SECS: u64 = 86_400;
 /// Each connection is a file descriptor and a task; the cap is also clamped to the fd limit.
 const MAX_CONNECTIONS: u64 = 1_000_000;
+/// Prompt-cache bounds per model: ten million prompts or 64 GiB is past any label vocabulary.
+const MAX_PROMPT_CACHE_ENTRIES: u64 = 10_000_000;
+const MAX_PROMPT_CACHE_MB: i64 = 65_536;
 
 #[derive(Args, Clone, Debug)]
 pub struct ServerConfig {
@@ -206,6 +209,20 @@ pub struct ModelConfig {
         value_parser = parse_template
     )]
     pub prompt_templates: Vec<String>,
+
+    /// Prompt embeddings each CLIP model keeps, so a repeated, reordered, narrowed or overlapping
+    /// label set sends only its new prompts to the text tower; the least recently used go first.
+    /// 0 keeps none.
+    #[arg(long, env = "GLIMPSE_PROMPT_CACHE_ENTRIES", default_value_t = 8192,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_PROMPT_CACHE_ENTRIES))]
+    pub prompt_cache_entries: usize,
+
+    /// Memory each CLIP model's prompt cache may hold, in MB (an entry counts its floats × 4 plus
+    /// its prompt's bytes). The default, 64, holds the default 8192 entries even of a 1024-wide
+    /// text tower (about 4 KiB each, some 33 MiB), so by default the entry bound binds. 0 keeps none.
+    #[arg(long, env = "GLIMPSE_PROMPT_CACHE_MB", default_value_t = 64,
+          value_parser = value_parser!(u32).range(0..=MAX_PROMPT_CACHE_MB))]
+    pub prompt_cache_mb: u32,
 }
 
 /// How calls waiting for the same model share a forward pass.
@@ -456,6 +473,15 @@ impl ServerConfig {
         specs(&self.models.vit_model, &self.models.extra_vit_models)
     }
 
+    /// Each zero-shot model's prompt-cache bounds from `GLIMPSE_PROMPT_CACHE_ENTRIES` and
+    /// `GLIMPSE_PROMPT_CACHE_MB` (MB of 2^20 bytes).
+    pub fn prompt_cache_bounds(&self) -> glimpse_core::PromptCacheBounds {
+        glimpse_core::PromptCacheBounds {
+            entries: self.models.prompt_cache_entries,
+            bytes: (self.models.prompt_cache_mb as usize) << 20,
+        }
+    }
+
     /// How long a served call retries its settle: `settle_retry_secs`, at most half of
     /// `reap_after_secs`.
     pub fn settle_retry(&self) -> Duration {
@@ -563,6 +589,11 @@ mod tests {
         assert_eq!(c.store.credits_per_call, 1);
         assert_eq!((c.batching.batch_size, c.batching.batch_window_ms), (8, 10));
         assert_eq!(c.models.precision, glimpse_candle::Precision::F32);
+        assert_eq!(
+            c.prompt_cache_bounds(),
+            glimpse_core::PromptCacheBounds::default()
+        );
+        assert_eq!(c.prompt_cache_bounds().bytes, 64 << 20);
         assert_eq!(c.logging.log_format, LogFormat::Text);
         assert_eq!(c.decode.decode_mode, DecodeModeName::Exact);
         assert_eq!(

@@ -37,6 +37,9 @@ const CREDITS_REFUNDED: &str = "glimpse_credits_refunded_total";
 const RESERVATIONS_REAPED: &str = "glimpse_reservations_reaped_total";
 const DECODE_MEMORY: &str = "glimpse_decode_memory_bytes";
 const DECODE_BUDGET: &str = "glimpse_decode_memory_budget_bytes";
+const PROMPT_CACHE_ENTRIES: &str = "glimpse_prompt_cache_entries";
+const PROMPT_CACHE_BYTES: &str = "glimpse_prompt_cache_bytes";
+const PROMPT_CACHE_MISSES: &str = "glimpse_prompt_cache_misses_total";
 
 /// Latency buckets (seconds): from a cache-warm health check to a slow CPU forward pass.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -149,6 +152,18 @@ impl Default for Metrics {
                 DECODE_BUDGET,
                 "GLIMPSE_DECODE_MEMORY_MB: the most all decodes together may hold."
             );
+            describe_gauge!(
+                PROMPT_CACHE_ENTRIES,
+                "Prompt embeddings a zero-shot model's cache holds, by model."
+            );
+            describe_gauge!(
+                PROMPT_CACHE_BYTES,
+                "Estimated bytes of a zero-shot model's prompt cache (floats x 4 + prompt bytes)."
+            );
+            describe_counter!(
+                PROMPT_CACHE_MISSES,
+                "Prompts a zero-shot model's text tower embedded (prompt-cache misses), by model."
+            );
         });
         let (inflight, decode_memory, decode_budget) = with_local_recorder(&recorder, || {
             (
@@ -251,6 +266,16 @@ impl Metrics {
         self.decode_budget.set(budget as f64);
     }
 
+    /// One zero-shot model's prompt cache; the scrape handler sets them just before rendering,
+    /// as each model's cache keeps the live numbers.
+    pub fn set_prompt_cache(&self, model: &str, stats: glimpse_core::PromptCacheStats) {
+        self.local(|| {
+            gauge!(PROMPT_CACHE_ENTRIES, "model" => model.to_owned()).set(stats.entries as f64);
+            gauge!(PROMPT_CACHE_BYTES, "model" => model.to_owned()).set(stats.bytes as f64);
+            counter!(PROMPT_CACHE_MISSES, "model" => model.to_owned()).absolute(stats.misses);
+        });
+    }
+
     /// The whole registry in the Prometheus text format.
     pub fn render(&self) -> String {
         self.recorder.handle().render()
@@ -351,6 +376,7 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("/healthz", "GET", 200, Duration::from_millis(1));
         let _q = m.queued("clip");
+        m.set_prompt_cache("clip", glimpse_core::PromptCacheStats::default());
         let out = m.render();
         let want = [
             (REQUEST_DURATION, "histogram"),
@@ -362,6 +388,9 @@ mod tests {
             (DECODE_MEMORY, "gauge"),
             (INFLIGHT, "gauge"),
             (QUEUE_DEPTH, "gauge"),
+            (PROMPT_CACHE_BYTES, "gauge"),
+            (PROMPT_CACHE_ENTRIES, "gauge"),
+            (PROMPT_CACHE_MISSES, "counter"),
             (RESERVATIONS_REAPED, "counter"),
             (STAGE_DURATION, "histogram"),
         ];

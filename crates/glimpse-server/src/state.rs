@@ -144,8 +144,13 @@ impl AppState {
         // A task with no model has its endpoint turned off (404); none at all serves nothing.
         // `GLIMPSE_INFERENCE_WORKERS` passes at once over all models (each uses every core).
         let gate = Some(Arc::new(PassGate::new(config.batching.inference_workers)));
+        let bounds = config.prompt_cache_bounds();
         let models = Registry::new(
-            models.0,
+            models
+                .0
+                .into_iter()
+                .map(|m| m.with_prompt_cache(bounds))
+                .collect(),
             config.models.prompt_templates.clone(),
             batch_options(config),
             gate,

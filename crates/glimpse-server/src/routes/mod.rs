@@ -87,12 +87,19 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// `GET /metrics`. Here, not in `metrics`, so that module needs no `AppState`: the decode gate
-/// keeps its live numbers, copied into the gauges just before rendering.
+/// and each zero-shot model's prompt cache keep their live numbers, copied into the gauges just
+/// before rendering.
 async fn scrape_metrics(State(state): State<AppState>) -> Response {
     let decoder = &state.decoder;
     state
         .metrics
         .set_decode_memory(decoder.memory_in_use(), decoder.memory_budget());
+    for slot in state.models.for_task(glimpse_core::Task::ZeroShot) {
+        let model = &slot.model;
+        state
+            .metrics
+            .set_prompt_cache(model.id(), model.prompt_cache_stats());
+    }
     state.metrics.scrape()
 }
 

@@ -137,6 +137,55 @@ async fn counters_move_by_exactly_what_was_answered() {
     s.stop().await.unwrap();
 }
 
+/// Each CLIP model's prompt cache is read at scrape time, bounded by
+/// `GLIMPSE_PROMPT_CACHE_ENTRIES`: with room for three prompts, `car,person` then
+/// `person,dog,cat` (one template) embed four and keep the three most recently used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_gauges_follow_the_label_sets() {
+    let s = TestServer::builder()
+        .credits(10)
+        .prompt_cache_entries(3)
+        .start()
+        .await;
+    let entries = "glimpse_prompt_cache_entries{model=\"clip-tiny\"}";
+    let bytes = "glimpse_prompt_cache_bytes{model=\"clip-tiny\"}";
+    let misses = "glimpse_prompt_cache_misses_total{model=\"clip-tiny\"}";
+    let before = scrape(&s).await;
+    assert_eq!(get(&before, entries), 0.0);
+    for (labels, want_entries, want_misses) in
+        [("car,person", 2.0, 2.0), ("person,dog,cat", 3.0, 4.0)]
+    {
+        let res = s
+            .http
+            .post(s.url(CLIP))
+            .header("x-api-key", &s.key)
+            .query(&[("labels", labels)])
+            .multipart(form(image_bytes("astronaut.jpg")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let m = scrape(&s).await;
+        assert_eq!(get(&m, entries), want_entries, "after {labels}");
+        assert_eq!(get(&m, misses), want_misses, "after {labels}");
+        assert!(get(&m, bytes) > 0.0, "after {labels}");
+    }
+    // A subset of what is cached costs no text-encoder time.
+    let res = s
+        .http
+        .post(s.url(CLIP))
+        .header("x-api-key", &s.key)
+        .query(&[("labels", "cat,dog")])
+        .multipart(form(image_bytes("astronaut.jpg")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let m = scrape(&s).await;
+    assert_eq!((get(&m, entries), get(&m, misses)), (3.0, 4.0));
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_or_made() {
     let s = TestServer::builder().credits(100).start().await;

@@ -160,6 +160,7 @@ impl TestServerBuilder {
         settle_retry_secs: u64 => store.settle_retry_secs;
         idempotency_ttl_secs: u64 => store.idempotency_ttl_secs;
         idempotency_max_per_key: u32 => store.idempotency_max_per_key;
+        prompt_cache_entries: usize => models.prompt_cache_entries;
     }
 
     /// Open the store, load the models, serve on 127.0.0.1:0 and make the key.
