@@ -98,8 +98,10 @@ pub struct LoadOptions {
 
 /// The matmul kernel `precision` runs on this CPU, and whether it is a fast one (for start-up logs
 /// and `glimpse bench`): a reduced precision without its instructions is no faster than fp32
-/// (bf16) or much slower (int8 on the scalar tile).
-pub fn kernel_for(precision: Precision) -> (&'static str, bool) {
+/// (bf16) or much slower (int8 on the scalar tile). For bf16 it ends with why its weights stay
+/// bf16 or are widened, e.g. `bf16 on AVX-512 BF16 (known: AMD Zen 4/5, bf16 dot product beats
+/// f32 FMAs)`.
+pub fn kernel_for(precision: Precision) -> (String, bool) {
     kernels::Kernels::choose(precision).describe()
 }
 

@@ -110,10 +110,10 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
     };
     let precision = opts.precision;
     match glimpse_candle::kernel_for(precision) {
-        (kernel, true) => tracing::info!(precision = precision.as_str(), kernel, "matmul kernel"),
+        (kernel, true) => tracing::info!(precision = precision.as_str(), %kernel, "matmul kernel"),
         (kernel, false) => tracing::warn!(
             precision = precision.as_str(),
-            kernel,
+            %kernel,
             "GLIMPSE_PRECISION has no fast kernel on this CPU"
         ),
     }

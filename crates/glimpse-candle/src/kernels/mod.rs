@@ -48,9 +48,11 @@ pub(crate) struct Kernels {
     pub(crate) f32: F32Kernel,
     pub(crate) bf16: Bf16Kernel,
     /// bf16 weights stay bf16: the CPU multiplies bf16 faster than f32 (AMX tiles, or AVX-512
-    /// BF16 that won [`bf16::dot_pays`]). Otherwise they are rounded to bf16 and widened back to
-    /// f32 for the f32 kernel.
+    /// BF16 known or raced to beat the FMAs, see [`bf16::Bf16Choice`]). Otherwise they are
+    /// rounded to bf16 and widened back to f32 for the f32 kernel.
     pub(crate) bf16_native: bool,
+    /// Why `bf16_native` is what it is (AMX, no BF16, a known CPU family, or the race's times).
+    pub(crate) bf16_choice: bf16::Bf16Choice,
     /// The reduced modes run attention's two products in bf16 (AVX-512 BF16 present and bf16
     /// native); f32 attention otherwise.
     pub(crate) bf16_attention: bool,
@@ -71,7 +73,8 @@ impl Kernels {
     fn detect() -> Kernels {
         let amx = amx::available();
         let has_bf16 = bf16::has_bf16();
-        let bf16_native = amx || (has_bf16 && bf16::dot_pays());
+        let bf16_choice = bf16::Bf16Choice::detect(amx);
+        let bf16_native = bf16_choice.native();
         Kernels {
             precision: crate::Precision::F32,
             f32: if isa() == Isa::Avx512 {
@@ -87,6 +90,7 @@ impl Kernels {
                 Bf16Kernel::Scalar
             },
             bf16_native,
+            bf16_choice,
             bf16_attention: has_bf16 && bf16_native,
             int8: if amx {
                 Int8Kernel::Amx
@@ -106,8 +110,17 @@ impl Kernels {
 
     /// The matmul kernel of this precision, and whether it is a fast one (for start-up logs and
     /// `glimpse bench`): a reduced precision without its instructions is no faster than fp32
-    /// (bf16) or much slower (int8 on the scalar tile).
-    pub(crate) fn describe(self) -> (&'static str, bool) {
+    /// (bf16) or much slower (int8 on the scalar tile). bf16 adds why (see [`bf16::Bf16Choice`]).
+    pub(crate) fn describe(self) -> (String, bool) {
+        let (kernel, fast) = self.kernel();
+        if self.precision == crate::Precision::Bf16 {
+            (format!("{kernel} ({})", self.bf16_choice.reason()), fast)
+        } else {
+            (kernel.to_string(), fast)
+        }
+    }
+
+    fn kernel(self) -> (&'static str, bool) {
         use crate::Precision;
         match self.precision {
             Precision::F32 => match self.f32 {
@@ -117,15 +130,9 @@ impl Kernels {
             Precision::Bf16 => match self.bf16 {
                 Bf16Kernel::Amx => ("bf16 on AMX tiles", true),
                 Bf16Kernel::Avx512Bf16 if self.bf16_native => ("bf16 on AVX-512 BF16", true),
-                Bf16Kernel::Avx512Bf16 => (
-                    "bf16 weights widened to f32 (AVX-512 BF16 timed slower than f32 FMAs on \
-                     this CPU): fp32 speed",
-                    false,
-                ),
-                Bf16Kernel::Scalar => (
-                    "bf16 weights widened to f32 (no AVX-512 BF16 on this CPU): fp32 speed",
-                    false,
-                ),
+                Bf16Kernel::Avx512Bf16 | Bf16Kernel::Scalar => {
+                    ("bf16 weights widened to f32: fp32 speed", false)
+                }
             },
             Precision::Int8 => match self.int8 {
                 Int8Kernel::Amx => ("int8 on AMX tiles", true),
