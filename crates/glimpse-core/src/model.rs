@@ -69,6 +69,16 @@ impl Task {
         }
     }
 
+    /// The labels a call of this task scores against: zero-shot parses `raw` (none: the default
+    /// labels); a classifier ignores it (the seed: `labels` is ignored on the ViT endpoint, so a
+    /// bad one there is no error either) and answers an empty list.
+    pub fn labels(self, raw: Option<&str>) -> Result<Vec<String>> {
+        match self {
+            Task::ZeroShot => crate::labels::parse_labels(raw),
+            Task::Classify => Ok(Vec::new()),
+        }
+    }
+
     /// From [`Task::endpoint`]'s name (`clip`, `vit`).
     pub fn from_endpoint(name: &str) -> Option<Task> {
         Task::ALL.into_iter().find(|t| t.endpoint() == name)

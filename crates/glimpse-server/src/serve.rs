@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use glimpse_candle::LoadOptions;
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::labels::parse_labels;
 use glimpse_core::{CoreError, ServedModel, Task};
 use tokio::net::TcpListener;
 
@@ -201,10 +200,7 @@ pub fn warm_up(model: &ServedModel, templates: &[String]) -> Result<(), CoreErro
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
     let (h, w) = cfg.output_size();
     let px = PixelBatch::single(cfg.preprocess(&img), h, w);
-    let labels = match model.task() {
-        Task::ZeroShot => parse_labels(None)?,
-        Task::Classify => Vec::new(),
-    };
+    let labels = model.task().labels(None)?;
     // Through a copy with its own prompt cache: a prompt's embedding depends (in the last
     // float bits) on the other prompts of its text-encoder batch, so the served model's cache
     // must start empty for its answers not to depend on the warm-up's label set.

@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::Context;
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::image::{decode_sized, DecodeLimits, DecodeMode};
-use glimpse_core::labels::parse_labels;
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_core::{ServedModel, Task};
@@ -27,10 +26,7 @@ pub struct Session {
 impl Session {
     pub fn load(args: &ClassifyArgs) -> anyhow::Result<Self> {
         let task = args.kind;
-        let labels = match task {
-            Task::ZeroShot => parse_labels(args.labels.as_deref())?,
-            Task::Classify => Vec::new(),
-        };
+        let labels = task.labels(args.labels.as_deref())?;
         let templates: Vec<String> = args.templates.split('|').map(str::to_string).collect();
         let spec = args.model.clone().unwrap_or_else(|| match task {
             Task::ZeroShot => args.configured.default_clip.clone(),

@@ -178,11 +178,7 @@ fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, Stri
         .map_err(|e| ApiError::validation(e.to_string()))?
         .cloned()
         .ok_or_else(|| ApiError::internal("the endpoint's task has no model"))?;
-    // The seed: `labels` is ignored on the ViT endpoint, so a bad one there is no error either.
-    let labels = match task {
-        Task::ZeroShot => glimpse_core::labels::parse_labels(input.labels.as_deref())?,
-        Task::Classify => Vec::new(),
-    };
+    let labels = task.labels(input.labels.as_deref())?;
     let decision = Decision::parse(input.decision())?;
     decision.check_model(model.model.id(), model.model.independent_scores())?;
     let source = match (input.upload, input.url) {
