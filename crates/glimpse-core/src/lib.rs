@@ -21,6 +21,6 @@ pub mod scoring;
 
 pub use backend::{ImageClassifier, ZeroShotModel};
 pub use error::{CoreError, Result};
-pub use model::{ModelFamily, Network, ServedModel, Task};
+pub use model::{Answer, Ask, ModelFamily, Network, ServedModel, Task};
 pub use pipeline::{PromptCacheBounds, PromptCacheStats};
 pub use registry::Registry;

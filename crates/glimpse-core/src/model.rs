@@ -162,6 +162,43 @@ pub enum Network {
     Classifier(Arc<dyn ImageClassifier>),
 }
 
+/// What one image of a batch asks of its model (see [`ServedModel::answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    /// Scores: for zero-shot models against these label names (prompted through the model's
+    /// templates and prompt cache); classifiers ignore the labels.
+    Classify(Vec<String>),
+    /// The image's L2-normalised embedding (zero-shot models only).
+    Embed,
+}
+
+static CLASSIFY_NO_LABELS: Ask = Ask::Classify(Vec::new());
+
+/// What one image of a batch gets back: the [`Ask`]'s answer.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Classified(ClassificationResponse),
+    Embedding(Vec<f32>),
+}
+
+impl Answer {
+    /// The scores of an [`Ask::Classify`].
+    pub fn into_classified(self) -> Result<ClassificationResponse> {
+        match self {
+            Answer::Classified(r) => Ok(r),
+            Answer::Embedding(_) => Err(CoreError::internal("expected scores, got an embedding")),
+        }
+    }
+
+    /// The vector of an [`Ask::Embed`].
+    pub fn into_embedding(self) -> Result<Vec<f32>> {
+        match self {
+            Answer::Embedding(v) => Ok(v),
+            Answer::Classified(_) => Err(CoreError::internal("expected an embedding, got scores")),
+        }
+    }
+}
+
 /// A model as it is served: its id (what requests name it by), family, network and, for zero-shot
 /// models, its cache of prompt embeddings.
 pub struct ServedModel {
@@ -260,46 +297,80 @@ impl ServedModel {
         labels: &[&[String]],
         templates: &[String],
     ) -> Result<Vec<Result<ClassificationResponse>>> {
+        let asks: Vec<Ask> = labels.iter().map(|l| Ask::Classify(l.to_vec())).collect();
+        let asks: Vec<&Ask> = if labels.is_empty() && self.task() == Task::Classify {
+            // Classifiers may be given no label sets at all.
+            vec![&CLASSIFY_NO_LABELS; pixels.batch]
+        } else {
+            asks.iter().collect()
+        };
+        Ok(self
+            .answer(pixels, &asks, templates)?
+            .into_iter()
+            .map(|a| a.and_then(Answer::into_classified))
+            .collect())
+    }
+
+    /// The one forward pass for a batch of preprocessed images: image `i` gets `asks[i]` answered
+    /// (scores or its embedding). The image tower runs once for the whole batch whatever the
+    /// asks are. A failure of the pass fails the whole batch (`Err`); an ask that cannot be
+    /// answered (a label set that cannot be embedded, an embedding asked of a classifier) fails
+    /// only its own image.
+    pub fn answer(
+        &self,
+        pixels: &PixelBatch,
+        asks: &[&Ask],
+        templates: &[String],
+    ) -> Result<Vec<Result<Answer>>> {
+        if asks.len() != pixels.batch {
+            return Err(CoreError::internal(format!(
+                "{} asks for {} images",
+                asks.len(),
+                pixels.batch
+            )));
+        }
         let endpoint = self.task().endpoint();
-        let out: Vec<Result<ClassificationResponse>> = match &self.network {
+        let out: Vec<Result<Answer>> = match &self.network {
             Network::ZeroShot(model) => {
-                if labels.len() != pixels.batch {
-                    return Err(CoreError::internal(format!(
-                        "{} label sets for {} images",
-                        labels.len(),
-                        pixels.batch
-                    )));
-                }
                 let images = model.embed_images(pixels)?;
                 let scale = model.logit_scale();
                 images
-                    .iter()
-                    .zip(labels)
-                    .map(|(img, labels)| {
-                        let text =
-                            label_embeddings(model.as_ref(), &self.prompts, labels, templates)?;
-                        let probs = clip_probabilities(img, &text, scale);
-                        Ok(ClassificationResponse::new(
-                            endpoint,
-                            &self.id,
-                            clip_predictions(labels, &probs),
-                        ))
+                    .into_iter()
+                    .zip(asks)
+                    .map(|(img, ask)| match ask {
+                        Ask::Classify(labels) => {
+                            let text =
+                                label_embeddings(model.as_ref(), &self.prompts, labels, templates)?;
+                            let probs = clip_probabilities(&img, &text, scale);
+                            Ok(Answer::Classified(ClassificationResponse::new(
+                                endpoint,
+                                &self.id,
+                                clip_predictions(labels, &probs),
+                            )))
+                        }
+                        Ask::Embed => Ok(Answer::Embedding(img)),
                     })
                     .collect()
             }
-            Network::Classifier(model) => model
-                .classify(pixels)?
-                .iter()
-                .map(|p| {
-                    let mut r = ClassificationResponse::new(
-                        endpoint,
-                        &self.id,
-                        vit_category_predictions(p),
-                    );
-                    r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
-                    Ok(r)
-                })
-                .collect(),
+            Network::Classifier(model) => {
+                let probs = model.classify(pixels)?;
+                probs
+                    .iter()
+                    .zip(asks)
+                    .map(|(p, ask)| match ask {
+                        Ask::Classify(_) => {
+                            let mut r = ClassificationResponse::new(
+                                endpoint,
+                                &self.id,
+                                vit_category_predictions(p),
+                            );
+                            r.imagenet = Some(top_k_imagenet(p, model.id2label(), 5));
+                            Ok(Answer::Classified(r))
+                        }
+                        Ask::Embed => Err(self.no_embeddings()),
+                    })
+                    .collect()
+            }
         };
         if out.len() != pixels.batch {
             return Err(CoreError::internal(format!(
@@ -309,6 +380,32 @@ impl ServedModel {
             )));
         }
         Ok(out)
+    }
+
+    /// L2-normalised image embeddings in the model's joint image-text space, one per image
+    /// (zero-shot models; a classifier has no such space and answers a validation error).
+    pub fn embed_images(&self, pixels: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+        match &self.network {
+            Network::ZeroShot(model) => model.embed_images(pixels),
+            Network::Classifier(_) => Err(self.no_embeddings()),
+        }
+    }
+
+    /// L2-normalised text embeddings of `texts` as written (no prompt template, no cache), in
+    /// the same space as [`ServedModel::embed_images`].
+    pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        match &self.network {
+            Network::ZeroShot(model) => model.embed_texts(texts),
+            Network::Classifier(_) => Err(self.no_embeddings()),
+        }
+    }
+
+    fn no_embeddings(&self) -> CoreError {
+        CoreError::Validation(format!(
+            "model '{}' is an image classifier ({}): it has no image-text embedding space; \
+             use a zero-shot model",
+            self.id, self.family
+        ))
     }
 
     /// [`ServedModel::classify`] with one label set for every image, failing on the first error.

@@ -1,24 +1,59 @@
 //! A served model behind a [`Batcher`]: the worker stacks the queued images and makes ONE
-//! [`ServedModel::classify`] call, the same scoring path `glimpse classify` and the warm-up use.
+//! [`ServedModel::answer`] call (the scoring path `glimpse classify` and the warm-up use too), so
+//! classifications and embedding requests for one model share its forward passes.
 
 use std::sync::Arc;
 
 use super::{BatchError, BatchOptions, Batcher, PassGate};
 use crate::backend::PixelBatch;
-use crate::model::ServedModel;
+use crate::model::{Answer, Ask, ServedModel};
 use crate::response::ClassificationResponse;
 
-/// One call: a preprocessed image (`[3, h, w]`) and, for zero-shot models, its labels.
+/// One call: a preprocessed image (`[3, h, w]`) and what it asks of the model.
 #[derive(Debug, Clone)]
 pub struct ModelJob {
     pub pixels: Vec<f32>,
     pub height: usize,
     pub width: usize,
-    /// Empty for classifiers.
-    pub labels: Vec<String>,
+    pub ask: Ask,
 }
 
-pub type ModelBatcher = Batcher<ModelJob, ClassificationResponse>;
+impl ModelJob {
+    /// Scores for `pixels` (`[3, height, width]`) against `labels` (zero-shot models; empty for
+    /// classifiers).
+    pub fn classify(pixels: PixelBatch, labels: Vec<String>) -> Self {
+        Self::new(pixels, Ask::Classify(labels))
+    }
+
+    /// The image embedding of `pixels` (zero-shot models).
+    pub fn embed(pixels: PixelBatch) -> Self {
+        Self::new(pixels, Ask::Embed)
+    }
+
+    fn new(pixels: PixelBatch, ask: Ask) -> Self {
+        debug_assert_eq!(pixels.batch, 1);
+        ModelJob {
+            height: pixels.height,
+            width: pixels.width,
+            pixels: pixels.data,
+            ask,
+        }
+    }
+}
+
+pub type ModelBatcher = Batcher<ModelJob, Answer>;
+
+impl Answer {
+    /// [`Answer::into_classified`] as a batcher result.
+    pub fn classified(r: Result<Answer, BatchError>) -> Result<ClassificationResponse, BatchError> {
+        r?.into_classified().map_err(BatchError::from)
+    }
+
+    /// [`Answer::into_embedding`] as a batcher result.
+    pub fn embedding(r: Result<Answer, BatchError>) -> Result<Vec<f32>, BatchError> {
+        r?.into_embedding().map_err(BatchError::from)
+    }
+}
 
 /// Stack the jobs' images; they must share one size (one model, one preprocessing).
 fn stack(jobs: &[ModelJob]) -> Result<PixelBatch, BatchError> {
@@ -58,9 +93,9 @@ pub fn model_batcher(
     let name = model.id().to_string();
     Batcher::gated(&name, options, gate, move |jobs: &[ModelJob]| {
         let pixels = stack(jobs)?;
-        let labels: Vec<&[String]> = jobs.iter().map(|j| j.labels.as_slice()).collect();
+        let asks: Vec<&Ask> = jobs.iter().map(|j| &j.ask).collect();
         let answers = model
-            .classify(&pixels, &labels, &templates)
+            .answer(&pixels, &asks, &templates)
             .map_err(BatchError::from)?;
         Ok(answers
             .into_iter()

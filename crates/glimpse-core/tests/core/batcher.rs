@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::batcher::{model_batcher, BatchError, BatchOptions, Batcher, ModelJob, PassGate};
-use glimpse_core::model::ServedModel;
+use glimpse_core::model::{Answer, Ask, ServedModel};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::Result;
 
@@ -444,14 +444,7 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
         vec!["car".into(), "person".into(), "tree".into()],
     ];
     let jobs: Vec<ModelJob> = (0..8)
-        .map(|i| ModelJob {
-            pixels: (0..12)
-                .map(|k| ((i * 7 + k * 3) % 11) as f32 / 10.0)
-                .collect(),
-            height: 2,
-            width: 2,
-            labels: label_sets[i % 2].clone(),
-        })
+        .map(|i| ModelJob::classify(fake_image(i), label_sets[i % 2].clone()))
         .collect();
     // The answers the unbatched pipeline gives, one call per image.
     let single = ServedModel::zero_shot("m", model.clone());
@@ -459,8 +452,11 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
         .iter()
         .map(|j| {
             let px = PixelBatch::stack(std::slice::from_ref(&j.pixels), 2, 2);
+            let Ask::Classify(labels) = &j.ask else {
+                unreachable!()
+            };
             single
-                .classify_all(&px, &j.labels, &templates)
+                .classify_all(&px, labels, &templates)
                 .unwrap()
                 .remove(0)
         })
@@ -478,8 +474,8 @@ fn clip_batch_answers_equal_single_calls_and_reuse_label_embeddings() {
         .unwrap(),
     );
     let batched = submit_all(&b, &jobs);
-    for (s, r) in singles.iter().zip(&batched) {
-        let r = r.as_ref().unwrap();
+    for (s, r) in singles.iter().zip(batched) {
+        let r = Answer::classified(r).unwrap();
         assert_eq!(r.result, s.result);
         assert_eq!(r.predictions.len(), s.predictions.len());
         for (a, e) in r.predictions.iter().zip(&s.predictions) {
@@ -528,4 +524,40 @@ fn pass_reports_carry_queue_waits_and_pass_time() {
         reports[1].waits[0] >= pass / 2,
         "the second job waited behind a {pass:?} pass: {reports:?}"
     );
+}
+
+fn fake_image(i: usize) -> PixelBatch {
+    let px = (0..12)
+        .map(|k| ((i * 7 + k * 3) % 11) as f32 / 10.0)
+        .collect();
+    PixelBatch::single(px, 2, 2)
+}
+
+#[test]
+fn embeddings_and_classifications_share_one_pass() {
+    let model = Arc::new(FakeClip::new());
+    let templates = Arc::new(vec!["a photo of a {label}.".to_string()]);
+    let served = Arc::new(ServedModel::zero_shot("m", model.clone()));
+    let expected: Vec<Vec<f32>> = (0..6)
+        .map(|i| served.embed_images(&fake_image(i)).unwrap().remove(0))
+        .collect();
+    model.image_calls.store(0, Ordering::SeqCst);
+    let b = Arc::new(model_batcher(served, templates, opts(8, 300, 64), None).unwrap());
+    // Even jobs ask for embeddings, odd ones for scores: all six ride one pass.
+    let jobs: Vec<ModelJob> = (0..6)
+        .map(|i| match i % 2 {
+            0 => ModelJob::embed(fake_image(i)),
+            _ => ModelJob::classify(fake_image(i), vec!["cat".into(), "dog".into()]),
+        })
+        .collect();
+    let answers = submit_all(&b, &jobs);
+    for (i, a) in answers.into_iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(Answer::embedding(a).unwrap(), expected[i], "job {i}");
+        } else {
+            assert_eq!(Answer::classified(a).unwrap().predictions.len(), 2);
+        }
+    }
+    let passes = model.image_calls.load(Ordering::SeqCst);
+    assert!(passes < 6, "{passes} image passes for 6 jobs");
 }

@@ -18,7 +18,7 @@ use glimpse_core::batcher::{Incoming, ModelJob};
 use glimpse_core::decision::Decision;
 use glimpse_core::registry::Slot;
 use glimpse_core::response::ClassificationResponse;
-use glimpse_core::Task;
+use glimpse_core::{Answer, Task};
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
 use tracing::Instrument;
 
@@ -471,15 +471,8 @@ async fn infer(
     incoming: Incoming,
 ) -> Result<ClassificationResponse, ApiError> {
     // Queue wait and pass time are recorded by the batcher's pass hook (`Metrics::observe_pass`).
-    let job = ModelJob {
-        height: pixels.height,
-        width: pixels.width,
-        pixels: pixels.data,
-        labels,
-    };
-    submit(&slot.batcher, job, incoming)
-        .await
-        .map_err(ApiError::from)
+    let job = ModelJob::classify(pixels, labels);
+    Answer::classified(submit(&slot.batcher, job, incoming).await).map_err(ApiError::from)
 }
 
 #[cfg(test)]
