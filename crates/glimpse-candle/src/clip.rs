@@ -345,4 +345,12 @@ impl ZeroShotModel for ClipModel {
     fn logit_scale(&self) -> f32 {
         self.logit_scale
     }
+
+    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| CoreError::model("this CLIP model has no tokenizer"))?;
+        texts.iter().map(|t| Ok(tok.encode(t)?.len())).collect()
+    }
 }

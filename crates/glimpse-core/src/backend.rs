@@ -51,6 +51,14 @@ pub trait ZeroShotModel: Send + Sync {
     fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
     /// `logit_scale.exp()`, the temperature applied to cosine similarities.
     fn logit_scale(&self) -> f32;
+    /// How many tokens the text tower reads of each text: after truncation to the model's
+    /// context, special tokens included, padding not (the `usage` of the embeddings API).
+    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>> {
+        let _ = texts;
+        Err(crate::CoreError::model(
+            "this model cannot count its tokens",
+        ))
+    }
 }
 
 /// ImageNet-style classifier (ViT): one probability per class.

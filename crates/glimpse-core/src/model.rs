@@ -400,6 +400,14 @@ impl ServedModel {
         }
     }
 
+    /// Tokens the text tower reads of each text (see [`ZeroShotModel::count_tokens`]).
+    pub fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>> {
+        match &self.network {
+            Network::ZeroShot(model) => model.count_tokens(texts),
+            Network::Classifier(_) => Err(self.no_embeddings()),
+        }
+    }
+
     fn no_embeddings(&self) -> CoreError {
         CoreError::Validation(format!(
             "model '{}' is an image classifier ({}): it has no image-text embedding space; \

@@ -16,6 +16,7 @@ pub struct Slot {
 
 pub struct Registry {
     slots: Vec<Arc<Slot>>,
+    gate: Option<Arc<PassGate>>,
 }
 
 /// A request named a model this server does not serve for the task.
@@ -67,7 +68,13 @@ impl Registry {
                 Ok(Arc::new(Slot { model, batcher }))
             })
             .collect::<Result<_, CoreError>>()?;
-        Ok(Registry { slots })
+        Ok(Registry { slots, gate })
+    }
+
+    /// The gate bounding the forward passes running at once over all models, for passes run
+    /// outside a batcher (see [`PassGate::run`]).
+    pub fn gate(&self) -> Option<Arc<PassGate>> {
+        self.gate.clone()
     }
 
     pub fn slots(&self) -> &[Arc<Slot>] {

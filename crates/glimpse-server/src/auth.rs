@@ -1,4 +1,5 @@
-//! The `X-API-Key` extractor, the admin bearer-token check, and the `X-Credits-Remaining` header.
+//! The API-key extractor (`X-API-Key`, or `Authorization: Bearer <key>` as the OpenAI clients send
+//! it), the admin bearer-token check, and the `X-Credits-Remaining` header.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -14,7 +15,8 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub const CREDITS_HEADER: &str = "x-credits-remaining";
 
 /// An authenticated caller. Extracting it answers 401 (one body for every kind of bad key) and,
-/// when a rate limit is configured, 429 for a key over its rate.
+/// when a rate limit is configured, 429 for a key over its rate. The key is `X-API-Key`; without
+/// that header, an `Authorization: Bearer` credential (the scheme name in any case).
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     pub id: String,
@@ -25,12 +27,7 @@ impl FromRequestParts<AppState> for ApiKey {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let raw = parts
-            .headers
-            .get(API_KEY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+        let raw = presented_key(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized().into_response())?;
         let info = match state.store.authenticate(raw).await {
             Ok(Some(info)) if !info.revoked => info,
@@ -52,6 +49,22 @@ impl FromRequestParts<AppState> for ApiKey {
         }
         Ok(key)
     }
+}
+
+/// The API key a request presents: `X-API-Key`, else an `Authorization: Bearer` credential.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(API_KEY_HEADER) {
+        return v.to_str().ok().map(str::trim).filter(|v| !v.is_empty());
+    }
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, credential) = auth.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+        .filter(|c| !c.is_empty())
 }
 
 /// Set `X-Credits-Remaining` from the store (best effort: a store hiccup drops the header, not
@@ -103,6 +116,41 @@ fn token_matches(given: &str, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn key_from_either_header() {
+        let key = |p: &[(&'static str, &'static str)]| {
+            super::presented_key(&headers(p)).map(str::to_string)
+        };
+        assert_eq!(key(&[("x-api-key", " gk_a ")]).as_deref(), Some("gk_a"));
+        assert_eq!(
+            key(&[("authorization", "Bearer gk_b")]).as_deref(),
+            Some("gk_b")
+        );
+        assert_eq!(
+            key(&[("authorization", "bearer  gk_b ")]).as_deref(),
+            Some("gk_b")
+        );
+        // X-API-Key wins; other schemes and empty credentials are no key.
+        assert_eq!(
+            key(&[("x-api-key", "gk_a"), ("authorization", "Bearer gk_b")]).as_deref(),
+            Some("gk_a")
+        );
+        assert_eq!(key(&[("authorization", "Basic Z2s6eA==")]), None);
+        assert_eq!(key(&[("authorization", "Bearer ")]), None);
+        assert_eq!(key(&[("authorization", "Bearergk_b")]), None);
+        assert_eq!(key(&[]), None);
+    }
+
     #[test]
     fn token_comparison() {
         assert!(super::token_matches("abc", "abc"));

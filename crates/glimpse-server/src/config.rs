@@ -264,6 +264,18 @@ pub struct LimitsConfig {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_upload_bytes: usize,
 
+    /// Images per request on the batch routes (`/api/image-classification/*/batch`) and the
+    /// embeddings routes.
+    #[arg(long, env = "GLIMPSE_MAX_BATCH_IMAGES", default_value_t = 32,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_batch_images: usize,
+
+    /// Largest request body on the batch and embeddings routes, in bytes (all images and fields
+    /// together; each image is still bounded by GLIMPSE_MAX_UPLOAD_BYTES).
+    #[arg(long, env = "GLIMPSE_MAX_BATCH_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_batch_bytes: usize,
+
     /// Calls per second allowed per API key (token bucket); 0 turns the limit off.
     #[arg(long, env = "GLIMPSE_RATE_LIMIT_PER_SECOND", default_value_t = 0.0,
           value_parser = parse_rate)]

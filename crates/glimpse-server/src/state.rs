@@ -55,6 +55,10 @@ impl ImageSource for Fetcher {
 pub struct Settings {
     pub credits_per_call: i64,
     pub max_upload_bytes: usize,
+    /// Items per request on the batch and embeddings routes (`GLIMPSE_MAX_BATCH_IMAGES`).
+    pub max_batch_images: usize,
+    /// Body bytes per request on the batch and embeddings routes (`GLIMPSE_MAX_BATCH_BYTES`).
+    pub max_batch_bytes: usize,
     pub templates: Vec<String>,
     pub admin_token: Option<String>,
     pub header_timeout: Duration,
@@ -127,6 +131,8 @@ impl AppState {
         let settings = Settings {
             credits_per_call: config.store.credits_per_call,
             max_upload_bytes: config.limits.max_upload_bytes,
+            max_batch_images: config.limits.max_batch_images,
+            max_batch_bytes: config.limits.max_batch_bytes,
             templates: config.models.prompt_templates.clone(),
             admin_token: config.store.admin_token.clone().filter(|t| !t.is_empty()),
             header_timeout: Duration::from_secs(config.listen.header_timeout_secs),

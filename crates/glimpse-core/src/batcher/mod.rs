@@ -133,6 +133,13 @@ impl PassGate {
         }
     }
 
+    /// Run `f` (a forward pass outside any batcher, such as a request's texts through a text
+    /// tower) holding one permit.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _permit = self.acquire();
+        f()
+    }
+
     fn acquire(&self) -> PassPermit<'_> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         while *free == 0 {

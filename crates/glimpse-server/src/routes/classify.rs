@@ -22,7 +22,7 @@ use glimpse_core::{Answer, Task};
 use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
 use tracing::Instrument;
 
-use super::input::{read_input, RawInput};
+use super::input::{read_input, FormLimits, RawInput};
 use crate::auth::{add_credits_header, set_credits_header, ApiKey};
 use crate::batch::submit;
 use crate::error::{ApiError, ErrorCode};
@@ -57,10 +57,10 @@ enum Source {
 
 /// What a finished call answers: status, JSON body (stored verbatim for idempotent replays) and
 /// the balance after it.
-struct Outcome {
-    status: StatusCode,
-    body: String,
-    balance: Option<i64>,
+pub(super) struct Outcome {
+    pub status: StatusCode,
+    pub body: String,
+    pub balance: Option<i64>,
 }
 
 async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Response {
@@ -108,8 +108,8 @@ async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Res
     // waits (up to the window) for the calls right behind it; `run` hands over to the chosen
     // model's own announcement.
     let early = Some(default.batcher.announce());
-    let max_upload = state.settings.max_upload_bytes;
-    let planned = match read_input(req, &state, task.model_param(), max_upload).await {
+    let limits = FormLimits::single(state.settings.max_upload_bytes);
+    let planned = match read_input(req, &state, task.model_param(), limits).await {
         Ok(input) => validate(task, &state, input),
         Err(e) => Err(e),
     };
@@ -123,15 +123,28 @@ async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Res
     let task_state = state.clone();
     let task_key = key.clone();
     let task = tokio::spawn(
-        async move { run_claimed(&task_state, &task_key, plan, idem, fingerprint, started).await }
-            .in_current_span(),
+        async move {
+            let run = run(&task_state, &task_key, plan, started);
+            run_claimed(&task_state, &task_key, idem, fingerprint, run).await
+        }
+        .in_current_span(),
     );
-    let outcome = match task.await {
+    respond(&state, &key, task.await).await
+}
+
+/// The response of a call that ran in its own task: its outcome with `X-Credits-Remaining`, or
+/// its error.
+pub(super) async fn respond(
+    state: &AppState,
+    key: &ApiKey,
+    joined: Result<Result<Outcome, ApiError>, tokio::task::JoinError>,
+) -> Response {
+    let outcome = match joined {
         Ok(Ok(o)) => o,
-        Ok(Err(e)) => return with_balance(&state, &key, e.into_response()).await,
+        Ok(Err(e)) => return with_balance(state, key, e.into_response()).await,
         Err(join) => {
-            let e = ApiError::internal(format!("classification task failed: {join}"));
-            return with_balance(&state, &key, e.into_response()).await;
+            let e = ApiError::internal(format!("request task failed: {join}"));
+            return with_balance(state, key, e.into_response()).await;
         }
     };
     let mut res = (
@@ -145,18 +158,18 @@ async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Res
         .into_response();
     match outcome.balance {
         Some(b) => set_credits_header(res.headers_mut(), b),
-        None => add_credits_header(&state, &key, res.headers_mut()).await,
+        None => add_credits_header(state, key, res.headers_mut()).await,
     }
     res
 }
 
-async fn with_balance(state: &AppState, key: &ApiKey, mut res: Response) -> Response {
+pub(super) async fn with_balance(state: &AppState, key: &ApiKey, mut res: Response) -> Response {
     add_credits_header(state, key, res.headers_mut()).await;
     res
 }
 
 /// `Idempotency-Key`: optional, 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -206,7 +219,7 @@ fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, Stri
 }
 
 /// Syntax only (absolute http/https URL, no credentials); the fetcher does the address checks.
-fn check_url_shape(raw: &str) -> Result<String, ApiError> {
+pub(super) fn check_url_shape(raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
     let url = url::Url::parse(raw)
         .map_err(|_| ApiError::validation("url is not a valid absolute URL"))?;
@@ -219,16 +232,18 @@ fn check_url_shape(raw: &str) -> Result<String, ApiError> {
     Ok(raw.to_string())
 }
 
-async fn run_claimed(
+/// Run `work` under the request's `Idempotency-Key` (if any): a replay answers the stored
+/// outcome, a key still running or reused with another request is refused, and `work`'s own
+/// outcome is stored when the same request would get it again.
+pub(super) async fn run_claimed(
     state: &AppState,
     key: &ApiKey,
-    plan: Plan,
     idem: Option<String>,
     fingerprint: String,
-    started: Instant,
+    work: impl std::future::Future<Output = Result<Outcome, ApiError>>,
 ) -> Result<Outcome, ApiError> {
     let Some(ik) = idem else {
-        return run(state, key, plan, started).await;
+        return work.await;
     };
     match state
         .store
@@ -267,7 +282,7 @@ async fn run_claimed(
             })
         }
     }
-    let result = run(state, key, plan, started).await;
+    let result = work.await;
     // Stored: the success and a bad image (the same request would fail the same way). Not
     // stored, so a retry can succeed: 402 (top up and retry), 5xx, 503, and any transient
     // failure (a fetch that timed out, could not connect or met an upstream error; a decode
@@ -434,7 +449,7 @@ async fn run(
 /// A store error about the caller's own key. The key was valid when authenticated (perhaps from
 /// the few-second authentication cache); "not found" now means it was revoked or deleted since,
 /// which is the same 401 as any bad key, never a 404.
-fn own_key_error(e: StoreError) -> ApiError {
+pub(super) fn own_key_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(_) => ApiError::unauthorized(),
         other => ApiError::from(other),
@@ -445,7 +460,7 @@ fn own_key_error(e: StoreError) -> ApiError {
 /// lock held by another process, a database connection that died): 50 ms, doubling to 1 s.
 /// `Ok` once the reservation is settled (a settle that committed unheard is found by the next
 /// try: settling a settled reservation is a no-op).
-async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreError> {
+pub(super) async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreError> {
     let deadline = Instant::now() + state.settings.settle_retry;
     let mut pause = Duration::from_millis(50);
     loop {

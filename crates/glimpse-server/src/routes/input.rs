@@ -8,6 +8,9 @@
 //!   the form; when both give one, the query string wins (the seed documents them as query
 //!   parameters, the form fields are a convenience);
 //! - an upload and a `url` together: the upload wins; neither: 400;
+//! - routes that take several items (the batch and embeddings routes, [`FormLimits::many`]) read
+//!   every `image` file field (and, where asked, every `text` field) into [`RawInput::items`], in
+//!   the order sent, up to a count and a total byte limit;
 //! - an empty form text field counts as not sent (a form's unfilled inputs);
 //! - a POST that is not multipart is read as URL mode and its body is not read.
 //!
@@ -41,8 +44,56 @@ pub struct RawInput {
     pub top_k: Option<String>,
     pub multi_label: Option<String>,
     pub upload: Option<Vec<u8>>,
+    /// The items of a multi-item form, in the order sent ([`FormLimits::many`]).
+    pub items: Vec<FormItem>,
     /// Hex SHA-256 of the request, for idempotency.
     pub fingerprint: String,
+}
+
+/// One item of a multi-item form.
+#[derive(Debug)]
+pub enum FormItem {
+    Image(Vec<u8>),
+    Text(String),
+}
+
+/// What a form may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct FormLimits {
+    /// Bytes of one file field.
+    pub max_upload: usize,
+    /// File fields; 1 reads the single-image form ([`RawInput::upload`]).
+    pub max_files: usize,
+    /// Bytes of the whole form.
+    pub max_total: usize,
+    /// Read repeated `text` fields as items (the embeddings route).
+    pub texts: bool,
+}
+
+impl FormLimits {
+    /// The single-image form of the classification routes.
+    pub fn single(max_upload: usize) -> Self {
+        FormLimits {
+            max_upload,
+            max_files: 1,
+            max_total: usize::MAX,
+            texts: false,
+        }
+    }
+
+    /// A form of up to `max_files` images (and, with `texts`, text items) totalling `max_total`.
+    pub fn many(max_upload: usize, max_files: usize, max_total: usize, texts: bool) -> Self {
+        FormLimits {
+            max_upload,
+            max_files: max_files.max(2),
+            max_total,
+            texts,
+        }
+    }
+
+    fn is_many(&self) -> bool {
+        self.max_files > 1
+    }
 }
 
 impl RawInput {
@@ -98,12 +149,13 @@ impl RawInput {
     }
 }
 
-/// Read query and form. `model_param` is `clipModel` or `vitModel`.
+/// Read query and form. `model_param` is `clipModel` or `vitModel` (`model` on the embeddings
+/// route).
 pub async fn read_input(
     req: Request,
     state: &AppState,
     model_param: &str,
-    max_upload: usize,
+    limits: FormLimits,
 ) -> Result<RawInput, ApiError> {
     let mut hash = Sha256::new();
     hash_part(&mut hash, req.method().as_str().as_bytes());
@@ -139,7 +191,7 @@ pub async fn read_input(
         // timeout, and the whole form must arrive within BODY_TIME_FACTOR times it.
         let idle = state.settings.header_timeout;
         let total = idle.saturating_mul(BODY_TIME_FACTOR);
-        let form = read_form(mp, &mut input, &mut hash, model_param, max_upload, idle);
+        let form = read_form(mp, &mut input, &mut hash, model_param, limits, idle);
         tokio::time::timeout(total, form)
             .await
             .map_err(|_| slow_body())??;
@@ -186,10 +238,12 @@ async fn read_form(
     input: &mut RawInput,
     hash: &mut Sha256,
     model_param: &str,
-    max_upload: usize,
+    limits: FormLimits,
     idle: std::time::Duration,
 ) -> Result<(), ApiError> {
+    let max_upload = limits.max_upload;
     let mut form = RawInput::default();
+    let (mut files, mut total) = (0usize, 0usize);
     while let Some(mut field) = tokio::time::timeout(idle, mp.next_field())
         .await
         .map_err(|_| slow_body())?
@@ -198,9 +252,19 @@ async fn read_form(
         let name = field.name().unwrap_or("").to_string();
         let file_name = field.file_name().map(str::to_string);
         let is_file = name == "image" || file_name.is_some();
+        let is_text_item = limits.texts && name == "text" && !is_file;
         hash_part(hash, name.as_bytes());
         hash_part(hash, file_name.as_deref().unwrap_or("").as_bytes());
         let limit = if is_file { max_upload } else { MAX_TEXT_FIELD };
+        if is_file && limits.is_many() {
+            files += 1;
+            if files > limits.max_files {
+                return Err(ApiError::validation(format!(
+                    "at most {} images per request (GLIMPSE_MAX_BATCH_IMAGES)",
+                    limits.max_files
+                )));
+            }
+        }
         let mut data: Vec<u8> = Vec::new();
         while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
             .await
@@ -218,6 +282,14 @@ async fn read_form(
                     ))
                 });
             }
+            total += chunk.len();
+            if total > limits.max_total {
+                return Err(ApiError::too_large(format!(
+                    "the request's files and fields total more than {} bytes \
+                     (GLIMPSE_MAX_BATCH_BYTES)",
+                    limits.max_total
+                )));
+            }
             data.extend_from_slice(&chunk);
         }
         hash_part(hash, &Sha256::digest(&data));
@@ -227,12 +299,22 @@ async fn read_form(
                     "unexpected file field '{name}'; send the image in the field 'image'"
                 )));
             }
+            if limits.is_many() {
+                input.items.push(FormItem::Image(data));
+                continue;
+            }
             if input.upload.is_some() {
                 return Err(ApiError::validation(
                     "send exactly one file field ('image')",
                 ));
             }
             input.upload = Some(data);
+            continue;
+        }
+        if is_text_item {
+            let text = String::from_utf8(data)
+                .map_err(|_| ApiError::validation("a 'text' field is not UTF-8 text"))?;
+            input.items.push(FormItem::Text(text));
             continue;
         }
         let Some(slot) = form.slot(&name, model_param) else {

@@ -3,10 +3,13 @@
 
 pub mod account;
 pub mod admin;
+pub mod batch;
 pub mod classify;
 mod docs;
+pub mod embeddings;
 pub mod health;
 pub mod input;
+mod items;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -40,9 +43,28 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::drain::drain_unread_body,
         ));
+    // Several items per call: a larger body (GLIMPSE_MAX_BATCH_BYTES), otherwise the same
+    // layers as the single routes.
+    let many = Router::new()
+        .route("/api/image-classification/clip/batch", post(batch::clip))
+        .route("/api/image-classification/vit/batch", post(batch::vit))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embeddings", post(embeddings::multipart))
+        .route_layer(from_fn_with_state(state.clone(), shed_load))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::drain::drain_unread_body,
+        ))
+        .layer(DefaultBodyLimit::max(
+            state
+                .settings
+                .max_batch_bytes
+                .saturating_add(crate::limits::MULTIPART_SLACK),
+        ));
 
     let mut router = Router::new()
         .merge(classify)
+        .merge(many)
         .route("/api/account", get(account::account))
         .route("/", get(playground::index))
         .route("/playground.js", get(playground::js))

@@ -11,6 +11,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::admin::{Balance, CreateKey, Revoked, Topup};
+use super::embeddings::{Embedding, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, Usage};
 use super::health::Health;
 use crate::error::ErrorBody;
 
@@ -28,14 +29,18 @@ use crate::error::ErrorBody;
             `{\"message\", \"code\"}`.",
         license(name = "Apache-2.0")
     ),
-    paths(clip_post, clip_get, vit_post, vit_get, account, admin_create_key, admin_list_keys,
+    paths(clip_post, clip_get, vit_post, vit_get, clip_batch, vit_batch, embeddings_openai,
+          embeddings_multipart, account, admin_create_key, admin_list_keys,
           admin_topup, admin_revoke, healthz, readyz),
     components(schemas(ErrorBody, ClassificationResponse, Prediction, ImagenetPrediction,
         Account, UsageRow, KeyInfo, NewKey, CreateKey, Topup, Balance, Revoked, Health,
-        ClipForm, VitForm)),
+        ClipForm, VitForm, BatchJson, BatchForm, BatchResponse, BatchItemError,
+        EmbeddingsRequest, EmbeddingsForm, EmbeddingsResponse, EmbeddingData, Embedding, Usage)),
     modifiers(&Security),
     tags(
-        (name = "classification", description = "Classify one image"),
+        (name = "classification", description = "Classify one image, or many in one call"),
+        (name = "embeddings", description = "Image and text vectors in a zero-shot model's \
+            joint space (OpenAI-compatible)"),
         (name = "account", description = "The calling key"),
         (name = "admin", description = "Key management; enabled by GLIMPSE_ADMIN_TOKEN, 404 otherwise"),
         (name = "operations", description = "Health and readiness")
@@ -54,6 +59,18 @@ impl Modify for Security {
                 "X-API-Key",
                 "Your API key (gk_…).",
             ))),
+        );
+        components.add_security_scheme(
+            "api_key_bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Your API key (gk_…) as `Authorization: Bearer`, the way the OpenAI \
+                         clients send it (accepted wherever X-API-Key is).",
+                    ))
+                    .build(),
+            ),
         );
         // Listed alphabetically by Swagger's Authorize dialog: "api_key" before "bearer_…".
         components.add_security_scheme(
@@ -110,6 +127,41 @@ pub fn document(clip_ids: &[String], vit_ids: &[String]) -> utoipa::openapi::Ope
         ] {
             if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(form) {
                 obj.properties.insert(field.to_string(), enum_of(ids));
+            }
+        }
+        // A batch item that was answered: the single route's answer with its `index` first.
+        if let Some(RefOr::T(Schema::Object(answer))) =
+            components.schemas.get("ClassificationResponse").cloned()
+        {
+            let mut item = answer;
+            let index = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .description(Some("The item's position in the request"))
+                .build();
+            item.properties
+                .insert("index".into(), RefOr::T(Schema::Object(index)));
+            item.required.insert(0, "index".into());
+            item.example = None;
+            item.description =
+                Some("An answered item: `index`, then the single route's answer.".into());
+            components
+                .schemas
+                .insert("BatchAnswer".into(), RefOr::T(Schema::Object(item)));
+            let one_of = utoipa::openapi::schema::OneOfBuilder::new()
+                .item(utoipa::openapi::Ref::from_schema_name("BatchAnswer"))
+                .item(utoipa::openapi::Ref::from_schema_name("BatchItemError"))
+                .build();
+            let results = utoipa::openapi::schema::ArrayBuilder::new()
+                .items(RefOr::T(Schema::OneOf(one_of)))
+                .description(Some("One item per image, in request order"))
+                .build();
+            if let Some(RefOr::T(Schema::Object(batch))) =
+                components.schemas.get_mut("BatchResponse")
+            {
+                batch
+                    .properties
+                    .insert("results".into(), RefOr::T(Schema::Array(results)));
             }
         }
     }
@@ -429,7 +481,183 @@ pub enum AdminErrors {
     Unavailable(ErrorBody),
 }
 
+/// JSON body of the batch routes.
+#[derive(ToSchema)]
+#[schema(example = json!({"urls": ["https://example.com/a.jpg", "data:image/png;base64,iVBORw0KGgo..."],
+    "labels": ["car", "person"], "topK": 1}))]
+pub struct BatchJson {
+    /// 1 to GLIMPSE_MAX_BATCH_IMAGES (32) images: `http(s)` URLs (fetched through the SSRF-safe
+    /// fetcher) or `data:image/<type>;base64,` URIs.
+    pub urls: Vec<String>,
+    /// The CLIP route's labels: a comma-separated string or a list (default as the single route).
+    #[schema(value_type = Option<Object>)]
+    pub labels: Option<String>,
+    /// CLIP route: the model id (default: the server's default CLIP model).
+    #[schema(rename = "clipModel", nullable = false)]
+    pub clip_model: Option<String>,
+    /// ViT route: the model id (default: the server's default ViT model).
+    #[schema(rename = "vitModel", nullable = false)]
+    pub vit_model: Option<String>,
+    /// As on the single routes, applied to every item.
+    #[schema(
+        rename = "minConfidence",
+        nullable = false,
+        minimum = 0.0,
+        maximum = 1.0
+    )]
+    pub min_confidence: Option<f64>,
+    #[schema(nullable = false)]
+    pub fallback: Option<String>,
+    #[schema(rename = "topK", nullable = false, minimum = 1, maximum = 64)]
+    pub top_k: Option<u32>,
+    #[schema(rename = "multiLabel", nullable = false)]
+    pub multi_label: Option<bool>,
+}
+
+/// Multipart form of the batch routes: repeat `image`; the other fields (and the single routes'
+/// query parameters) apply to every image.
+#[derive(ToSchema)]
+pub struct BatchForm {
+    /// The images (1 to GLIMPSE_MAX_BATCH_IMAGES file fields named `image`).
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub image: Vec<Vec<u8>>,
+    /// CLIP route: comma-separated labels.
+    #[schema(nullable = false)]
+    pub labels: Option<String>,
+    /// `clipModel` or `vitModel` (the route's own), and the decision controls, as on the single
+    /// routes.
+    #[schema(rename = "clipModel", nullable = false)]
+    pub clip_model: Option<String>,
+}
+
+/// A failed batch item: its index and the error the single route would have answered (it was
+/// not charged).
+#[derive(ToSchema)]
+pub struct BatchItemError {
+    pub index: usize,
+    pub error: ErrorBody,
+}
+
+/// The answer of a batch call: one item per image, in request order.
+#[derive(ToSchema)]
+pub struct BatchResponse {
+    #[schema(value_type = Vec<Object>, example = json!([{"index": 0, "result": "car", "confidence": 0.93,
+        "model": "clip", "predictions": [{"label": "car", "score": 0.93}], "modelId": "clip",
+        "timingMs": 80.1}, {"index": 1, "error": {"message": "the image could not be decoded",
+        "code": "VALIDATION_ERROR"}}]))]
+    pub results: Vec<BatchItemError>,
+}
+
+/// Multipart form of `/api/embeddings`: any mix of `image` file fields and `text` fields,
+/// answered in the order sent.
+#[derive(ToSchema)]
+pub struct EmbeddingsForm {
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub image: Vec<Vec<u8>>,
+    pub text: Vec<String>,
+    /// A zero-shot model id (default: the server's default CLIP model).
+    #[schema(nullable = false)]
+    pub model: Option<String>,
+}
+
+/// The error answers of the batch and embeddings routes.
+#[derive(IntoResponses)]
+pub enum ManyErrors {
+    /// VALIDATION_ERROR: a malformed body, too many items (GLIMPSE_MAX_BATCH_IMAGES), bad labels,
+    /// model or decision fields. On `/v1/embeddings` and `/api/embeddings`, also any bad input
+    /// (the message names it: `input N: …`). Nothing is charged.
+    #[response(status = 400, headers(("X-Credits-Remaining" = i64, description = "Balance")))]
+    Validation(ErrorBody),
+    /// UNAUTHORIZED: missing or invalid API key (X-API-Key or Authorization: Bearer).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// INSUFFICIENT_CREDITS: the key cannot pay one call's credits for every item (checked before
+    /// any work).
+    #[response(status = 402, headers(("X-Credits-Remaining" = i64, description = "Balance")))]
+    Credits(ErrorBody),
+    /// NOT_FOUND: the route's model family is turned off on this server.
+    #[response(status = 404)]
+    Off(ErrorBody),
+    /// IDEMPOTENCY_IN_PROGRESS: a request with this Idempotency-Key is still running.
+    #[response(status = 409)]
+    InProgress(ErrorBody),
+    /// PAYLOAD_TOO_LARGE: the body is over GLIMPSE_MAX_BATCH_BYTES, or one image over
+    /// GLIMPSE_MAX_UPLOAD_BYTES.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// IDEMPOTENCY_MISMATCH: the Idempotency-Key was used with a different request.
+    #[response(status = 422)]
+    Mismatch(ErrorBody),
+    /// RATE_LIMITED: this key's rate limit was hit.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    RateLimited(ErrorBody),
+    /// INTERNAL_ERROR: unexpected server error; nothing was charged.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// OVERLOADED: too many calls in flight, shutting down, or the key store is unavailable.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Overloaded(ErrorBody),
+}
+
 // ---- operations ----
+
+#[utoipa::path(post, path = "/api/image-classification/clip/batch", tag = "classification",
+    summary = "Classify up to 32 images with CLIP in one call",
+    description = "Each image gets the answer `/api/image-classification/clip` would give it, in \
+        order, as `results[i]` with its `index`; an image that fails gets `{index, error}` and \
+        costs nothing. One call's credits per answered image; a key that cannot pay for every \
+        image gets 402 before any work. The images share forward passes.",
+    params(ClipQuery, IdempotencyHeader),
+    request_body(description = "Repeated `image` file fields, or JSON `{urls: [...]}`",
+        content((BatchForm = "multipart/form-data"), (BatchJson = "application/json"))),
+    responses(
+        (status = 200, description = "One item per image", body = BatchResponse,
+            headers(("X-Credits-Remaining" = i64, description = "Balance after this call"))),
+        ManyErrors),
+    security(("api_key" = []), ("api_key_bearer" = [])))]
+fn clip_batch() {}
+
+#[utoipa::path(post, path = "/api/image-classification/vit/batch", tag = "classification",
+    summary = "Classify up to 32 images with ViT in one call",
+    description = "As the CLIP batch route, with the answers of `/api/image-classification/vit`.",
+    params(VitQuery, IdempotencyHeader),
+    request_body(description = "Repeated `image` file fields, or JSON `{urls: [...]}`",
+        content((BatchForm = "multipart/form-data"), (BatchJson = "application/json"))),
+    responses(
+        (status = 200, description = "One item per image", body = BatchResponse,
+            headers(("X-Credits-Remaining" = i64, description = "Balance after this call"))),
+        ManyErrors),
+    security(("api_key" = []), ("api_key_bearer" = [])))]
+fn vit_batch() {}
+
+#[utoipa::path(post, path = "/v1/embeddings", tag = "embeddings",
+    summary = "Embeddings, OpenAI-compatible (texts, or images with modality=image)",
+    description = "Shaped like OpenAI's embeddings API: the official `openai` clients work \
+        unchanged (base URL `…/v1`, the API key as the client's key). Vectors are L2-normalised, \
+        in the model's joint image-text space (compare by dot product). Texts are truncated to \
+        the model's context; `usage` counts their tokens (images count none). One call's \
+        credits per input, checked before any work; a bad input fails the request uncharged.",
+    params(IdempotencyHeader),
+    request_body(content = EmbeddingsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One vector per input, in order", body = EmbeddingsResponse,
+            headers(("X-Credits-Remaining" = i64, description = "Balance after this call"))),
+        ManyErrors),
+    security(("api_key_bearer" = []), ("api_key" = [])))]
+fn embeddings_openai() {}
+
+#[utoipa::path(post, path = "/api/embeddings", tag = "embeddings",
+    summary = "Embeddings of uploaded images and texts (multipart)",
+    description = "The answer of `/v1/embeddings` for any mix of `image` file fields and `text` \
+        fields, in the order sent; `model` as a form field or query parameter.",
+    params(IdempotencyHeader),
+    request_body(content = EmbeddingsForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "One vector per input, in order", body = EmbeddingsResponse,
+            headers(("X-Credits-Remaining" = i64, description = "Balance after this call"))),
+        ManyErrors),
+    security(("api_key" = []), ("api_key_bearer" = [])))]
+fn embeddings_multipart() {}
 
 #[utoipa::path(post, path = "/api/image-classification/clip", tag = "classification",
     summary = "Classify an image with CLIP (zero-shot against labels)",

@@ -14,6 +14,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/image-classification/clip"),
     ("get", "/api/image-classification/vit"),
     ("post", "/api/image-classification/vit"),
+    ("post", "/api/image-classification/clip/batch"),
+    ("post", "/api/image-classification/vit/batch"),
+    ("post", "/v1/embeddings"),
+    ("post", "/api/embeddings"),
     ("get", "/api/account"),
     ("get", "/admin/keys"),
     ("post", "/admin/keys"),
@@ -292,6 +296,50 @@ async fn openapi_lists_every_route_and_matches_live_answers() {
         &ok,
         "vit 200",
     );
+    // A batch with an answered and a failed item, and both embeddings encodings.
+    let batch = "/api/image-classification/clip/batch";
+    let uri = |name: &str| {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(image_bytes(name));
+        format!("data:image/jpeg;base64,{b64}")
+    };
+    let many: Value = s
+        .http
+        .post(s.url(batch))
+        .header("X-API-Key", &s.key)
+        .json(&serde_json::json!({"urls": [uri("coffee.jpg"), "data:image/png;base64,AAAA"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(many["results"][1]["error"].is_object(), "{many}");
+    check(
+        &doc,
+        response_schema(&doc, batch, "post", "200"),
+        &many,
+        "batch 200",
+    );
+    for format in ["float", "base64"] {
+        let emb: Value = s
+            .http
+            .post(s.url("/v1/embeddings"))
+            .bearer_auth(&s.key)
+            .json(&serde_json::json!({"input": ["a cat"], "encoding_format": format}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        check(
+            &doc,
+            response_schema(&doc, "/v1/embeddings", "post", "200"),
+            &emb,
+            format,
+        );
+    }
     let err: Value = s
         .http
         .get(s.url(clip))

@@ -15,11 +15,13 @@
 mod support;
 
 mod api_admin;
+mod api_batch_routes;
 mod api_batching;
 mod api_clients;
 mod api_credits;
 mod api_decision;
 mod api_docs;
+mod api_embeddings;
 mod api_errors;
 mod api_hostile;
 mod api_metrics;

@@ -161,6 +161,8 @@ impl TestServerBuilder {
         idempotency_ttl_secs: u64 => store.idempotency_ttl_secs;
         idempotency_max_per_key: u32 => store.idempotency_max_per_key;
         prompt_cache_entries: usize => models.prompt_cache_entries;
+        max_batch_images: usize => limits.max_batch_images;
+        max_batch_bytes: usize => limits.max_batch_bytes;
     }
 
     /// Open the store, load the models, serve on 127.0.0.1:0 and make the key.
