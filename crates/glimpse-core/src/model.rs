@@ -206,6 +206,8 @@ pub struct ServedModel {
     family: ModelFamily,
     network: Network,
     prompts: PromptCache,
+    /// What loading it added to the process's resident memory, where measured.
+    resident_bytes: Option<u64>,
 }
 
 impl ServedModel {
@@ -226,6 +228,7 @@ impl ServedModel {
             family,
             network,
             prompts: PromptCache::new(PromptCacheBounds::default()),
+            resident_bytes: None,
         })
     }
 
@@ -272,6 +275,17 @@ impl ServedModel {
     pub fn with_prompt_cache(mut self, bounds: PromptCacheBounds) -> Self {
         self.prompts = PromptCache::new(bounds);
         self
+    }
+
+    /// The same model noting what loading it added to the process's resident memory.
+    pub fn with_resident_bytes(mut self, bytes: u64) -> Self {
+        self.resident_bytes = Some(bytes);
+        self
+    }
+
+    /// What loading it added to the process's resident memory (`None` where not measured).
+    pub fn resident_bytes(&self) -> Option<u64> {
+        self.resident_bytes
     }
 
     /// What the prompt cache holds now (entries, estimated bytes) and how many prompts the text

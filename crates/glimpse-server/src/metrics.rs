@@ -40,6 +40,8 @@ const DECODE_BUDGET: &str = "glimpse_decode_memory_budget_bytes";
 const PROMPT_CACHE_ENTRIES: &str = "glimpse_prompt_cache_entries";
 const PROMPT_CACHE_BYTES: &str = "glimpse_prompt_cache_bytes";
 const PROMPT_CACHE_MISSES: &str = "glimpse_prompt_cache_misses_total";
+const MODEL_RESIDENT: &str = "glimpse_model_resident_bytes";
+const PROCESS_RESIDENT: &str = "glimpse_process_resident_bytes";
 
 /// Latency buckets (seconds): from a cache-warm health check to a slow CPU forward pass.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -164,6 +166,14 @@ impl Default for Metrics {
                 PROMPT_CACHE_MISSES,
                 "Prompts a zero-shot model's text tower embedded (prompt-cache misses), by model."
             );
+            describe_gauge!(
+                MODEL_RESIDENT,
+                "Resident memory the process gained loading and warming up each model, by model."
+            );
+            describe_gauge!(
+                PROCESS_RESIDENT,
+                "Resident memory of the whole process (RSS)."
+            );
         });
         let (inflight, decode_memory, decode_budget) = with_local_recorder(&recorder, || {
             (
@@ -276,6 +286,19 @@ impl Metrics {
         });
     }
 
+    /// What loading each model added to the resident set, and the process's resident set now
+    /// (set by the scrape handler just before rendering).
+    pub fn set_memory(&self, models: &[(&str, u64)], process: Option<u64>) {
+        self.local(|| {
+            for (model, bytes) in models {
+                gauge!(MODEL_RESIDENT, "model" => model.to_string()).set(*bytes as f64);
+            }
+            if let Some(rss) = process {
+                gauge!(PROCESS_RESIDENT).set(rss as f64);
+            }
+        });
+    }
+
     /// The whole registry in the Prometheus text format.
     pub fn render(&self) -> String {
         self.recorder.handle().render()
@@ -377,6 +400,7 @@ mod tests {
         m.observe_request("/healthz", "GET", 200, Duration::from_millis(1));
         let _q = m.queued("clip");
         m.set_prompt_cache("clip", glimpse_core::PromptCacheStats::default());
+        m.set_memory(&[("clip", 1)], Some(2));
         let out = m.render();
         let want = [
             (REQUEST_DURATION, "histogram"),
@@ -391,6 +415,8 @@ mod tests {
             (PROMPT_CACHE_BYTES, "gauge"),
             (PROMPT_CACHE_ENTRIES, "gauge"),
             (PROMPT_CACHE_MISSES, "counter"),
+            (MODEL_RESIDENT, "gauge"),
+            (PROCESS_RESIDENT, "gauge"),
             (RESERVATIONS_REAPED, "counter"),
             (STAGE_DURATION, "histogram"),
         ];
@@ -509,4 +535,23 @@ mod tests {
             "{out}"
         );
     }
+}
+
+/// The process's resident set size in bytes (Linux: `/proc/self/statm`; elsewhere `None`).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+#[cfg(unix)]
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> u64 {
+    4096
 }

@@ -131,17 +131,26 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
             let (hub, templates, opts) = (hub.clone(), templates.clone(), opts.clone());
             let model = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let dir = resolve(&spec, &hub, task.model_var())?;
+                // Models load one at a time, so what the resident set gained over the load and
+                // the warm-up is this model's (weights, caches, first-pass buffers).
+                let before = crate::metrics::resident_bytes();
                 let model = load_served(&dir, id, task, &opts)
                     .map_err(|e| anyhow!("cannot load {} model '{spec}': {e}", task.title()))?;
                 warm_up(&model, &templates)
                     .with_context(|| format!("warm-up of '{spec}' failed"))?;
-                Ok(model)
+                Ok(match (before, crate::metrics::resident_bytes()) {
+                    (Some(b), Some(a)) => model.with_resident_bytes(a.saturating_sub(b)),
+                    _ => model,
+                })
             })
             .await??;
+            let mib = |b: u64| (b as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0;
             tracing::info!(
                 model = %model.id(),
                 family = %model.family(),
                 precision = precision.as_str(),
+                resident_mib = model.resident_bytes().map(mib),
+                process_resident_mib = crate::metrics::resident_bytes().map(mib),
                 "{} model ready",
                 task.title()
             );

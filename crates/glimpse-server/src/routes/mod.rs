@@ -122,6 +122,15 @@ async fn scrape_metrics(State(state): State<AppState>) -> Response {
             .metrics
             .set_prompt_cache(model.id(), model.prompt_cache_stats());
     }
+    let memory: Vec<(&str, u64)> = state
+        .models
+        .slots()
+        .iter()
+        .filter_map(|s| Some((s.model.id(), s.model.resident_bytes()?)))
+        .collect();
+    state
+        .metrics
+        .set_memory(&memory, crate::metrics::resident_bytes());
     state.metrics.scrape()
 }
 

@@ -382,3 +382,24 @@ async fn json_log_lines_carry_the_request_id() {
     assert_eq!(done["span"]["route"], CLIP, "{done}");
     assert_eq!(done["span"]["method"], "POST", "{done}");
 }
+
+/// Issue 26: each model's resident memory (measured over its load and warm-up) and the
+/// process's resident set are in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resident_memory_per_model_and_process() {
+    let s = TestServer::builder().start().await;
+    let m = scrape(&s).await;
+    let process = m["glimpse_process_resident_bytes"];
+    assert!(process > 10.0 * 1024.0 * 1024.0, "{process}");
+    for slot in s.state.models().slots() {
+        let series = format!(
+            "glimpse_model_resident_bytes{{model=\"{}\"}}",
+            slot.model.id()
+        );
+        let v = *m
+            .get(&series)
+            .unwrap_or_else(|| panic!("no {series} in {m:?}"));
+        assert!(v >= 0.0 && v < process, "{series} = {v}, process {process}");
+        assert_eq!(Some(v as u64), slot.model.resident_bytes());
+    }
+}
