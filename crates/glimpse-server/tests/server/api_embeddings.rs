@@ -111,6 +111,25 @@ async fn v1_texts_and_images_equal_the_reference_features() {
     assert_eq!(body["usage"]["total_tokens"], tokens, "{body}");
     assert_eq!(s.balance().await, 20 - 6 * s.credits_per_call());
 
+    // A text longer than the context is truncated as transformers does: 77 tokens counted, and
+    // the vector is the one of its first 75 words (+ start and end tokens).
+    let long = "photo ".repeat(200);
+    let cut = "photo ".repeat(75);
+    let req = s
+        .http
+        .post(s.url(V1))
+        .bearer_auth(&s.key)
+        .json(&json!({"model": model, "input": [long, cut]}));
+    let (status, body) = send(req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 77 * 2, "{body}");
+    let (a, b) = (
+        floats(&body["data"][0]["embedding"]),
+        floats(&body["data"][1]["embedding"]),
+    );
+    assert_same_direction(&a, &b, "truncated text");
+    assert_eq!(s.balance().await, 20 - 8 * s.credits_per_call());
+
     // Images, by data: URI and by URL, base64-encoded answers.
     let (host, _) = image_host(image_bytes("chelsea.jpg")).await;
     let req = s
@@ -138,7 +157,7 @@ async fn v1_texts_and_images_equal_the_reference_features() {
         let want = floats(&exp["images"][*name]["image_embeds"]);
         assert_same_direction(&got, &want, name);
     }
-    assert_eq!(s.balance().await, 20 - 8 * s.credits_per_call());
+    assert_eq!(s.balance().await, 20 - 10 * s.credits_per_call());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
