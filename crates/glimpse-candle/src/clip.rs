@@ -3,20 +3,18 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::Device;
 use candle_nn::init::Init;
-use candle_nn::{layer_norm, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, linear_no_bias, VarBuilder};
 use glimpse_core::backend::{PixelBatch, ZeroShotModel};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::scoring::l2_normalize;
 use glimpse_core::{CoreError, Result};
 
 use crate::config::{self, model_err, ClipConfig, ClipTextConfig, VisionConfig};
-use crate::engine::{Dense, Norm, VisionEncoder};
+use crate::engine::{AttentionKernel, Dense, Norm, TextEncoder, VisionEncoder};
 use crate::kernels::Kernels;
-use crate::layers::{
-    causal_mask, check_pixels, first_argmax, rows, Encoder, PatchEmbedding, CLIP_NAMES,
-};
+use crate::layers::{check_pixels, first_argmax, Encoder, PatchEmbedding, CLIP_NAMES};
 use crate::presets::ClipPreset;
 use crate::runtime::Runtime;
 use crate::tokenizer::ClipTokenizer;
@@ -26,14 +24,11 @@ use glimpse_core::ModelFamily;
 /// transformers initialises embeddings and class tokens with this standard deviation.
 const INIT_STD: f64 = 0.02;
 
+/// The text tower on the fused engine (like the image tower): the candle modules are built (so
+/// loading, names and random init stay transformers'), converted once, and dropped.
 #[derive(Debug, Clone)]
 struct TextTower {
-    token_embedding: Embedding,
-    /// `[max_position_embeddings, hidden]`.
-    position_embedding: Tensor,
-    encoder: Encoder,
-    final_layer_norm: LayerNorm,
-    projection: Linear,
+    engine: TextEncoder,
 }
 
 impl TextTower {
@@ -41,6 +36,7 @@ impl TextTower {
         cfg: &ClipTextConfig,
         projection_dim: usize,
         vb: &VarBuilder,
+        kernels: Kernels,
     ) -> candle_core::Result<Self> {
         let t = vb.pp("text_model");
         let h = cfg.encoder.hidden_size;
@@ -52,44 +48,33 @@ impl TextTower {
         let token = e
             .pp("token_embedding")
             .get_with_hints((cfg.vocab_size, h), "weight", randn)?;
+        let pos = e.pp("position_embedding").get_with_hints(
+            (cfg.max_position_embeddings, h),
+            "weight",
+            randn,
+        )?;
+        let encoder = Encoder::new(&cfg.encoder, &CLIP_NAMES, t.pp("encoder.layers"))?;
+        let final_layer_norm = layer_norm(h, cfg.encoder.layer_norm_eps, t.pp("final_layer_norm"))?;
+        let projection = linear_no_bias(h, projection_dim, vb.pp("text_projection"))?;
+        let mut blocks = encoder.blocks(kernels)?;
+        for b in &mut blocks {
+            b.attention = AttentionKernel::GemmCausal;
+        }
         Ok(TextTower {
-            token_embedding: Embedding::new(token, h),
-            position_embedding: e.pp("position_embedding").get_with_hints(
-                (cfg.max_position_embeddings, h),
-                "weight",
-                randn,
-            )?,
-            encoder: Encoder::new(&cfg.encoder, &CLIP_NAMES, t.pp("encoder.layers"))?,
-            final_layer_norm: layer_norm(h, cfg.encoder.layer_norm_eps, t.pp("final_layer_norm"))?,
-            projection: linear_no_bias(h, projection_dim, vb.pp("text_projection"))?,
+            engine: TextEncoder {
+                token: token.flatten_all()?.to_vec1()?,
+                pos: pos.flatten_all()?.to_vec1()?,
+                blocks,
+                final_norm: Norm::new(&final_layer_norm)?,
+                // Tiny (batch rows): kept f32, as the image tower's.
+                projection: Dense::from_linear(&projection, kernels.at(Precision::F32))?,
+            },
         })
     }
 
     /// Projected (not yet normalised) embeddings of equal-length id rows.
-    fn forward(
-        &self,
-        ids: &[Vec<u32>],
-        pooled_at: &[usize],
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let (b, s) = (ids.len(), ids[0].len());
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (b, s), device)?;
-        let xs = self
-            .token_embedding
-            .forward(&ids)?
-            .broadcast_add(&self.position_embedding.narrow(0, 0, s)?)?;
-        let xs = self.encoder.forward(&xs, Some(&causal_mask(s, device)?))?;
-        // The final layer norm is per token, so applying it to the pooled rows only is the same.
-        let at: Vec<u32> = pooled_at
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| (i * s + p) as u32)
-            .collect();
-        let at = Tensor::from_vec(at, b, device)?;
-        let pooled = xs.reshape((b * s, ()))?.index_select(&at, 0)?;
-        self.projection
-            .forward(&self.final_layer_norm.forward(&pooled)?)
+    fn forward(&self, ids: &[Vec<u32>], pooled_at: &[usize]) -> Vec<Vec<f32>> {
+        self.engine.pooled(ids, pooled_at)
     }
 }
 
@@ -157,7 +142,6 @@ pub struct ClipModel {
     logit_scale: f32,
     preprocess: PreprocessConfig,
     runtime: Runtime,
-    device: Device,
 }
 
 /// Load a CLIP model from a Hugging Face folder: `config.json`, `preprocessor_config.json`,
@@ -179,7 +163,7 @@ pub fn load_clip(dir: &Path, opts: &LoadOptions) -> Result<ClipModel, Error> {
         context: file.display().to_string(),
         source,
     };
-    let mut model = build(config, &vb, preprocess, device, opts.precision).map_err(bad)?;
+    let mut model = build(config, &vb, preprocess, opts.precision).map_err(bad)?;
     model.tokenizer = Some(tokenizer);
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), config = ?model.config, "loaded CLIP");
@@ -195,7 +179,7 @@ pub fn random_clip(preset: ClipPreset) -> ClipModel {
 pub(crate) fn random_clip_in(preset: ClipPreset, precision: Precision) -> ClipModel {
     let device = Device::Cpu;
     let vb = crate::random::seeded_vb(&device);
-    build(preset.config(), &vb, preset.preprocess(), device, precision)
+    build(preset.config(), &vb, preset.preprocess(), precision)
         .expect("a preset CLIP always builds from seeded weights")
 }
 
@@ -219,12 +203,11 @@ fn build(
     config: ClipConfig,
     vb: &VarBuilder,
     preprocess: PreprocessConfig,
-    device: Device,
     precision: Precision,
 ) -> candle_core::Result<ClipModel> {
-    let text = TextTower::new(&config.text, config.projection_dim, vb)?;
     // The kernels are chosen here, once per model, and kept by every layer built from them.
     let kernels = Kernels::choose(precision);
+    let text = TextTower::new(&config.text, config.projection_dim, vb, kernels)?;
     let vision = VisionTower::new(&config.vision, config.projection_dim, vb, kernels)?;
     let logit_scale = vb
         .get_with_hints(
@@ -242,12 +225,7 @@ fn build(
         logit_scale,
         preprocess,
         runtime: Runtime::default(),
-        device,
     })
-}
-
-fn internal(what: &str) -> impl Fn(candle_core::Error) -> CoreError + '_ {
-    move |e| CoreError::internal(format!("CLIP {what} forward pass failed: {e}"))
 }
 
 impl ClipModel {
@@ -300,10 +278,7 @@ impl ClipModel {
             )));
         }
         let at = self.pooled_positions(ids);
-        let out = self
-            .runtime
-            .run(|| rows(&self.text.forward(ids, &at, &self.device)?))
-            .map_err(internal("text"))?;
+        let out = self.runtime.run(|| self.text.forward(ids, &at));
         Ok(normalized(out))
     }
 }

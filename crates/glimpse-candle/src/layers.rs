@@ -219,19 +219,6 @@ impl Encoder {
     }
 }
 
-/// Rows of a `[batch, features]` tensor as vectors.
-pub(crate) fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()
-}
-
-/// Causal additive mask `[seq, seq]`: `f32::MIN` above the diagonal, as transformers builds it.
-pub(crate) fn causal_mask(seq: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::MIN } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (seq, seq), device)
-}
-
 /// Index of the first maximum along the last dimension, as torch's `argmax` picks it.
 pub(crate) fn first_argmax<T: PartialOrd + Copy>(xs: &[T]) -> usize {
     let mut best = 0;

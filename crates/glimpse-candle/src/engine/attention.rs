@@ -14,6 +14,9 @@ use crate::Precision;
 pub(crate) enum AttentionKernel {
     /// Any head size, with gemm ([`attention_gemm`]).
     Gemm,
+    /// [`AttentionKernel::Gemm`] with a causal mask: token `i` attends to tokens `0..=i` only
+    /// (CLIP's text tower).
+    GemmCausal,
     /// 64-wide heads on the f32 AVX-512 register tile ([`attention_d64`]).
     F32Tile,
     /// 64-wide heads with bf16 products ([`attention_bf16_d64`]): on AMX tiles where `amx`, else
@@ -50,7 +53,8 @@ impl AttentionKernel {
         heads: usize,
     ) {
         match self {
-            AttentionKernel::Gemm => attention_gemm(qkv, out, batch, seq, h, heads),
+            AttentionKernel::Gemm => attention_gemm(qkv, out, batch, seq, h, heads, false),
+            AttentionKernel::GemmCausal => attention_gemm(qkv, out, batch, seq, h, heads, true),
             AttentionKernel::F32Tile => attention_d64(qkv, out, batch, seq, h, heads),
             AttentionKernel::Bf16Tile { amx } => {
                 attention_bf16_d64(qkv, out, batch, seq, h, heads, amx)
@@ -59,8 +63,18 @@ impl AttentionKernel {
     }
 }
 
-/// Attention for any head size, with gemm.
-fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usize, heads: usize) {
+/// Attention for any head size, with gemm. `causal`: scores above the diagonal are masked out
+/// before the softmax (to -inf, which its exp clamps to e^-87: a weight of 1.6e-38, as
+/// transformers' additive `f32::MIN` mask gives 0).
+fn attention_gemm(
+    qkv: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    seq: usize,
+    h: usize,
+    heads: usize,
+    causal: bool,
+) {
     let d = h / heads;
     assert!(qkv.len() >= batch * seq * 3 * h && out.len() >= batch * seq * h);
     let dst = SharedOut::new(out);
@@ -97,6 +111,11 @@ fn attention_gemm(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usi
                 // this image's rows in this head's `d` columns, which no other task writes.
                 unsafe {
                     kernels::gemm(seq, seq, d, scores.as_mut_ptr(), seq, false, q, kt, false);
+                    if causal {
+                        for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
+                            row[i + 1..].fill(f32::NEG_INFINITY);
+                        }
+                    }
                     kernels::softmax_rows(scores, seq);
                     let p = Mat {
                         ptr: scores.as_ptr(),
@@ -375,7 +394,7 @@ mod tests {
             .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
             .collect();
         let mut want = vec![f32::NAN; batch * seq * h];
-        attention_gemm(&qkv, &mut want, batch, seq, h, heads);
+        attention_gemm(&qkv, &mut want, batch, seq, h, heads, false);
         assert!(want.iter().all(|x| x.is_finite()));
         for (name, kernel) in tiles_here() {
             let mut got = vec![f32::NAN; batch * seq * h];
@@ -389,6 +408,43 @@ mod tests {
                 assert!((g - w).abs() < tol, "{name} attention {g} vs {w}");
             }
         }
+    }
+
+    /// The causal gemm path against a plain loop over keys `0..=i`: row `i` ignores every later
+    /// token (changing them changes nothing before them).
+    #[test]
+    fn causal_attention_reads_only_earlier_tokens() {
+        let (batch, seq, heads, d) = (2, 9, 2, 8);
+        let h = heads * d;
+        let qkv: Vec<f32> = (0..batch * seq * 3 * h)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
+            .collect();
+        let mut got = vec![f32::NAN; batch * seq * h];
+        AttentionKernel::GemmCausal.run(&qkv, &mut got, batch, seq, h, heads);
+        for b in 0..batch {
+            for hd in 0..heads {
+                for i in 0..seq {
+                    let at = |t: usize, part: usize, k: usize| {
+                        qkv[(b * seq + t) * 3 * h + part * h + hd * d + k]
+                    };
+                    let scores: Vec<f32> = (0..=i)
+                        .map(|j| (0..d).map(|k| at(i, 0, k) * at(j, 1, k)).sum())
+                        .collect();
+                    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let w: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f32 = w.iter().sum();
+                    for k in 0..d {
+                        let want: f32 = (0..=i).map(|j| w[j] / z * at(j, 2, k)).sum();
+                        let g = got[(b * seq + i) * h + hd * d + k];
+                        assert!((g - want).abs() < 1e-5, "b{b} h{hd} t{i}: {g} vs {want}");
+                    }
+                }
+            }
+        }
+        // Without the mask the answer differs (the test can fail).
+        let mut full = vec![0f32; batch * seq * h];
+        AttentionKernel::Gemm.run(&qkv, &mut full, batch, seq, h, heads);
+        assert!(full.iter().zip(&got).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 
     /// Every attention path keeps its buffers per thread between calls

@@ -156,6 +156,60 @@ impl VisionEncoder {
     }
 }
 
+/// CLIP's text transformer on the fused kernels: token + position embeddings, the pre-LN blocks
+/// with causal attention, then, at each row's pooled token only, the final layer norm and the
+/// projection (both per token, so applying them to the pooled rows alone is the same).
+#[derive(Debug, Clone)]
+pub(crate) struct TextEncoder {
+    /// `[vocab, hidden]`.
+    pub(crate) token: Vec<f32>,
+    /// `[max_positions, hidden]`.
+    pub(crate) pos: Vec<f32>,
+    /// Their attention is [`AttentionKernel::GemmCausal`].
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) final_norm: Norm,
+    pub(crate) projection: Dense,
+}
+
+impl TextEncoder {
+    /// `ids`: rows of one length (checked by the caller against the vocabulary and the
+    /// positions); `pooled_at[i]`: the token row `i` is read at. Projected, not yet normalised
+    /// embeddings, one per row. The rows are as long as the longest text, not the context.
+    pub(crate) fn pooled(&self, ids: &[Vec<u32>], pooled_at: &[usize]) -> Vec<Vec<f32>> {
+        let (batch, seq, h) = (ids.len(), ids[0].len(), self.final_norm.w.len());
+        let mut xs = vec![0f32; batch * seq * h];
+        xs.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
+            let (b, t) = (r / seq, r % seq);
+            let tok = ids[b][t] as usize;
+            let e = &self.token[tok * h..(tok + 1) * h];
+            let p = &self.pos[t * h..(t + 1) * h];
+            row.iter_mut()
+                .zip(e.iter().zip(p))
+                .for_each(|(d, (a, b))| *d = a + b);
+        });
+        let t = batch * seq;
+        let mut s = Scratch {
+            ln: vec![0f32; t * h],
+            qkv: vec![0f32; t * 3 * h],
+            mid: vec![0f32; t * self.blocks.first().map_or(0, |b| b.fc1.out_features())],
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+        }
+        let pooled: Vec<f32> = pooled_at
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &p)| xs[(b * seq + p) * h..(b * seq + p + 1) * h].iter().copied())
+            .collect();
+        let mut normed = vec![0f32; pooled.len()];
+        self.final_norm.forward(&pooled, &mut normed);
+        let n = self.projection.out_features();
+        let mut out = vec![0f32; batch * n];
+        self.projection.forward(&normed, &mut out, false);
+        out.chunks_exact(n).map(|r| r.to_vec()).collect()
+    }
+}
+
 /// Rows `0, seq, 2·seq, …` of `[batch·seq, h]` `xs` (each image's class token), as `[batch, h]`.
 fn class_rows(xs: &[f32], batch: usize, seq: usize, h: usize) -> Vec<f32> {
     (0..batch)
