@@ -94,15 +94,18 @@ pub enum ModelFamily {
     Clip,
     /// ViT image classifiers (`ViTForImageClassification`).
     Vit,
+    /// DeiT image classifiers (`DeiTForImageClassification`, and the distilled
+    /// `DeiTForImageClassificationWithTeacher`: class and distillation tokens, two heads averaged).
+    Deit,
 }
 
 impl ModelFamily {
-    pub const ALL: [ModelFamily; 2] = [ModelFamily::Clip, ModelFamily::Vit];
+    pub const ALL: [ModelFamily; 3] = [ModelFamily::Clip, ModelFamily::Vit, ModelFamily::Deit];
 
     pub fn task(self) -> Task {
         match self {
             ModelFamily::Clip => Task::ZeroShot,
-            ModelFamily::Vit => Task::Classify,
+            ModelFamily::Vit | ModelFamily::Deit => Task::Classify,
         }
     }
 
@@ -111,6 +114,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Clip => "clip",
             ModelFamily::Vit => "vit",
+            ModelFamily::Deit => "deit",
         }
     }
 
@@ -119,6 +123,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Clip => "CLIPModel",
             ModelFamily::Vit => "ViTForImageClassification",
+            ModelFamily::Deit => "DeiTForImageClassificationWithTeacher",
         }
     }
 
@@ -127,7 +132,7 @@ impl ModelFamily {
     /// softmax: the labels compete for one unit of probability.
     pub fn independent_scores(self) -> bool {
         match self {
-            ModelFamily::Clip | ModelFamily::Vit => false,
+            ModelFamily::Clip | ModelFamily::Vit | ModelFamily::Deit => false,
         }
     }
 
@@ -462,7 +467,8 @@ mod tests {
         assert_eq!(ModelFamily::Clip.task(), Task::ZeroShot);
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
-        assert_eq!(ModelFamily::supported(), "'clip' and 'vit'");
+        assert_eq!(ModelFamily::Deit.task(), Task::Classify);
+        assert_eq!(ModelFamily::supported(), "'clip', 'vit' and 'deit'");
         // Both current families score with a softmax: no multiLabel.
         assert!(!ModelFamily::Clip.independent_scores());
         assert!(!ModelFamily::Vit.independent_scores());

@@ -161,6 +161,7 @@ impl TestServerBuilder {
         idempotency_ttl_secs: u64 => store.idempotency_ttl_secs;
         idempotency_max_per_key: u32 => store.idempotency_max_per_key;
         prompt_cache_entries: usize => models.prompt_cache_entries;
+        extra_vit_models: Vec<String> => models.extra_vit_models;
     }
 
     /// Open the store, load the models, serve on 127.0.0.1:0 and make the key.
