@@ -532,8 +532,9 @@ def run_clip(name: str, folder: Path, tok, rgbs: dict, all_pixels: bool, pixel_n
 
 
 @torch.no_grad()
-def run_vit(name: str, folder: Path, rgbs: dict, all_pixels: bool, pixel_name: str | None = None) -> dict:
-    model = transformers.ViTForImageClassification.from_pretrained(str(folder), dtype=torch.float32).eval()
+def run_vit(name: str, folder: Path, rgbs: dict, all_pixels: bool, pixel_name: str | None = None,
+            model_cls=transformers.ViTForImageClassification) -> dict:
+    model = model_cls.from_pretrained(str(folder), dtype=torch.float32).eval()
     proc = load_processor(folder)
     arrays, paths = pixels_for(name, proc, rgbs, all_pixels, pixel_name)
     images = {}
@@ -694,5 +695,90 @@ def main() -> None:
 
 VIT_CLASSIFIER_GAIN = 3.0
 
+
+# ----------------------------------------------------------------------------------------------
+# DeiT and a ViT fine-tune with its own labels (issue 23). Made by `--only deit`, which writes only
+# these models and their references and leaves every other fixture as it is.
+
+DEIT_OLD_PREPROC = {
+    "crop_size": 64, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "DeiTFeatureExtractor",
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 72,
+}  # fmt: skip
+"""facebook/deit-*-patch16-224's processor (size 256 square, bicubic, crop 224, ImageNet mean/std) at
+72 -> 64 px: an int `size` is a square here (DeiT's `default_to_square`), not a shortest edge."""
+FT_LABELS = {0: "cat", 1: "dog", 2: "bird", 3: "fish", 4: "horse"}
+PIXEL_SUBSET["deit-tiny"] = ["astronaut.jpg", "chelsea_exif6.jpg", "rgba.png", "grey16.png", "wide.jpg", "tall.png"]
+
+
+def existing_rgbs() -> dict:
+    """The fixture images as the reference decodes them, read from tests/fixtures/images as they are."""
+    names = json.loads((EXPECTED / "decoded.json").read_text(encoding="utf-8"))
+    return {name: reference_rgb(IMAGES / name) for name in sorted(names)}
+
+
+def make_deit_and_ft() -> None:
+    torch.manual_seed(SEED + 10)
+    torch.set_num_threads(2)
+    rgbs = existing_rgbs()
+    labels = build_vit_labels()
+
+    # deit-tiny: DeiTForImageClassificationWithTeacher (class and distillation tokens, two heads,
+    # logits = their mean), ImageNet-1k labels like facebook/deit-*-distilled-patch16-224.
+    deit_cfg = transformers.DeiTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=64,
+        patch_size=16, num_channels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
+        architectures=["DeiTForImageClassificationWithTeacher"])  # fmt: skip
+    deit = transformers.DeiTForImageClassificationWithTeacher(deit_cfg).eval()
+    reinit(deit, SEED + 4)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(SEED + 5)
+        tok = deit.deit.embeddings.distillation_token
+        tok.copy_(torch.randn(tok.shape, generator=g))
+        deit.cls_classifier.weight.mul_(VIT_CLASSIFIER_GAIN)
+        deit.distillation_classifier.weight.mul_(VIT_CLASSIFIER_GAIN)
+    save_model(deit, MODELS / "deit-tiny", DEIT_OLD_PREPROC)
+    bin_copy(MODELS / "deit-tiny", MODELS / "deit-tiny-bin")
+
+    # vit-tiny-ft: a ViT fine-tune with five labels of its own, at vit-tiny's input (its pixels).
+    ft_cfg = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224,
+        patch_size=16, num_channels=3, id2label=FT_LABELS, label2id={v: k for k, v in FT_LABELS.items()})  # fmt: skip
+    ft = transformers.ViTForImageClassification(ft_cfg).eval()
+    reinit(ft, SEED + 6)
+    save_model(ft, MODELS / "vit-tiny-ft", VIT_OLD_PREPROC)
+
+    deit_cls = transformers.DeiTForImageClassificationWithTeacher
+    results = {
+        "deit-tiny": run_vit("deit-tiny", MODELS / "deit-tiny", rgbs, False, model_cls=deit_cls),
+        "vit-tiny-ft": run_vit("vit-tiny-ft", MODELS / "vit-tiny-ft", rgbs, False, "vit-tiny"),
+    }
+    results["deit-tiny-bin"] = run_vit("deit-tiny-bin", MODELS / "deit-tiny-bin", rgbs, False, "deit-tiny",
+                                       model_cls=deit_cls)  # fmt: skip
+    skip = {"model", "model_dir", "weights"}
+    a, b = results["deit-tiny"], results["deit-tiny-bin"]
+    diff = max_diff({k: v for k, v in a.items() if k not in skip}, {k: v for k, v in b.items() if k not in skip})
+    assert diff <= 2e-5, diff
+    with torch.no_grad():  # the two heads really are averaged (and differ, so the test would see one alone)
+        px = torch.from_numpy(reference_pixels(load_processor(MODELS / "deit-tiny"), rgbs["astronaut.jpg"])[None])
+        out = deit(pixel_values=px)
+        assert torch.allclose(out.logits, (out.cls_logits + out.distillation_logits) / 2)
+        assert (out.cls_logits - out.distillation_logits).abs().max() > 0.1
+    for name, res in results.items():
+        res["kind"] = "deit" if name.startswith("deit") else "vit"
+        write_json(EXPECTED / f"{name}.json", res)
+        print(name, "top-1 range:", min(max(e["probs"]) for e in res["images"].values()),
+              max(max(e["probs"]) for e in res["images"].values()))  # fmt: skip
+
+
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["deit"],
+                        help="deit: only deit-tiny, deit-tiny-bin and vit-tiny-ft (no other fixture is rewritten)")
+    if parser.parse_args().only == "deit":
+        make_deit_and_ft()
+    else:
+        main()
+        make_deit_and_ft()

@@ -133,6 +133,15 @@ pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelFamily, Error> {
     if let Some(f) = model_type.and_then(ModelFamily::from_model_type) {
         return Ok(f);
     }
+    let supported = ModelFamily::supported();
+    // A model_type Glimpse does not know is refused even where `architectures` names a known
+    // class: the weights are that model_type's, and running them as another family would give
+    // wrong numbers, not an error. `architectures` only stands in for a missing model_type.
+    if let Some(t) = model_type {
+        return Err(model_err(format!(
+            "config.json: unknown model_type '{t}'; Glimpse runs {supported}"
+        )));
+    }
     let archs: Vec<&str> = cfg
         .get("architectures")
         .and_then(Value::as_array)
@@ -144,16 +153,10 @@ pub fn kind_of(cfg: &Map<String, Value>) -> Result<ModelFamily, Error> {
     {
         return Ok(f);
     }
-    let supported = ModelFamily::supported();
-    match model_type {
-        Some(t) => Err(model_err(format!(
-            "config.json: unknown model_type '{t}'; Glimpse runs {supported}"
-        ))),
-        None => Err(model_err(format!(
-            "config.json: no model_type (or architectures) saying {}",
-            supported.replace(" and ", " or ")
-        ))),
-    }
+    Err(model_err(format!(
+        "config.json: no model_type (or architectures) saying {}",
+        supported.replace(" and ", " or ")
+    )))
 }
 
 /// A JSON object plus the path used in error messages (`config.json: text_config.`).
@@ -506,5 +509,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown model_type 'bert'"), "{e}");
+        // An unknown model_type is not overridden by a known architectures entry.
+        let e = kind_of(&obj(
+            r#"{"model_type": "convnext", "architectures": ["ViTForImageClassification"]}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown model_type 'convnext'"), "{e}");
     }
 }

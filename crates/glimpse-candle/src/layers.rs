@@ -236,9 +236,9 @@ pub(crate) fn first_argmax<T: PartialOrd + Copy>(xs: &[T]) -> usize {
 #[derive(Debug, Clone)]
 pub struct PatchEmbedding {
     conv: candle_nn::Conv2d,
-    /// `[1, 1, hidden]`.
+    /// `[1, lead, hidden]`: the class token (DeiT: then the distillation token).
     cls: Tensor,
-    /// `[1, 1 + patches, hidden]`.
+    /// `[1, lead + patches, hidden]`.
     pos: Tensor,
 }
 
@@ -251,6 +251,20 @@ impl PatchEmbedding {
         cls: Tensor,
         pos: Tensor,
     ) -> Result<Self> {
+        Self::with_lead_tokens(cfg, conv_bias, conv_vb, (cls, 1), pos)
+    }
+
+    /// [`PatchEmbedding::new`] with `lead` learned tokens in front of the patches (DeiT: class
+    /// and distillation token, 2): `tokens` holds `lead * hidden` values, `pos`
+    /// `(lead + patches) * hidden`.
+    pub fn with_lead_tokens(
+        cfg: &crate::config::VisionConfig,
+        conv_bias: bool,
+        conv_vb: VarBuilder,
+        (tokens, lead): (Tensor, usize),
+        pos: Tensor,
+    ) -> Result<Self> {
+        let cls = tokens;
         let (ph, pw) = cfg.patch_size;
         if ph != pw {
             candle_core::bail!("non-square patch_size [{ph}, {pw}] is not supported");
@@ -267,8 +281,8 @@ impl PatchEmbedding {
         };
         Ok(PatchEmbedding {
             conv,
-            cls: cls.reshape((1, 1, hidden))?,
-            pos: pos.reshape((1, cfg.num_patches() + 1, hidden))?,
+            cls: cls.reshape((1, lead, hidden))?,
+            pos: pos.reshape((1, cfg.num_patches() + lead, hidden))?,
         })
     }
 
@@ -294,6 +308,7 @@ impl PatchEmbedding {
                 }),
             )?,
             cls: self.cls.flatten_all()?.to_vec1()?,
+            lead: self.cls.dim(1)?,
             pos: self.pos.flatten_all()?.to_vec1()?,
             pre_norm: pre_norm.map(crate::engine::Norm::new).transpose()?,
             blocks: encoder.blocks(kernels)?,

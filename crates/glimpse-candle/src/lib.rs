@@ -124,6 +124,11 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<(ModelFamily, Networ
             ModelFamily::Vit,
             Network::Classifier(Arc::new(load_vit(dir, opts)?)),
         ),
+        // DeiT is ViT's encoder with a distillation token: the same loader and engine.
+        ModelFamily::Deit => (
+            ModelFamily::Deit,
+            Network::Classifier(Arc::new(load_vit(dir, opts)?)),
+        ),
     })
 }
 

@@ -1,5 +1,11 @@
 //! ViT image classification (transformers' `ViTForImageClassification`): the encoder's final
 //! layer norm on the class token, a linear classifier, softmax.
+//!
+//! DeiT (`DeiTForImageClassification`, `DeiTForImageClassificationWithTeacher`) is the same
+//! encoder under `deit.` with a distillation token after the class token (position embeddings
+//! for both). The plain head reads the class token; the distilled one has two heads, `cls_classifier`
+//! on the class token and `distillation_classifier` on the distillation token, and its logits are
+//! their mean, as `transformers` computes them.
 
 use std::path::Path;
 
@@ -24,20 +30,25 @@ use glimpse_core::ModelFamily;
 #[derive(Debug, Clone)]
 pub struct VitModel {
     config: VitConfig,
+    family: ModelFamily,
     engine: VisionEncoder,
     layernorm: Norm,
     classifier: Dense,
+    /// DeiT with teacher: the head on the distillation token (`classifier` is then the
+    /// `cls_classifier`), averaged with the class token's.
+    distillation: Option<Dense>,
     preprocess: PreprocessConfig,
     runtime: Runtime,
 }
 
-/// Load a ViT classifier from a Hugging Face folder: `config.json`, `preprocessor_config.json`
-/// and `model.safetensors` (or `pytorch_model.bin`).
+/// Load a ViT or DeiT classifier from a Hugging Face folder: `config.json`,
+/// `preprocessor_config.json` and `model.safetensors` (or `pytorch_model.bin`).
 pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel, Error> {
     let json = config::read_config_json(dir)?;
-    if config::kind_of(&json)? != ModelFamily::Vit {
+    let family = config::kind_of(&json)?;
+    if family.task() != glimpse_core::Task::Classify {
         return Err(model_err(format!(
-            "{}: config.json describes a CLIP model, not a ViT classifier",
+            "{}: config.json describes a {family} model, not a ViT or DeiT image classifier",
             dir.display()
         )));
     }
@@ -49,10 +60,11 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel, Error> {
         context: file.display().to_string(),
         source,
     };
-    let mut model = build(config, &vb, preprocess, opts.precision).map_err(bad)?;
+    let mut model = build(family, config, &vb, preprocess, opts.precision).map_err(bad)?;
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), vision = ?model.config.vision,
-        classes = model.config.id2label.len(), "loaded ViT");
+        classes = model.config.id2label.len(), %family,
+        distilled = model.distillation.is_some(), "loaded image classifier");
     Ok(model)
 }
 
@@ -64,24 +76,32 @@ pub fn random_vit(preset: VitPreset) -> VitModel {
 pub(crate) fn random_vit_in(preset: VitPreset, precision: Precision) -> VitModel {
     let device = Device::Cpu;
     let vb = crate::random::seeded_vb(&device);
-    build(preset.config(), &vb, preset.preprocess(), precision)
-        .expect("a preset ViT always builds from seeded weights")
+    build(
+        ModelFamily::Vit,
+        preset.config(),
+        &vb,
+        preset.preprocess(),
+        precision,
+    )
+    .expect("a preset ViT always builds from seeded weights")
 }
 
 /// Hub checkpoints (and `save_pretrained`) use the original names; a raw transformers-5
 /// `state_dict()` uses the renamed modules. Pick whichever the file has.
-fn layer_naming(vb: &VarBuilder) -> (&'static str, LayerNames) {
-    let v5 = "vit.layers";
-    if !vb.contains_tensor("vit.encoder.layer.0.layernorm_before.weight")
+fn layer_naming(vb: &VarBuilder, base: &str) -> (String, LayerNames) {
+    let v5 = format!("{base}.layers");
+    let v4 = format!("{base}.encoder.layer");
+    if !vb.contains_tensor(&format!("{v4}.0.layernorm_before.weight"))
         && vb.contains_tensor(&format!("{v5}.0.layernorm_before.weight"))
     {
         (v5, VIT_V5_NAMES)
     } else {
-        ("vit.encoder.layer", VIT_NAMES)
+        (v4, VIT_NAMES)
     }
 }
 
 fn build(
+    family: ModelFamily,
     config: VitConfig,
     vb: &VarBuilder,
     preprocess: PreprocessConfig,
@@ -91,24 +111,64 @@ fn build(
     let kernels = Kernels::choose(precision);
     let cfg = &config.vision;
     let h = cfg.encoder.hidden_size;
-    let e = vb.pp("vit.embeddings");
+    let base = match family {
+        ModelFamily::Deit => "deit",
+        _ => "vit",
+    };
+    let e = vb.pp(format!("{base}.embeddings"));
     let randn = Init::Randn {
         mean: 0.0,
         stdev: 0.02,
     };
     let cls = e.get_with_hints((1, 1, h), "cls_token", randn)?;
-    let pos = e.get_with_hints((1, cfg.num_patches() + 1, h), "position_embeddings", randn)?;
-    let embeddings = PatchEmbedding::new(cfg, true, e.pp("patch_embeddings.projection"), cls, pos)?;
-    let (prefix, names) = layer_naming(vb);
+    let (tokens, lead) = if family == ModelFamily::Deit {
+        let dist = e.get_with_hints((1, 1, h), "distillation_token", randn)?;
+        (candle_core::Tensor::cat(&[&cls, &dist], 1)?, 2)
+    } else {
+        (cls, 1)
+    };
+    let pos = e.get_with_hints(
+        (1, cfg.num_patches() + lead, h),
+        "position_embeddings",
+        randn,
+    )?;
+    let embeddings = PatchEmbedding::with_lead_tokens(
+        cfg,
+        true,
+        e.pp("patch_embeddings.projection"),
+        (tokens, lead),
+        pos,
+    )?;
+    let (prefix, names) = layer_naming(vb, base);
     let encoder = Encoder::new(&cfg.encoder, &names, vb.pp(prefix))?;
-    let layernorm = layer_norm(h, cfg.encoder.layer_norm_eps, vb.pp("vit.layernorm"))?;
-    let classifier = linear(h, config.id2label.len(), vb.pp("classifier"))?;
+    let layernorm = layer_norm(
+        h,
+        cfg.encoder.layer_norm_eps,
+        vb.pp(format!("{base}.layernorm")),
+    )?;
+    let n = config.id2label.len();
+    // Batch rows only: kept f32.
+    let head = |name: &str| -> candle_core::Result<Dense> {
+        Dense::from_linear(&linear(h, n, vb.pp(name))?, kernels.at(Precision::F32))
+    };
+    // DeiT with teacher has two heads; which one a file holds decides, as the checkpoint's class
+    // (`architectures`) would.
+    let (classifier, distillation) =
+        if family == ModelFamily::Deit && vb.contains_tensor("cls_classifier.weight") {
+            (
+                head("cls_classifier")?,
+                Some(head("distillation_classifier")?),
+            )
+        } else {
+            (head("classifier")?, None)
+        };
     let engine = embeddings.into_engine(cfg, None, &encoder, kernels)?;
     Ok(VitModel {
         engine,
         layernorm: Norm::new(&layernorm)?,
-        // Batch rows only: kept f32.
-        classifier: Dense::from_linear(&classifier, kernels.at(Precision::F32))?,
+        classifier,
+        distillation,
+        family,
         config,
         preprocess,
         runtime: Runtime::default(),
@@ -118,6 +178,16 @@ fn build(
 impl VitModel {
     pub fn config(&self) -> &VitConfig {
         &self.config
+    }
+
+    /// ViT or DeiT.
+    pub fn family(&self) -> ModelFamily {
+        self.family
+    }
+
+    /// DeiT with teacher: two heads, averaged.
+    pub fn is_distilled(&self) -> bool {
+        self.distillation.is_some()
     }
 
     /// Run forward passes on a pool of `threads` threads (`None`: rayon's global pool).
@@ -134,13 +204,34 @@ impl VitModel {
         check_pixels(pixels, &self.config.vision)?;
         let batch = pixels.batch;
         Ok(self.runtime.run(|| {
-            // The final layer norm is per token; only the class token is classified.
+            // The final layer norm is per token; only the class token (DeiT: and the
+            // distillation token) is classified.
             let cls = self.engine.class_tokens(&pixels.data, batch);
             let mut normed = vec![0f32; cls.len()];
             self.layernorm.forward(&cls, &mut normed);
             let n = self.classifier.out_features();
+            let h = self.config.vision.encoder.hidden_size;
+            let lead = cls.len() / batch / h;
+            // Each image's class token, then (DeiT) its distillation token.
+            let token = |t: usize| -> Vec<f32> {
+                (0..batch)
+                    .flat_map(|b| {
+                        normed[(b * lead + t) * h..(b * lead + t + 1) * h]
+                            .iter()
+                            .copied()
+                    })
+                    .collect()
+            };
             let mut out = vec![0f32; batch * n];
-            self.classifier.forward(&normed, &mut out, false);
+            self.classifier.forward(&token(0), &mut out, false);
+            if let Some(dist) = &self.distillation {
+                let mut d = vec![0f32; batch * n];
+                dist.forward(&token(1), &mut d, false);
+                // transformers: logits = (cls_logits + distillation_logits) / 2.
+                out.iter_mut()
+                    .zip(&d)
+                    .for_each(|(o, d)| *o = (*o + d) / 2.0);
+            }
             out.chunks_exact(n).map(|r| r.to_vec()).collect()
         }))
     }

@@ -111,6 +111,22 @@ pub fn category_of(imagenet_index: usize) -> Category {
         .unwrap_or(Category::Other)
 }
 
+/// The standard ImageNet-1k `id2label` names by index (as `google/vit-base-patch16-224`,
+/// `facebook/deit-*` and the `transformers` label files have them), one per line.
+const IMAGENET_1K_LABELS: &str = include_str!("imagenet_1k_labels.txt");
+
+/// Whether a classifier's labels are the ImageNet-1k set the category table is indexed by: exactly
+/// [`IMAGENET_CLASSES`] labels, equal by index to the standard names. Any other label set (a
+/// fine-tune's own classes, a renamed or reordered ImageNet head) is answered with its own labels
+/// instead of categories.
+pub fn is_imagenet_1k(labels: &[String]) -> bool {
+    labels.len() == IMAGENET_CLASSES
+        && labels
+            .iter()
+            .map(String::as_str)
+            .eq(IMAGENET_1K_LABELS.lines())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +202,21 @@ mod tests {
         for c in Category::ALL {
             assert_eq!(Category::ALL[c as usize], c);
         }
+    }
+
+    #[test]
+    fn imagenet_1k_is_recognised_exactly() {
+        let names: Vec<String> = IMAGENET_1K_LABELS.lines().map(str::to_string).collect();
+        assert_eq!(names.len(), IMAGENET_CLASSES);
+        for &(idx, fragment, _) in TABLE {
+            assert!(names[idx].starts_with(fragment), "{idx}: {}", names[idx]);
+        }
+        assert!(is_imagenet_1k(&names));
+        let mut renamed = names.clone();
+        renamed[5] = "electric ray".to_string();
+        assert!(!is_imagenet_1k(&renamed));
+        assert!(!is_imagenet_1k(&names[..999]));
+        let own: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
+        assert!(!is_imagenet_1k(&own));
     }
 }

@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use crate::backend::{ImageClassifier, PixelBatch, ZeroShotModel};
+use crate::categories::is_imagenet_1k;
 use crate::pipeline::{label_embeddings, PromptCache, PromptCacheBounds, PromptCacheStats};
 use crate::preprocess::PreprocessConfig;
 use crate::response::ClassificationResponse;
 use crate::scoring::{
-    clip_predictions, clip_probabilities, top_k_imagenet, vit_category_predictions,
+    clip_predictions, clip_probabilities, own_label_predictions, top_k_imagenet,
+    vit_category_predictions,
 };
 use crate::{CoreError, Result};
 
@@ -92,15 +94,18 @@ pub enum ModelFamily {
     Clip,
     /// ViT image classifiers (`ViTForImageClassification`).
     Vit,
+    /// DeiT image classifiers (`DeiTForImageClassification`, and the distilled
+    /// `DeiTForImageClassificationWithTeacher`: class and distillation tokens, two heads averaged).
+    Deit,
 }
 
 impl ModelFamily {
-    pub const ALL: [ModelFamily; 2] = [ModelFamily::Clip, ModelFamily::Vit];
+    pub const ALL: [ModelFamily; 3] = [ModelFamily::Clip, ModelFamily::Vit, ModelFamily::Deit];
 
     pub fn task(self) -> Task {
         match self {
             ModelFamily::Clip => Task::ZeroShot,
-            ModelFamily::Vit => Task::Classify,
+            ModelFamily::Vit | ModelFamily::Deit => Task::Classify,
         }
     }
 
@@ -109,6 +114,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Clip => "clip",
             ModelFamily::Vit => "vit",
+            ModelFamily::Deit => "deit",
         }
     }
 
@@ -117,6 +123,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Clip => "CLIPModel",
             ModelFamily::Vit => "ViTForImageClassification",
+            ModelFamily::Deit => "DeiTForImageClassificationWithTeacher",
         }
     }
 
@@ -125,7 +132,7 @@ impl ModelFamily {
     /// softmax: the labels compete for one unit of probability.
     pub fn independent_scores(self) -> bool {
         match self {
-            ModelFamily::Clip | ModelFamily::Vit => false,
+            ModelFamily::Clip | ModelFamily::Vit | ModelFamily::Deit => false,
         }
     }
 
@@ -208,6 +215,9 @@ pub struct ServedModel {
     prompts: PromptCache,
     /// What loading it added to the process's resident memory, where measured.
     resident_bytes: Option<u64>,
+    /// A classifier whose labels are not ImageNet-1k: answered with its own labels instead of
+    /// the ImageNet → category table (see [`ServedModel::answers_own_labels`]).
+    own_labels: bool,
 }
 
 impl ServedModel {
@@ -223,12 +233,17 @@ impl ServedModel {
                 family.task().title()
             )));
         }
+        let own_labels = match &network {
+            Network::Classifier(m) => !is_imagenet_1k(m.id2label()),
+            Network::ZeroShot(_) => false,
+        };
         Ok(ServedModel {
             id: id.into(),
             family,
             network,
             prompts: PromptCache::new(PromptCacheBounds::default()),
             resident_bytes: None,
+            own_labels,
         })
     }
 
@@ -254,6 +269,14 @@ impl ServedModel {
 
     pub fn task(&self) -> Task {
         self.family.task()
+    }
+
+    /// True for a classifier whose `id2label` is not the ImageNet-1k set
+    /// ([`is_imagenet_1k`]), e.g. a fine-tune: its answers' `predictions` are its own labels
+    /// (`result` the top one) and carry no `imagenet` block. False for ImageNet-1k classifiers
+    /// (answered in the six categories) and zero-shot models.
+    pub fn answers_own_labels(&self) -> bool {
+        self.own_labels
     }
 
     /// See [`ModelFamily::independent_scores`].
@@ -372,6 +395,13 @@ impl ServedModel {
                     .iter()
                     .zip(asks)
                     .map(|(p, ask)| match ask {
+                        Ask::Classify(_) if self.own_labels => {
+                            Ok(Answer::Classified(ClassificationResponse::new(
+                                endpoint,
+                                &self.id,
+                                own_label_predictions(p, model.id2label()),
+                            )))
+                        }
                         Ask::Classify(_) => {
                             let mut r = ClassificationResponse::new(
                                 endpoint,
@@ -459,7 +489,8 @@ mod tests {
         assert_eq!(ModelFamily::Clip.task(), Task::ZeroShot);
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
-        assert_eq!(ModelFamily::supported(), "'clip' and 'vit'");
+        assert_eq!(ModelFamily::Deit.task(), Task::Classify);
+        assert_eq!(ModelFamily::supported(), "'clip', 'vit' and 'deit'");
         // Both current families score with a softmax: no multiLabel.
         assert!(!ModelFamily::Clip.independent_scores());
         assert!(!ModelFamily::Vit.independent_scores());
@@ -684,5 +715,102 @@ mod scoring_tests {
         assert_eq!(r.len(), 3);
         let sum: f32 = r[0].predictions.iter().map(|p| p.score).sum();
         assert!((sum - 1.0).abs() < 1e-6);
+    }
+}
+
+/// Classifiers: ImageNet-1k labels answer in categories, any other label set in its own labels.
+#[cfg(test)]
+mod own_label_tests {
+    use super::*;
+    use crate::backend::PixelBatch;
+    use crate::decision::{Decision, RawDecision};
+    use crate::preprocess::PreprocessConfig;
+
+    struct FakeClassifier {
+        cfg: PreprocessConfig,
+        labels: Vec<String>,
+        probs: Vec<f32>,
+    }
+
+    impl ImageClassifier for FakeClassifier {
+        fn preprocess_config(&self) -> &PreprocessConfig {
+            &self.cfg
+        }
+        fn classify(&self, pixels: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+            Ok(vec![self.probs.clone(); pixels.batch])
+        }
+        fn id2label(&self) -> &[String] {
+            &self.labels
+        }
+    }
+
+    fn served(labels: Vec<String>, probs: Vec<f32>) -> ServedModel {
+        let fake = FakeClassifier {
+            cfg: PreprocessConfig::plain(2),
+            labels,
+            probs,
+        };
+        ServedModel::classifier("m", Arc::new(fake))
+    }
+
+    fn answer(model: &ServedModel) -> ClassificationResponse {
+        let px = PixelBatch {
+            data: vec![0.0; 24],
+            batch: 2,
+            height: 2,
+            width: 2,
+        };
+        let mut r = model.classify(&px, &[], &[]).unwrap();
+        assert_eq!(r.len(), 2);
+        r.remove(0).unwrap()
+    }
+
+    #[test]
+    fn a_fine_tune_answers_its_own_labels() {
+        let labels: Vec<String> = ["cat", "dog", "bird"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let model = served(labels, vec![0.25, 0.6, 0.15]);
+        assert!(model.answers_own_labels());
+        let r = answer(&model);
+        assert_eq!(r.result, "dog");
+        assert_eq!(r.confidence, 0.6);
+        let names: Vec<&str> = r.predictions.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(names, ["dog", "cat", "bird"]);
+        assert_eq!(r.imagenet, None);
+        assert_eq!(r.model, "vit");
+
+        // Decision controls work on the own labels as on categories.
+        let d = Decision::parse(RawDecision {
+            min_confidence: Some("0.7"),
+            top_k: Some("2"),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut r = answer(&model);
+        d.apply(&mut r);
+        assert_eq!(r.result, "other");
+        assert!(r.abstained);
+        assert_eq!(r.predictions.len(), 2);
+        assert_eq!(r.predictions[0].label, "dog");
+    }
+
+    #[test]
+    fn imagenet_1k_answers_categories() {
+        let labels: Vec<String> = include_str!("imagenet_1k_labels.txt")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let mut probs = vec![0.0; 1000];
+        probs[817] = 0.9; // sports car
+        probs[0] = 0.1;
+        let model = served(labels, probs);
+        assert!(!model.answers_own_labels());
+        let r = answer(&model);
+        assert_eq!(r.result, "car");
+        assert_eq!(r.predictions.len(), 6);
+        let top = &r.imagenet.expect("imagenet block")[0];
+        assert_eq!(top.label, "sports car, sport car");
     }
 }

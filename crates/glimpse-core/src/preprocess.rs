@@ -51,6 +51,9 @@ pub enum ResizeTarget {
 enum Kind {
     Clip,
     Vit,
+    /// `DeiTImageProcessor` / `DeiTFeatureExtractor`: bicubic to a 256 square, centre crop 224;
+    /// an int `size` is a square (`default_to_square`), not a shortest edge.
+    Deit,
     Unknown,
 }
 
@@ -170,6 +173,8 @@ impl PreprocessConfig {
             Kind::Clip
         } else if type_name.starts_with("ViT") {
             Kind::Vit
+        } else if type_name.starts_with("DeiT") {
+            Kind::Deit
         } else {
             Kind::Unknown
         };
@@ -178,6 +183,12 @@ impl PreprocessConfig {
             Kind::Vit => (
                 Some(2),
                 Some(false),
+                Some(IMAGENET_STANDARD_MEAN),
+                Some(IMAGENET_STANDARD_STD),
+            ),
+            Kind::Deit => (
+                Some(3),
+                Some(true),
                 Some(IMAGENET_STANDARD_MEAN),
                 Some(IMAGENET_STANDARD_STD),
             ),
@@ -190,13 +201,14 @@ impl PreprocessConfig {
         // and the square side for ViT-style ones, as transformers' `default_to_square` decides.
         let int_is_square = match kind {
             Kind::Clip => false,
-            Kind::Vit => true,
+            Kind::Vit | Kind::Deit => true,
             Kind::Unknown => !do_center_crop,
         };
         let size = match obj.get("size") {
             None | Some(Value::Null) => match kind {
                 Kind::Clip => ResizeTarget::ShortestEdge(224),
                 Kind::Vit => ResizeTarget::Exact(224, 224),
+                Kind::Deit => ResizeTarget::Exact(256, 256),
                 Kind::Unknown => return Err(model_err("`size` is missing")),
             },
             Some(v) => parse_size(v, "size", int_is_square)?,

@@ -89,6 +89,27 @@ pub fn top_k_imagenet(probs: &[f32], id2label: &[String], k: usize) -> Vec<Image
         .collect()
 }
 
+/// Most labels a fine-tune's answer lists (its `predictions`), highest first: a checkpoint with
+/// thousands of classes (ImageNet-21k) would otherwise answer megabytes per call.
+pub const MAX_OWN_LABEL_PREDICTIONS: usize = 100;
+
+/// A classifier whose labels are not ImageNet-1k: its own labels with their probabilities, highest
+/// first (ties keep index order), at most [`MAX_OWN_LABEL_PREDICTIONS`].
+pub fn own_label_predictions(probs: &[f32], id2label: &[String]) -> Vec<Prediction> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    idx.into_iter()
+        .take(MAX_OWN_LABEL_PREDICTIONS)
+        .map(|i| Prediction {
+            label: id2label
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("LABEL_{i}")),
+            score: probs[i],
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +145,22 @@ mod tests {
         assert_eq!(preds.len(), 6);
         let total: f32 = preds.iter().map(|p| p.score).sum();
         assert!((total - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn own_labels_are_sorted_and_capped() {
+        let labels: Vec<String> = ["cat", "dog", "bird"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = own_label_predictions(&[0.2, 0.7, 0.1], &labels);
+        let names: Vec<&str> = p.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(names, ["dog", "cat", "bird"]);
+        assert_eq!(p[0].score, 0.7);
+        let many = vec![1.0 / 300.0; 300];
+        let labels: Vec<String> = (0..300).map(|i| format!("c{i}")).collect();
+        let p = own_label_predictions(&many, &labels);
+        assert_eq!(p.len(), MAX_OWN_LABEL_PREDICTIONS);
+        assert_eq!(p[0].label, "c0");
     }
 }

@@ -11,7 +11,19 @@ use hf_hub::{Cache, Repo, RepoType};
 
 /// The files a model folder needs; the first weight file found wins.
 const CONFIG_FILES: [&str; 2] = ["config.json", "preprocessor_config.json"];
-const OPTIONAL_FILES: [&str; 1] = ["tokenizer.json"];
+/// A zero-shot model's tokenizer, in whichever form its repository has it: `tokenizer.json`
+/// (CLIP, SigLIP 2's Gemma tokenizer), or SentencePiece `spiece.model` (Google's SigLIP v1
+/// repositories, which have no `tokenizer.json`) / `tokenizer.model`, with the settings files
+/// (`tokenizer_config.json`: lowercasing, padding side; `special_tokens_map.json`). Each is
+/// fetched when the repository has it; the loader names what it needs and is missing. Image
+/// classifiers (ViT, DeiT) need none of them.
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+    "tokenizer.model",
+];
 const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
 #[derive(Debug, Clone, Default)]
@@ -180,9 +192,9 @@ pub fn pull(id: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
         let path = repo.get(file).map_err(|e| fail(file, &e))?;
         folder = path.parent().map(Path::to_path_buf);
     }
-    for file in OPTIONAL_FILES {
-        // A ViT has no tokenizer; a missing optional file is not an error here, the loader
-        // names it if the model needs it.
+    for file in optional_files(folder.as_deref()) {
+        // A missing optional file is not an error here; the loader names it if the model
+        // needs it.
         let _ = repo.get(file);
     }
     let mut last_err = None;
@@ -201,6 +213,24 @@ pub fn pull(id: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
         return Err(fail("model.safetensors or pytorch_model.bin", &e));
     }
     folder.ok_or_else(|| HubError::Download(format!("model '{id}': empty download")))
+}
+
+/// The files beyond config, processor and weights that the family of the model in `folder`
+/// (by its downloaded `config.json`'s `model_type`) needs: none for image classifiers, the
+/// tokenizer files for the rest (zero-shot families, and a `model_type` this build does not know,
+/// whose loader will say so).
+fn optional_files(folder: Option<&Path>) -> &'static [&'static str] {
+    let model_type = folder
+        .and_then(|f| std::fs::read_to_string(f.join("config.json")).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
+    match model_type
+        .as_deref()
+        .and_then(glimpse_core::ModelFamily::from_model_type)
+    {
+        Some(f) if f.task() == glimpse_core::Task::Classify => &[],
+        _ => &TOKENIZER_FILES,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use glimpse_candle::LoadOptions;
 use glimpse_core::backend::PixelBatch;
-use glimpse_core::{CoreError, ServedModel, Task};
+use glimpse_core::{CoreError, ModelFamily, ServedModel, Task};
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
@@ -170,11 +170,20 @@ pub fn load_served(
 ) -> Result<ServedModel, CoreError> {
     let (family, network) = glimpse_candle::load_model(dir, opts)?;
     if family.task() != task {
+        let supported: Vec<String> = ModelFamily::ALL
+            .into_iter()
+            .filter(|f| f.task() == task)
+            .map(|f| format!("'{}'", f.model_type()))
+            .collect();
         return Err(CoreError::model(format!(
-            "{}: config.json describes a {family} model, which the {} endpoint serves, not the {} one",
+            "{}: config.json's model_type '{family}' is a {} model (the {} endpoint serves it), \
+             not one for the {} endpoint; {} takes model_type {}",
             dir.display(),
             family.task().title(),
-            task.title()
+            family.task().title(),
+            task.title(),
+            task.model_var(),
+            supported.join(" or ")
         )));
     }
     ServedModel::new(id, family, network)

@@ -32,18 +32,25 @@ impl Block {
         self.finish(xs, &mut s.ln, mid, next);
     }
 
-    /// This block for the class tokens only (rows `0, seq, 2·seq, …` of `xs`), as `[batch,
-    /// hidden]`: what the last block owes a model that reads nothing else. Attention still
-    /// reads every token; the output projection and the MLP (three quarters of the block's
-    /// matmuls) run on `batch` rows instead of `batch·seq`. The rows come out as
-    /// [`Block::forward`] computes them: each of those steps works row by row.
-    fn forward_class_tokens(&self, xs: &[f32], seq: usize, s: &mut Scratch) -> Vec<f32> {
+    /// This block for each image's `lead` leading tokens only (the class token, and DeiT's
+    /// distillation token after it), as `[batch·lead, hidden]`: what the last block owes a
+    /// model that reads nothing else. Attention still reads every token; the output projection
+    /// and the MLP (three quarters of the block's matmuls) run on `batch·lead` rows instead of
+    /// `batch·seq`. The rows come out as [`Block::forward`] computes them: each of those steps
+    /// works row by row.
+    fn forward_lead_tokens(
+        &self,
+        xs: &[f32],
+        seq: usize,
+        lead: usize,
+        s: &mut Scratch,
+    ) -> Vec<f32> {
         let h = self.ln1.w.len();
         let batch = xs.len() / h / seq;
-        let mut x = class_rows(xs, batch, seq, h);
+        let mut x = lead_rows(xs, batch, seq, h, lead);
         self.attend(xs, seq, s);
-        let mut attn = class_rows(&s.ln, batch, seq, h);
-        let mid = &mut s.mid[..batch * self.fc1.out_features()];
+        let mut attn = lead_rows(&s.ln, batch, seq, h, lead);
+        let mid = &mut s.mid[..batch * lead * self.fc1.out_features()];
         self.finish(&mut x, &mut attn, mid, None);
         x
     }
@@ -85,8 +92,12 @@ pub(crate) struct VisionEncoder {
     pub(crate) image: (usize, usize),
     /// `[hidden, c·p·p]` → gemm over im2col rows.
     pub(crate) conv: Dense,
+    /// The learned tokens in front of the patches, `[lead, hidden]`: the class token (DeiT: then
+    /// its distillation token).
     pub(crate) cls: Vec<f32>,
-    /// `[1 + patches, hidden]`.
+    /// How many tokens `cls` holds (1; DeiT 2).
+    pub(crate) lead: usize,
+    /// `[lead + patches, hidden]`.
     pub(crate) pos: Vec<f32>,
     pub(crate) pre_norm: Option<Norm>,
     pub(crate) blocks: Vec<Block>,
@@ -94,15 +105,17 @@ pub(crate) struct VisionEncoder {
 
 impl VisionEncoder {
     pub(crate) fn seq(&self) -> usize {
-        (self.image.0 / self.patch) * (self.image.1 / self.patch) + 1
+        (self.image.0 / self.patch) * (self.image.1 / self.patch) + self.lead
     }
 
     /// `pixels`: `[batch, c, H, W]`. Returns each image's class token out of the encoder,
-    /// `[batch, hidden]` (the other tokens' last-block outputs are never computed).
+    /// `[batch, hidden]` (the other tokens' last-block outputs are never computed). With
+    /// `lead` > 1 (DeiT), each image's leading tokens in order: `[batch·lead, hidden]`.
     pub(crate) fn class_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
         let (p, c, (ih, iw)) = (self.patch, self.channels, self.image);
         let (gh, gw) = (ih / p, iw / p);
-        let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len());
+        let lead = self.lead;
+        let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len() / lead);
         let kdim = c * p * p;
         // im2col: one row per patch, columns in the conv weight's (c, ky, kx) order.
         let mut cols = vec![0f32; batch * np * kdim];
@@ -126,10 +139,10 @@ impl VisionEncoder {
             .for_each(|(b, img)| {
                 for (t, row) in img.chunks_exact_mut(hidden).enumerate() {
                     let pos = &self.pos[t * hidden..(t + 1) * hidden];
-                    let src = if t == 0 {
-                        &self.cls[..]
+                    let src = if t < lead {
+                        &self.cls[t * hidden..(t + 1) * hidden]
                     } else {
-                        &emb[(b * np + t - 1) * hidden..(b * np + t) * hidden]
+                        &emb[(b * np + t - lead) * hidden..(b * np + t - lead + 1) * hidden]
                     };
                     row.iter_mut()
                         .zip(src.iter().zip(pos))
@@ -147,12 +160,12 @@ impl VisionEncoder {
             std::mem::swap(&mut xs, &mut s.ln);
         }
         let Some((last, rest)) = self.blocks.split_last() else {
-            return class_rows(&xs, batch, seq, hidden);
+            return lead_rows(&xs, batch, seq, hidden, lead);
         };
         for (i, block) in rest.iter().enumerate() {
             block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
         }
-        last.forward_class_tokens(&xs, seq, &mut s)
+        last.forward_lead_tokens(&xs, seq, lead, &mut s)
     }
 }
 
@@ -210,10 +223,11 @@ impl TextEncoder {
     }
 }
 
-/// Rows `0, seq, 2·seq, …` of `[batch·seq, h]` `xs` (each image's class token), as `[batch, h]`.
-fn class_rows(xs: &[f32], batch: usize, seq: usize, h: usize) -> Vec<f32> {
+/// The first `lead` rows of each image of `[batch·seq, h]` `xs` (its class token, and DeiT's
+/// distillation token), as `[batch·lead, h]`.
+fn lead_rows(xs: &[f32], batch: usize, seq: usize, h: usize, lead: usize) -> Vec<f32> {
     (0..batch)
-        .flat_map(|b| xs[b * seq * h..b * seq * h + h].iter().copied())
+        .flat_map(|b| xs[b * seq * h..(b * seq + lead) * h].iter().copied())
         .collect()
 }
 

@@ -74,3 +74,33 @@ fn id2label_is_ordered_by_index() {
     assert_eq!(labels[804], "soap dispenser");
     assert_eq!(labels[999], "toilet tissue, toilet paper, bathroom tissue");
 }
+
+#[test]
+fn deit_distilled_safetensors_matches_transformers() {
+    // DeiTForImageClassificationWithTeacher: class + distillation token, two heads averaged
+    // (the fixture's heads differ, so either one alone would miss the reference).
+    let model = load_vit(&model_dir("deit-tiny"), &LoadOptions::default()).unwrap();
+    assert_eq!(model.family(), glimpse_core::ModelFamily::Deit);
+    assert!(model.is_distilled());
+    check_model("deit-tiny");
+}
+
+#[test]
+fn deit_distilled_pytorch_bin_matches_transformers() {
+    check_model("deit-tiny-bin");
+}
+
+#[test]
+fn vit_fine_tune_with_own_labels_matches_transformers() {
+    check_model("vit-tiny-ft");
+    let model = load_vit(&model_dir("vit-tiny-ft"), &LoadOptions::default()).unwrap();
+    assert_eq!(model.id2label(), ["cat", "dog", "bird", "fish", "horse"]);
+}
+
+#[test]
+fn deit_loads_through_load_model_as_its_family() {
+    let (family, network) =
+        glimpse_candle::load_model(&model_dir("deit-tiny"), &LoadOptions::default()).unwrap();
+    assert_eq!(family, glimpse_core::ModelFamily::Deit);
+    assert!(matches!(network, glimpse_core::Network::Classifier(_)));
+}

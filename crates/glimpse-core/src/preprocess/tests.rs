@@ -203,3 +203,22 @@ fn hand_built_zero_sizes_do_not_panic() {
     c.crop_size = (0, 7);
     assert!(c.preprocess(&gradient(5, 5)).is_empty());
 }
+
+#[test]
+fn deit_int_size_is_a_square_then_cropped() {
+    // facebook/deit-base-distilled-patch16-224's preprocessor_config.json.
+    let c = PreprocessConfig::from_json_str(
+        r#"{"crop_size": 224, "do_center_crop": true, "do_normalize": true, "do_resize": true,
+            "feature_extractor_type": "DeiTFeatureExtractor", "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 256}"#,
+    )
+    .unwrap();
+    assert_eq!(c.size, ResizeTarget::Exact(256, 256));
+    assert!(c.do_center_crop);
+    assert_eq!(c.output_size(), (224, 224));
+    let d = PreprocessConfig::from_json_str(r#"{"image_processor_type": "DeiTImageProcessor"}"#)
+        .unwrap();
+    assert_eq!(d.size, ResizeTarget::Exact(256, 256));
+    assert_eq!(d.resample, 3);
+    assert_eq!(d.output_size(), (224, 224));
+}

@@ -205,8 +205,9 @@ pub struct ClassificationResponse {
     pub abstained: Option<bool>,
     /// `clip` or `vit`.
     pub model: String,
-    /// Every label (CLIP) or category (ViT), highest score first; the scores sum to 1. With
-    /// `topK`, only the K best.
+    /// Every label (CLIP) or category (ViT), highest score first; the scores sum to 1. A ViT
+    /// fine-tune with its own labels lists those labels instead (at most 100). With `topK`, only
+    /// the K best.
     pub predictions: Vec<Prediction>,
     /// `multiLabel=true` only: every label scoring at or above `minConfidence`, highest first.
     #[schema(nullable = false)]
@@ -215,7 +216,8 @@ pub struct ClassificationResponse {
     pub model_id: String,
     /// Server time for the call, in milliseconds.
     pub timing_ms: f64,
-    /// ViT only: the top 5 raw ImageNet classes.
+    /// ViT with ImageNet-1k labels only: the top 5 raw ImageNet classes (absent for a fine-tune
+    /// answering its own labels).
     #[schema(nullable = false)]
     pub imagenet: Option<Vec<ImagenetPrediction>>,
 }
@@ -682,12 +684,19 @@ fn clip_post() {}
 fn clip_get() {}
 
 #[utoipa::path(post, path = "/api/image-classification/vit", tag = "classification",
-    summary = "Classify an image with ViT (ImageNet, mapped to car/document/motorcycle/truck/person/other)",
+    summary = "Classify an image with ViT/DeiT (ImageNet categories, or a fine-tune's own labels)",
+    description = "An ImageNet-1k classifier (its `id2label` is the standard 1000 ImageNet classes, \
+        as `google/vit-base-patch16-224` and `facebook/deit-*` have) answers in the six categories \
+        car/document/motorcycle/truck/person/other, summing the classes' probabilities, with the \
+        top 5 raw classes in `imagenet`. A fine-tune with labels of its own (any other `id2label`) \
+        answers with those labels: `predictions` are its labels with their softmax probabilities \
+        (at most 100, highest first), `result` the top one, and there is no `imagenet` block.",
     params(VitQuery, IdempotencyHeader),
     request_body(content = VitForm, content_type = "multipart/form-data",
         description = "The image as field `image`. May be left out when `url` is given."),
     responses(
-        (status = 200, description = "The classification, with the top 5 ImageNet classes",
+        (status = 200, description = "The classification: categories with the top 5 ImageNet \
+            classes, or a fine-tune's own labels",
             body = ClassificationResponse,
             headers(("X-Credits-Remaining" = i64, description = "Balance after this call"))),
         ClassifyErrors),
@@ -696,9 +705,16 @@ fn vit_post() {}
 
 #[utoipa::path(get, path = "/api/image-classification/vit", tag = "classification",
     summary = "Classify the image at `url` with ViT",
+    description = "An ImageNet-1k classifier (its `id2label` is the standard 1000 ImageNet classes, \
+        as `google/vit-base-patch16-224` and `facebook/deit-*` have) answers in the six categories \
+        car/document/motorcycle/truck/person/other, summing the classes' probabilities, with the \
+        top 5 raw classes in `imagenet`. A fine-tune with labels of its own (any other `id2label`) \
+        answers with those labels: `predictions` are its labels with their softmax probabilities \
+        (at most 100, highest first), `result` the top one, and there is no `imagenet` block.",
     params(VitQuery, IdempotencyHeader),
     responses(
-        (status = 200, description = "The classification, with the top 5 ImageNet classes",
+        (status = 200, description = "The classification: categories with the top 5 ImageNet \
+            classes, or a fine-tune's own labels",
             body = ClassificationResponse,
             headers(("X-Credits-Remaining" = i64, description = "Balance after this call"))),
         ClassifyErrors),

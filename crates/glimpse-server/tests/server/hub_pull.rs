@@ -125,9 +125,11 @@ fn pull_downloads_every_file_into_the_cache_then_works_offline() {
         asked.iter().any(|p| p.ends_with("/model.safetensors")),
         "{asked:?}"
     );
-    // tokenizer.json is optional and absent: asked for, 404, not an error.
+    // An image classifier needs no tokenizer: none of its files is asked for.
     assert!(
-        asked.iter().any(|p| p.ends_with("/tokenizer.json")),
+        !asked
+            .iter()
+            .any(|p| p.contains("token") || p.contains("spiece")),
         "{asked:?}"
     );
 
@@ -186,4 +188,93 @@ fn unreachable_hub_says_which_model_and_how_to_use_a_folder() {
     assert!(err.contains("openai/clip-vit-base-patch32"), "{err}");
     assert!(err.contains("config.json"), "{err}");
     assert!(err.contains("GLIMPSE_CLIP_MODEL"), "{err}");
+}
+
+/// `files` with these extra names, holding their own name as bytes.
+fn with_files(model_type: &str, names: &[&str]) -> HashMap<String, Vec<u8>> {
+    let mut files = model_files();
+    files.insert(
+        "config.json".to_string(),
+        format!(r#"{{"model_type":"{model_type}"}}"#).into_bytes(),
+    );
+    for n in names {
+        files.insert(n.to_string(), format!("contents of {n}").into_bytes());
+    }
+    files
+}
+
+/// Pull `repo` from a stand-in serving `files`; every file must arrive intact. Returns the
+/// snapshot folder (inside the returned cache) and the paths the client asked for.
+fn pull_all(
+    repo: &str,
+    files: &HashMap<String, Vec<u8>>,
+) -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
+    let hub = stand_in(repo, files.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let opts = HubOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        endpoint: Some(hub.endpoint.clone()),
+        offline: false,
+        progress: false,
+    };
+    let folder = pull(repo, &opts).expect("pull from the stand-in");
+    for (name, data) in files {
+        let got = std::fs::read(folder.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(&got, data, "{name} differs after download");
+    }
+    let asked = hub.requests.lock().unwrap().clone();
+    (cache, folder, asked)
+}
+
+#[test]
+fn siglip_v1_repository_is_pulled_with_its_sentencepiece_tokenizer() {
+    // Exactly the files google/siglip-base-patch16-224 holds (no tokenizer.json).
+    let files = with_files(
+        "siglip",
+        &[
+            "special_tokens_map.json",
+            "spiece.model",
+            "tokenizer_config.json",
+        ],
+    );
+    let (_cache, folder, asked) = pull_all("google/siglip-base-patch16-224", &files);
+    let mut got: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+            "special_tokens_map.json",
+            "spiece.model",
+            "tokenizer_config.json"
+        ]
+    );
+    // tokenizer.json was looked for (404, not an error).
+    assert!(
+        asked.iter().any(|p| p.ends_with("/tokenizer.json")),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn siglip2_repository_is_pulled_with_its_tokenizer_json() {
+    // google/siglip2-base-patch16-224: a Gemma tokenizer.json plus its settings and
+    // SentencePiece model.
+    let files = with_files(
+        "siglip",
+        &[
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "tokenizer.model",
+        ],
+    );
+    let (_cache, folder, _) = pull_all("google/siglip2-base-patch16-224", &files);
+    assert!(folder.join("tokenizer.model").is_file());
+    assert!(!folder.join("spiece.model").exists());
 }

@@ -25,6 +25,7 @@ mod api_embeddings;
 mod api_errors;
 mod api_hostile;
 mod api_metrics;
+mod api_vit_models;
 mod browser;
 mod fetch_addr;
 mod fetch_proxy;

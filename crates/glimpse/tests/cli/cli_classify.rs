@@ -331,7 +331,7 @@ fn models_list_shows_the_configured_models() {
         .env("GLIMPSE_CLIP_MODEL", fixtures().join("models/clip-tiny"))
         .env("GLIMPSE_VIT_MODEL", fixtures().join("models/vit-tiny"))
         .env("GLIMPSE_CLIP_MODELS", "openai/clip-vit-base-patch16")
-        .env_remove("GLIMPSE_VIT_MODELS")
+        .env("GLIMPSE_VIT_MODELS", fixtures().join("models/deit-tiny"))
         .output()
         .unwrap();
     assert_success(&out);
@@ -344,7 +344,11 @@ fn models_list_shows_the_configured_models() {
             .unwrap_or_else(|| panic!("{id} not listed: {rows}"))
             .clone()
     };
-    for (id, family) in [("clip-tiny", "clip"), ("vit-tiny", "vit")] {
+    for (id, family) in [
+        ("clip-tiny", "clip"),
+        ("vit-tiny", "vit"),
+        ("deit-tiny", "deit"),
+    ] {
         let r = row(id);
         assert_eq!(r["family"], family, "{r}");
         assert_eq!(r["configured"], true, "{r}");

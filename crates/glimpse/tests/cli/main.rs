@@ -13,3 +13,4 @@ mod cli_classify;
 mod cli_keys;
 mod hostile;
 mod replicas;
+mod startup_errors;

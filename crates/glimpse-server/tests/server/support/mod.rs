@@ -163,6 +163,7 @@ impl TestServerBuilder {
         prompt_cache_entries: usize => models.prompt_cache_entries;
         max_batch_images: usize => limits.max_batch_images;
         max_batch_bytes: usize => limits.max_batch_bytes;
+        extra_vit_models: Vec<String> => models.extra_vit_models;
     }
 
     /// Open the store, load the models, serve on 127.0.0.1:0 and make the key.
