@@ -40,6 +40,8 @@ pub struct RawInput {
     pub fallback: Option<String>,
     pub top_k: Option<String>,
     pub multi_label: Option<String>,
+    /// A saved classifier's name (`clip` only; issue 24).
+    pub classifier: Option<String>,
     pub upload: Option<Vec<u8>>,
     /// Hex SHA-256 of the request, for idempotency.
     pub fingerprint: String,
@@ -55,6 +57,7 @@ impl RawInput {
             "fallback" => &mut self.fallback,
             "topK" => &mut self.top_k,
             "multiLabel" => &mut self.multi_label,
+            "classifier" => &mut self.classifier,
             n if n == model_param => &mut self.model,
             _ => return None,
         })
@@ -80,6 +83,7 @@ impl RawInput {
             fallback,
             top_k,
             multi_label,
+            classifier,
             ..
         } = other;
         for (mine, theirs) in [
@@ -90,6 +94,7 @@ impl RawInput {
             (&mut self.fallback, fallback),
             (&mut self.top_k, top_k),
             (&mut self.multi_label, multi_label),
+            (&mut self.classifier, classifier),
         ] {
             if mine.is_none() {
                 *mine = theirs;
