@@ -4,7 +4,8 @@
 //! - the image is the multipart file field `image`; exactly one file field is accepted, and any
 //!   other file field is refused, so a typo is not silently ignored;
 //! - `labels`, `url`, `clipModel`/`vitModel` and the decision controls (`minConfidence`,
-//!   `fallback`, `topK`, `multiLabel`; see `glimpse_core::decision`) may come as query parameters or as text fields of
+//!   `fallback`, `topK`, `multiLabel`; see `glimpse_core::decision`) and `classifier` (a saved
+//!   classifier's name, issue 24) may come as query parameters or as text fields of
 //!   the form; when both give one, the query string wins (the seed documents them as query
 //!   parameters, the form fields are a convenience);
 //! - an upload and a `url` together: the upload wins; neither: 400;
