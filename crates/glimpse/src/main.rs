@@ -6,6 +6,7 @@
 
 mod bench;
 mod bulk;
+mod classifiers;
 mod classify;
 mod cli;
 mod config_file;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         cli::Command::Classify(args) => classify::run(args),
         cli::Command::Models(cmd) => models::run(cmd),
         cli::Command::Keys(args) => keys::run(args),
+        cli::Command::Classifiers(args) => classifiers::run(args),
         cli::Command::Bench(args) => bench::run(args),
     };
     match result {
