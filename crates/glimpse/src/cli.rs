@@ -40,7 +40,7 @@ pub enum Command {
     /// Run the HTTP API server.
     Serve(Box<glimpse_server::ServerConfig>),
     /// Classify local images without a server.
-    Classify(ClassifyArgs),
+    Classify(Box<ClassifyArgs>),
     /// Pull models from the Hugging Face Hub, or list the cached ones.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -91,8 +91,23 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub progress_every: usize,
     /// Comma-separated labels for CLIP (default car,document,motorcycle,truck,person,other).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "classifier")]
     pub labels: Option<String>,
+    /// CLIP only: score against this saved classifier's stored prototypes (`glimpse
+    /// classifiers`) instead of `--labels`; needs `--key-id`, and `--model` must be the model
+    /// it was made with.
+    #[arg(long, requires = "key_id")]
+    pub classifier: Option<String>,
+    /// The key owning `--classifier`.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// The store holding `--classifier` (`sqlite://PATH` or `postgres://…`).
+    #[arg(
+        long,
+        env = "GLIMPSE_DATABASE_URL",
+        default_value = glimpse_server::config::DEFAULT_DATABASE_URL
+    )]
+    pub database_url: String,
     /// Model: a Hub id or a local folder (default: GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL or the
     /// built-in default).
     #[arg(long)]

@@ -73,6 +73,30 @@ fn create_from_dir_list_show_serve_delete() {
     assert_eq!(shown["labels"][1]["examples"], 1);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("embedding"));
 
+    // `glimpse classify --classifier` uses it locally.
+    let out = glimpse()
+        .args([
+            "classify", "clip", "--json", "--model", model, "--key-id", &key_id,
+        ])
+        .args(["--classifier", "desk"])
+        .arg(image("page.jpg"))
+        .env("GLIMPSE_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["result"], "doc", "{line}");
+    assert_eq!(line["predictions"].as_array().unwrap().len(), 2, "{line}");
+    let out = glimpse()
+        .args(["classify", "clip", "--model", model, "--key-id", &key_id])
+        .args(["--classifier", "nope"])
+        .arg(image("page.jpg"))
+        .env("GLIMPSE_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no classifier named 'nope'"));
+
     // The server serves what the CLI stored, for the owning key.
     let server = start_server(&db, &[]);
     let page = std::fs::read(image("page.jpg")).unwrap();
