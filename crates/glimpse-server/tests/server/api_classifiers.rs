@@ -785,3 +785,23 @@ async fn examples_matter_and_a_restart_serves_without_the_text_encoder() {
     drop(s2);
     drop(dir);
 }
+
+/// The playground offers the key's saved classifiers and says when an answer abstained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_picks_a_saved_classifier_and_shows_abstentions() {
+    let s = TestServer::builder().start().await;
+    let index = s.get_text("/").await;
+    assert!(index.contains("id=\"classifier\""), "no classifier picker");
+    assert!(
+        index.contains("id=\"load-classifiers\""),
+        "no way to load them"
+    );
+    let js = s.get_text("/playground.js").await;
+    for needle in [
+        "fetch(\"/api/classifiers\"",
+        "searchParams.set(\"classifier\"",
+        "data.abstained",
+    ] {
+        assert!(js.contains(needle), "playground.js lacks {needle}");
+    }
+}
