@@ -15,6 +15,7 @@ pub mod labels;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod prototypes;
 pub mod registry;
 pub mod response;
 pub mod scoring;

@@ -146,4 +146,29 @@ impl Store for CachedStore {
         self.entries().clear();
         self.inner.close().await;
     }
+    async fn create_classifier(
+        &self,
+        key_id: &str,
+        spec: &ClassifierSpec,
+        max_per_key: u32,
+    ) -> Result<Classifier> {
+        self.inner
+            .create_classifier(key_id, spec, max_per_key)
+            .await
+    }
+    async fn list_classifiers(&self, key_id: &str) -> Result<Vec<Classifier>> {
+        self.inner.list_classifiers(key_id).await
+    }
+    async fn get_classifier(&self, key_id: &str, name: &str) -> Result<Option<Classifier>> {
+        self.inner.get_classifier(key_id, name).await
+    }
+    async fn replace_classifier(&self, key_id: &str, spec: &ClassifierSpec) -> Result<Classifier> {
+        self.inner.replace_classifier(key_id, spec).await
+    }
+    async fn delete_classifier(&self, key_id: &str, name: &str) -> Result<bool> {
+        self.inner.delete_classifier(key_id, name).await
+    }
+    async fn count_classifiers(&self, key_id: &str) -> Result<u64> {
+        self.inner.count_classifiers(key_id).await
+    }
 }

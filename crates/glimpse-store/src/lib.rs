@@ -215,6 +215,54 @@ pub struct Reservation {
     pub created_at: String,
 }
 
+/// One label of a saved classifier (issue 24).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassifierLabel {
+    pub name: String,
+    /// The prompts as given (templates with `{label}`, or whole sentences); empty when the
+    /// server's templates were used.
+    pub prompts: Vec<String>,
+    /// How many example images went into `embedding`.
+    pub examples: u32,
+    /// The label's prototype, L2-normalised (see `glimpse_core::prototypes`).
+    pub embedding: Vec<f32>,
+}
+
+/// What a saved classifier is made of: the part a create or replace writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassifierSpec {
+    /// Unique per key.
+    pub name: String,
+    /// The served model id whose embedding space `labels` live in.
+    pub model: String,
+    pub labels: Vec<ClassifierLabel>,
+    /// Defaults for the decision controls when a call does not give them.
+    pub min_confidence: Option<f32>,
+    pub fallback: Option<String>,
+    pub multi_label: bool,
+}
+
+/// A saved classifier as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Classifier {
+    /// The key that owns it; no other key sees it.
+    pub key_id: String,
+    #[serde(flatten)]
+    pub spec: ClassifierSpec,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; the time of the last replace (the creation time until then).
+    pub updated_at: String,
+}
+
+/// What a store without classifier tables (a test double) answers to the classifier methods.
+fn no_classifiers() -> StoreError {
+    StoreError::Invalid("this store keeps no classifiers".into())
+}
+
 /// Tuning for `connect_with`.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -371,4 +419,41 @@ pub trait Store: Send + Sync + 'static {
     async fn reservation(&self, debit_id: &str) -> Result<Reservation>;
     /// Closes the connection pool (graceful shutdown); later calls that need the database fail.
     async fn close(&self);
+    /// Saves a new classifier owned by `key_id`. `Invalid` when the key already has one named
+    /// `spec.name` or already holds `max_per_key`; `NotFound` for an unknown key. (On
+    /// PostgreSQL the key's row is locked for the count, so concurrent creates cannot overshoot.)
+    async fn create_classifier(
+        &self,
+        _key_id: &str,
+        _spec: &ClassifierSpec,
+        _max_per_key: u32,
+    ) -> Result<Classifier> {
+        Err(no_classifiers())
+    }
+    /// The key's classifiers, by name.
+    async fn list_classifiers(&self, _key_id: &str) -> Result<Vec<Classifier>> {
+        Err(no_classifiers())
+    }
+    /// The key's classifier named `name`; `None` when the key has none of that name (whoever
+    /// else does).
+    async fn get_classifier(&self, _key_id: &str, _name: &str) -> Result<Option<Classifier>> {
+        Err(no_classifiers())
+    }
+    /// Replaces the key's classifier named `spec.name` (keeping its creation time); `NotFound`
+    /// when the key has none of that name.
+    async fn replace_classifier(
+        &self,
+        _key_id: &str,
+        _spec: &ClassifierSpec,
+    ) -> Result<Classifier> {
+        Err(no_classifiers())
+    }
+    /// Deletes the key's classifier named `name`; whether there was one.
+    async fn delete_classifier(&self, _key_id: &str, _name: &str) -> Result<bool> {
+        Err(no_classifiers())
+    }
+    /// How many classifiers the key holds.
+    async fn count_classifiers(&self, _key_id: &str) -> Result<u64> {
+        Err(no_classifiers())
+    }
 }

@@ -200,6 +200,61 @@ fn key_columns<D: Dialect>() -> String {
     )
 }
 
+/// A `classifiers` row; `labels` is JSON.
+#[derive(FromRow)]
+struct ClassifierRow {
+    key_id: String,
+    name: String,
+    model: String,
+    labels: String,
+    min_confidence: Option<f64>,
+    fallback: Option<String>,
+    multi_label: bool,
+    created_at: String,
+    updated_at: String,
+}
+
+impl ClassifierRow {
+    fn into_classifier(self) -> Result<Classifier> {
+        let labels = serde_json::from_str(&self.labels).map_err(|e| {
+            StoreError::Database(DatabaseError::caused(
+                format!(
+                    "classifier {}'s stored labels are not valid JSON",
+                    self.name
+                ),
+                e,
+            ))
+        })?;
+        Ok(Classifier {
+            key_id: self.key_id,
+            spec: ClassifierSpec {
+                name: self.name,
+                model: self.model,
+                labels,
+                min_confidence: self.min_confidence.map(|v| v as f32),
+                fallback: self.fallback,
+                multi_label: self.multi_label,
+            },
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn classifier_columns<D: Dialect>() -> String {
+    format!(
+        "key_id, name, model, labels, min_confidence, fallback, multi_label, {} AS created_at, \
+         {} AS updated_at",
+        D::rfc3339("created_at"),
+        D::rfc3339("updated_at")
+    )
+}
+
+fn labels_json(spec: &ClassifierSpec) -> Result<String> {
+    serde_json::to_string(&spec.labels)
+        .map_err(|e| StoreError::Invalid(format!("classifier labels cannot be stored: {e}")))
+}
+
 /// The store, on dialect `D`'s database.
 pub struct SqlStore<D: Dialect> {
     pool: Pool<D::Db>,
@@ -470,6 +525,108 @@ where
         } else {
             IdempotencyClaim::InProgress
         }))
+    }
+
+    async fn classifier_in(
+        conn: &mut Conn<D>,
+        key_id: &str,
+        name: &str,
+    ) -> Result<Option<Classifier>> {
+        let row: Option<ClassifierRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM classifiers WHERE key_id = $1 AND name = $2",
+            classifier_columns::<D>()
+        ))
+        .bind(key_id)
+        .bind(name)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err)?;
+        row.map(ClassifierRow::into_classifier).transpose()
+    }
+
+    /// The create's statements: lock the key's row (so the count holds), count, insert.
+    async fn create_classifier_in(
+        conn: &mut Conn<D>,
+        key_id: &str,
+        spec: &ClassifierSpec,
+        max_per_key: u32,
+    ) -> Result<Classifier> {
+        let key = sqlx::query(&format!(
+            "SELECT 1 FROM keys WHERE id = $1{}",
+            D::FOR_UPDATE
+        ))
+        .bind(key_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        if key.is_none() {
+            return Err(StoreError::NotFound(format!("key {key_id}")));
+        }
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM classifiers WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let exists = Self::classifier_in(conn, key_id, &spec.name)
+            .await?
+            .is_some();
+        if exists {
+            return Err(StoreError::Invalid(format!(
+                "a classifier named '{}' already exists; PUT /api/classifiers/{} replaces it",
+                spec.name, spec.name
+            )));
+        }
+        if held >= i64::from(max_per_key) {
+            return Err(StoreError::Invalid(format!(
+                "this key already holds {held} classifiers, the most allowed ({max_per_key}); \
+                 delete one first"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO classifiers (key_id, name, model, labels, min_confidence, fallback, multi_label)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key_id)
+        .bind(spec.name.as_str())
+        .bind(spec.model.as_str())
+        .bind(labels_json(spec)?)
+        .bind(spec.min_confidence.map(f64::from))
+        .bind(spec.fallback.clone())
+        .bind(spec.multi_label)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        Self::classifier_in(conn, key_id, &spec.name)
+            .await?
+            .ok_or_else(|| StoreError::Database("a classifier just saved is not there".into()))
+    }
+
+    async fn replace_classifier_in(
+        conn: &mut Conn<D>,
+        key_id: &str,
+        spec: &ClassifierSpec,
+    ) -> Result<Classifier> {
+        let done = sqlx::query(&format!(
+            "UPDATE classifiers SET model = $3, labels = $4, min_confidence = $5, fallback = $6,
+             multi_label = $7, updated_at = {} WHERE key_id = $1 AND name = $2",
+            D::NOW
+        ))
+        .bind(key_id)
+        .bind(spec.name.as_str())
+        .bind(spec.model.as_str())
+        .bind(labels_json(spec)?)
+        .bind(spec.min_confidence.map(f64::from))
+        .bind(spec.fallback.clone())
+        .bind(spec.multi_label)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        if D::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!("classifier {}", spec.name)));
+        }
+        Self::classifier_in(conn, key_id, &spec.name)
+            .await?
+            .ok_or_else(|| StoreError::Database("a classifier just saved is not there".into()))
     }
 }
 
@@ -882,5 +1039,62 @@ where
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn create_classifier(
+        &self,
+        key_id: &str,
+        spec: &ClassifierSpec,
+        max_per_key: u32,
+    ) -> Result<Classifier> {
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
+        let outcome = Self::create_classifier_in(&mut tx, key_id, spec, max_per_key).await;
+        tx.finish(outcome).await
+    }
+
+    async fn list_classifiers(&self, key_id: &str) -> Result<Vec<Classifier>> {
+        let rows: Vec<ClassifierRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM classifiers WHERE key_id = $1 ORDER BY name",
+            classifier_columns::<D>()
+        ))
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(ClassifierRow::into_classifier)
+            .collect()
+    }
+
+    async fn get_classifier(&self, key_id: &str, name: &str) -> Result<Option<Classifier>> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        Self::classifier_in(&mut conn, key_id, name).await
+    }
+
+    async fn replace_classifier(&self, key_id: &str, spec: &ClassifierSpec) -> Result<Classifier> {
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
+        let outcome = Self::replace_classifier_in(&mut tx, key_id, spec).await;
+        tx.finish(outcome).await
+    }
+
+    async fn delete_classifier(&self, key_id: &str, name: &str) -> Result<bool> {
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM classifiers WHERE key_id = $1 AND name = $2")
+            .bind(key_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err);
+        let gone = tx.finish(done).await?;
+        Ok(D::rows_affected(&gone) > 0)
+    }
+
+    async fn count_classifiers(&self, key_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM classifiers WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(n.max(0) as u64)
     }
 }

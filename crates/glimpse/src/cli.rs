@@ -40,12 +40,14 @@ pub enum Command {
     /// Run the HTTP API server.
     Serve(Box<glimpse_server::ServerConfig>),
     /// Classify local images without a server.
-    Classify(ClassifyArgs),
+    Classify(Box<ClassifyArgs>),
     /// Pull models from the Hugging Face Hub, or list the cached ones.
     #[command(subcommand)]
     Models(ModelsCommand),
     /// Manage API keys and credits.
     Keys(KeysArgs),
+    /// Saved classifiers (taught by example images) in the local database.
+    Classifiers(ClassifiersArgs),
     /// Benchmark the model path on random weights at real dimensions.
     Bench(BenchArgs),
 }
@@ -89,8 +91,23 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub progress_every: usize,
     /// Comma-separated labels for CLIP (default car,document,motorcycle,truck,person,other).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "classifier")]
     pub labels: Option<String>,
+    /// CLIP only: score against this saved classifier's stored prototypes (`glimpse
+    /// classifiers`) instead of `--labels`; needs `--key-id`, and `--model` must be the model
+    /// it was made with.
+    #[arg(long, requires = "key_id")]
+    pub classifier: Option<String>,
+    /// The key owning `--classifier`.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// The store holding `--classifier` (`sqlite://PATH` or `postgres://…`).
+    #[arg(
+        long,
+        env = "GLIMPSE_DATABASE_URL",
+        default_value = glimpse_server::config::DEFAULT_DATABASE_URL
+    )]
+    pub database_url: String,
     /// Model: a Hub id or a local folder (default: GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL or the
     /// built-in default).
     #[arg(long)]
@@ -258,4 +275,61 @@ pub fn run_serve(config: glimpse_server::ServerConfig) -> anyhow::Result<ExitCod
         glimpse_server::serve(config, listener, glimpse_server::shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifiersArgs {
+    /// `sqlite://PATH` or `postgres://…`.
+    #[arg(
+        long,
+        env = "GLIMPSE_DATABASE_URL",
+        default_value = glimpse_server::config::DEFAULT_DATABASE_URL,
+        global = true
+    )]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: ClassifiersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClassifiersCommand {
+    /// Teach a classifier from a folder: one sub-folder per label, its images the examples, an
+    /// optional `prompts.txt` (one prompt per line) per label.
+    Create {
+        /// 1 to 64 of a-z, 0-9, '-' and '_'.
+        name: String,
+        /// The key that owns it (`glimpse keys list`).
+        #[arg(long)]
+        key_id: String,
+        #[arg(long, value_name = "DIR")]
+        from_dir: PathBuf,
+        /// The CLIP model: a Hub id or a local folder; its id must be one the server serves.
+        #[arg(long, env = "GLIMPSE_CLIP_MODEL", default_value = glimpse_server::config::DEFAULT_CLIP_MODEL)]
+        model: String,
+        /// Prompt templates for labels without `prompts.txt`, `|`-separated.
+        #[arg(long, env = "GLIMPSE_PROMPT_TEMPLATES", default_value = glimpse_core::labels::DEFAULT_TEMPLATE)]
+        templates: String,
+        #[arg(long, env = "GLIMPSE_MODEL_CACHE")]
+        model_cache: Option<PathBuf>,
+    },
+    /// The key's classifiers.
+    List {
+        #[arg(long)]
+        key_id: String,
+        /// One JSON array of `{"name","model","labels","createdAt"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One classifier, as JSON (labels, prompts, example counts; no embeddings).
+    Show {
+        name: String,
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Delete one.
+    Delete {
+        name: String,
+        #[arg(long)]
+        key_id: String,
+    },
 }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bulk;
+mod classifiers;
 mod classify;
 mod cli;
 mod config_file;
@@ -29,9 +30,10 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse_with(cmd, args);
     let result = match cli.command {
         cli::Command::Serve(args) => cli::run_serve(*args),
-        cli::Command::Classify(args) => classify::run(args),
+        cli::Command::Classify(args) => classify::run(*args),
         cli::Command::Models(cmd) => models::run(cmd),
         cli::Command::Keys(args) => keys::run(args),
+        cli::Command::Classifiers(args) => classifiers::run(args),
         cli::Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::image::{decode_sized, DecodeLimits, DecodeMode};
 use glimpse_core::preprocess::PreprocessConfig;
+use glimpse_core::prototypes::{score, Prototype};
 use glimpse_core::response::ClassificationResponse;
 use glimpse_core::{ServedModel, Task};
 use glimpse_server::hub::{model_id_for, resolve_model, HubOptions};
@@ -18,6 +19,8 @@ pub struct Session {
     model: ServedModel,
     labels: Vec<String>,
     templates: Vec<String>,
+    /// `--classifier`: its labels and stored prototypes, scored instead of `labels`.
+    saved: Option<Vec<(String, Vec<f32>)>>,
     pub limits: DecodeLimits,
     /// `GLIMPSE_DECODE` / `--decode`.
     pub mode: DecodeMode,
@@ -53,10 +56,15 @@ impl Session {
             ),
         }
         let model = glimpse_server::load_served(&dir, model_id_for(&spec), task, &opts)?;
+        let saved = match &args.classifier {
+            Some(name) => Some(saved_classifier(args, name, task, model.id())?),
+            None => None,
+        };
         Ok(Session {
             model,
             labels,
             templates,
+            saved,
             limits: DecodeLimits::default(),
             mode: args.decode_mode.into(),
         })
@@ -68,6 +76,19 @@ impl Session {
 
     /// One answer per image of the batch, in order (`timingMs` left at 0 for the caller).
     pub fn classify(&self, pixels: &PixelBatch) -> anyhow::Result<Vec<ClassificationResponse>> {
+        if let Some(saved) = &self.saved {
+            let protos: Vec<Prototype<'_>> = saved
+                .iter()
+                .map(|(label, embedding)| Prototype { label, embedding })
+                .collect();
+            let endpoint = self.model.task().endpoint();
+            return self
+                .model
+                .embed_images(pixels)?
+                .iter()
+                .map(|img| Ok(score(img, &protos, endpoint, self.model.id())?))
+                .collect();
+        }
         Ok(self
             .model
             .classify_all(pixels, &self.labels, &self.templates)?)
@@ -84,4 +105,42 @@ pub fn prepare(
     let bytes = std::fs::read(path).context("cannot read file")?;
     let image = decode_sized(&bytes, limits, cfg.decode_size(mode))?;
     Ok(cfg.preprocess(&image))
+}
+
+/// `--classifier NAME` of `--key-id` from `--database-url`: its labels and prototypes, after
+/// checking it was made with the loaded model.
+fn saved_classifier(
+    args: &ClassifyArgs,
+    name: &str,
+    task: Task,
+    model_id: &str,
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    anyhow::ensure!(
+        task == Task::ZeroShot,
+        "--classifier is a saved CLIP classifier: use `glimpse classify clip`"
+    );
+    let key_id = args
+        .key_id
+        .as_deref()
+        .context("--classifier needs --key-id")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let c = rt.block_on(async {
+        let store = glimpse_store::connect(&args.database_url).await?;
+        let c = store.get_classifier(key_id, name).await;
+        store.close().await;
+        c
+    })?;
+    let c = c.with_context(|| format!("{key_id} has no classifier named '{name}'"))?;
+    anyhow::ensure!(
+        c.spec.model == model_id,
+        "classifier '{name}' was made with model '{}', not '{model_id}': pass --model for it",
+        c.spec.model
+    );
+    Ok(c.spec
+        .labels
+        .into_iter()
+        .map(|l| (l.name, l.embedding))
+        .collect())
 }

@@ -6,6 +6,7 @@
   const $ = (id) => document.getElementById(id);
   const form = $("form"), keyInput = $("key"), fileInput = $("file"), urlInput = $("url");
   const labelsInput = $("labels"), drop = $("drop"), preview = $("preview"), go = $("go");
+  const classifierSelect = $("classifier");
   let file = null;
 
   keyInput.value = localStorage.getItem(KEY_STORE) || "";
@@ -57,7 +58,35 @@
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fileInput.click(); }
   });
   document.querySelectorAll("input[name=model]").forEach((r) =>
-    r.addEventListener("change", () => { labelsInput.disabled = model() !== "clip"; }));
+    r.addEventListener("change", () => {
+      labelsInput.disabled = model() !== "clip";
+      classifierSelect.disabled = model() !== "clip";
+    }));
+
+  // The key's saved classifiers, as options of the picker (names only; textContent).
+  async function loadClassifiers() {
+    const key = keyInput.value.trim();
+    showError("");
+    if (!key) { showError("Enter an API key to list its classifiers."); return; }
+    try {
+      const res = await fetch("/api/classifiers", { headers: { "X-API-Key": key } });
+      const data = await res.json();
+      if (!res.ok) { showError((data.message || "HTTP " + res.status) + " (" + data.code + ")"); return; }
+      const keep = classifierSelect.value;
+      classifierSelect.replaceChildren(classifierSelect.options[0]);
+      for (const c of data.classifiers) {
+        const o = document.createElement("option");
+        o.value = c.name;
+        o.textContent = c.name + " (" + c.labels.map((l) => l.name).join(", ") + ")";
+        classifierSelect.appendChild(o);
+      }
+      classifierSelect.value = keep;
+      $("status").textContent = data.classifiers.length + " saved classifier(s).";
+    } catch (err) {
+      showError("Request failed: " + err.message);
+    }
+  }
+  $("load-classifiers").addEventListener("click", loadClassifiers);
 
   function model() {
     return document.querySelector("input[name=model]:checked").value;
@@ -126,7 +155,11 @@
     clearAnswer();
     const kind = model();
     const target = new URL("/api/image-classification/" + kind, location.origin);
-    if (kind === "clip" && labelsInput.value.trim()) target.searchParams.set("labels", labelsInput.value.trim());
+    if (kind === "clip" && classifierSelect.value) {
+      target.searchParams.set("classifier", classifierSelect.value);
+    } else if (kind === "clip" && labelsInput.value.trim()) {
+      target.searchParams.set("labels", labelsInput.value.trim());
+    }
     const init = { method: "POST", headers: {} };
     if (key) init.headers["X-API-Key"] = key;
     if (file) {
@@ -157,7 +190,8 @@
         $("status").textContent = "Failed: HTTP " + res.status;
         return;
       }
-      $("result").textContent = data.result + " (" + (data.confidence * 100).toFixed(1) + "%)";
+      $("result").textContent = data.result + " (" + (data.confidence * 100).toFixed(1) + "%)" +
+        (data.abstained ? " — abstained: the top score is below minConfidence" : "");
       drawChart(data.predictions);
       drawImagenet(data.imagenet);
       $("status").textContent = "Done in " + data.timingMs + " ms with " + data.modelId + ".";

@@ -15,11 +15,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::batcher::{Incoming, ModelJob};
-use glimpse_core::decision::Decision;
+use glimpse_core::decision::{Decision, RawDecision};
+use glimpse_core::prototypes::{score, Prototype};
 use glimpse_core::registry::Slot;
 use glimpse_core::response::ClassificationResponse;
 use glimpse_core::{Answer, Task};
-use glimpse_store::{DebitRequest, IdempotencyClaim, StoreError};
+use glimpse_store::{Classifier, DebitRequest, IdempotencyClaim, StoreError};
 use tracing::Instrument;
 
 use super::input::{read_input, FormLimits, RawInput};
@@ -45,6 +46,9 @@ struct Plan {
     labels: Vec<String>,
     /// What to make of the scores (`minConfidence`, `fallback`, `topK`, `multiLabel`).
     decision: Decision,
+    /// `?classifier=NAME`: the saved classifier's labels and prototypes, scored instead of
+    /// `labels` (no text-encoder call).
+    saved: Option<Vec<(String, Vec<f32>)>>,
     source: Source,
     /// The call announced to its endpoint's default model from its arrival (see `classify`).
     early: Option<Incoming>,
@@ -110,7 +114,10 @@ async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Res
     let early = Some(default.batcher.announce());
     let limits = FormLimits::single(state.settings.max_upload_bytes);
     let planned = match read_input(req, &state, task.model_param(), limits).await {
-        Ok(input) => validate(task, &state, input),
+        Ok(input) => match saved_classifier(task, &state, &key, &input).await {
+            Ok(saved) => validate(task, &state, input, saved),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let (mut plan, fingerprint) = match planned {
@@ -184,16 +191,96 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(s.to_string()))
 }
 
-fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, String), ApiError> {
+/// `?classifier=NAME`: the caller's own saved classifier (another key's is a 404 like a missing
+/// one); only on the zero-shot endpoint, never with `labels`.
+async fn saved_classifier(
+    task: Task,
+    state: &AppState,
+    key: &ApiKey,
+    input: &RawInput,
+) -> Result<Option<Classifier>, ApiError> {
+    let Some(name) = input.classifier.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if task != Task::ZeroShot {
+        return Err(ApiError::validation(
+            "classifier is a saved CLIP classifier: use it on /api/image-classification/clip",
+        ));
+    }
+    if input.labels.is_some() {
+        return Err(ApiError::validation(
+            "send either labels or classifier, not both: a saved classifier has its own labels",
+        ));
+    }
+    super::classifiers::find(state, key, name).await.map(Some)
+}
+
+fn validate(
+    task: Task,
+    state: &AppState,
+    input: RawInput,
+    saved: Option<Classifier>,
+) -> Result<(Plan, String), ApiError> {
+    if let Some(c) = &saved {
+        let asked = input
+            .model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        if asked.is_some_and(|m| m != c.spec.model) {
+            return Err(ApiError::validation(format!(
+                "classifier '{}' was made with model '{}'; leave {} out or name that model",
+                c.spec.name,
+                c.spec.model,
+                task.model_param()
+            )));
+        }
+    }
+    let requested = match &saved {
+        Some(c) => Some(c.spec.model.as_str()),
+        None => input.model.as_deref(),
+    };
     let model = state
         .models
-        .pick(task, input.model.as_deref())
-        .map_err(|e| ApiError::validation(e.to_string()))?
+        .pick(task, requested)
+        .map_err(|e| match &saved {
+            Some(c) => ApiError::validation(format!(
+                "classifier '{}' was made with model '{}', which this server does not serve",
+                c.spec.name, c.spec.model
+            )),
+            None => ApiError::validation(e.to_string()),
+        })?
         .cloned()
         .ok_or_else(|| ApiError::internal("the endpoint's task has no model"))?;
-    let labels = task.labels(input.labels.as_deref())?;
-    let decision = Decision::parse(input.decision())?;
-    decision.check_model(model.model.id(), model.model.independent_scores())?;
+    let (labels, decision, saved) = match saved {
+        None => {
+            let decision = Decision::parse(input.decision())?;
+            decision.check_model(model.model.id(), model.model.independent_scores())?;
+            (task.labels(input.labels.as_deref())?, decision, None)
+        }
+        Some(c) => {
+            // The classifier's own decision fields are the defaults; the request's win.
+            let min = c.spec.min_confidence.map(|v| v.to_string());
+            let multi = c.spec.multi_label.to_string();
+            let raw = input.decision();
+            let decision = Decision::parse(RawDecision {
+                min_confidence: raw.min_confidence.or(min.as_deref()),
+                fallback: raw.fallback.or(c.spec.fallback.as_deref()),
+                top_k: raw.top_k,
+                multi_label: raw.multi_label.or(Some(multi.as_str())),
+            })?;
+            // Cosine scores against stored prototypes are independent per label.
+            decision.check_model(model.model.id(), true)?;
+            let labels: Vec<String> = c.spec.labels.iter().map(|l| l.name.clone()).collect();
+            let protos = c
+                .spec
+                .labels
+                .into_iter()
+                .map(|l| (l.name, l.embedding))
+                .collect();
+            (labels, decision, Some(protos))
+        }
+    };
     let source = match (input.upload, input.url) {
         (Some(bytes), _) if bytes.is_empty() => {
             return Err(ApiError::validation("the uploaded image is empty"))
@@ -211,6 +298,7 @@ fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, Stri
             model,
             labels,
             decision,
+            saved,
             source,
             early: None,
         },
@@ -219,7 +307,7 @@ fn validate(task: Task, state: &AppState, input: RawInput) -> Result<(Plan, Stri
 }
 
 /// Syntax only (absolute http/https URL, no credentials); the fetcher does the address checks.
-pub(super) fn check_url_shape(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn check_url_shape(raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
     let url = url::Url::parse(raw)
         .map_err(|_| ApiError::validation("url is not a valid absolute URL"))?;
@@ -396,7 +484,10 @@ async fn run(
     .await
     .map_err(own_key_error)?;
     state.metrics.credits_debited(cost);
-    let answer = infer(&slot, pixels, plan.labels, incoming).await;
+    let answer = match &plan.saved {
+        Some(protos) => infer_saved(&slot, pixels, protos, incoming).await,
+        None => infer(&slot, pixels, plan.labels, incoming).await,
+    };
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match answer.and_then(|mut r| {
         plan.decision.apply(&mut r);
@@ -449,7 +540,7 @@ async fn run(
 /// A store error about the caller's own key. The key was valid when authenticated (perhaps from
 /// the few-second authentication cache); "not found" now means it was revoked or deleted since,
 /// which is the same 401 as any bad key, never a 404.
-pub(super) fn own_key_error(e: StoreError) -> ApiError {
+pub(crate) fn own_key_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(_) => ApiError::unauthorized(),
         other => ApiError::from(other),
@@ -460,7 +551,7 @@ pub(super) fn own_key_error(e: StoreError) -> ApiError {
 /// lock held by another process, a database connection that died): 50 ms, doubling to 1 s.
 /// `Ok` once the reservation is settled (a settle that committed unheard is found by the next
 /// try: settling a settled reservation is a no-op).
-pub(super) async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreError> {
+pub(crate) async fn settle(state: &AppState, debit_id: &str, ms: f64) -> Result<(), StoreError> {
     let deadline = Instant::now() + state.settings.settle_retry;
     let mut pause = Duration::from_millis(50);
     loop {
@@ -488,6 +579,28 @@ async fn infer(
     // Queue wait and pass time are recorded by the batcher's pass hook (`Metrics::observe_pass`).
     let job = ModelJob::classify(pixels, labels);
     Answer::classified(submit(&slot.batcher, job, incoming).await).map_err(ApiError::from)
+}
+
+/// A saved classifier's forward pass: the image's embedding through the same batching queue,
+/// scored against the stored prototypes (the text tower is not used).
+async fn infer_saved(
+    slot: &Slot,
+    pixels: PixelBatch,
+    protos: &[(String, Vec<f32>)],
+    incoming: Incoming,
+) -> Result<ClassificationResponse, ApiError> {
+    let job = ModelJob::embed(pixels);
+    let image = Answer::embedding(submit(&slot.batcher, job, incoming).await)?;
+    let protos: Vec<Prototype<'_>> = protos
+        .iter()
+        .map(|(label, embedding)| Prototype { label, embedding })
+        .collect();
+    Ok(score(
+        &image,
+        &protos,
+        slot.model.task().endpoint(),
+        slot.model.id(),
+    )?)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! - the image is the multipart file field `image`; exactly one file field is accepted, and any
 //!   other file field is refused, so a typo is not silently ignored;
 //! - `labels`, `url`, `clipModel`/`vitModel` and the decision controls (`minConfidence`,
-//!   `fallback`, `topK`, `multiLabel`; see `glimpse_core::decision`) may come as query parameters or as text fields of
+//!   `fallback`, `topK`, `multiLabel`; see `glimpse_core::decision`) and `classifier` (a saved
+//!   classifier's name, issue 24) may come as query parameters or as text fields of
 //!   the form; when both give one, the query string wins (the seed documents them as query
 //!   parameters, the form fields are a convenience);
 //! - an upload and a `url` together: the upload wins; neither: 400;
@@ -43,6 +44,8 @@ pub struct RawInput {
     pub fallback: Option<String>,
     pub top_k: Option<String>,
     pub multi_label: Option<String>,
+    /// A saved classifier's name (`clip` only; issue 24).
+    pub classifier: Option<String>,
     pub upload: Option<Vec<u8>>,
     /// The items of a multi-item form, in the order sent ([`FormLimits::many`]).
     pub items: Vec<FormItem>,
@@ -106,6 +109,7 @@ impl RawInput {
             "fallback" => &mut self.fallback,
             "topK" => &mut self.top_k,
             "multiLabel" => &mut self.multi_label,
+            "classifier" => &mut self.classifier,
             n if n == model_param => &mut self.model,
             _ => return None,
         })
@@ -131,6 +135,7 @@ impl RawInput {
             fallback,
             top_k,
             multi_label,
+            classifier,
             ..
         } = other;
         for (mine, theirs) in [
@@ -141,6 +146,7 @@ impl RawInput {
             (&mut self.fallback, fallback),
             (&mut self.top_k, top_k),
             (&mut self.multi_label, multi_label),
+            (&mut self.classifier, classifier),
         ] {
             if mine.is_none() {
                 *mine = theirs;

@@ -4,6 +4,8 @@
 pub mod account;
 pub mod admin;
 pub mod batch;
+pub mod classifiers;
+mod classifiers_doc;
 pub mod classify;
 mod docs;
 pub mod embeddings;
@@ -62,9 +64,26 @@ pub fn app(state: AppState) -> Router {
                 .saturating_add(crate::limits::MULTIPART_SLACK),
         ));
 
+    // Saved classifiers (issue 24): a create or replace carries every example image, so its
+    // body limit is its own.
+    let classifiers = Router::new()
+        .route(
+            "/api/classifiers",
+            get(classifiers::list).post(classifiers::create),
+        )
+        .route(
+            "/api/classifiers/{name}",
+            get(classifiers::get_one)
+                .put(classifiers::replace)
+                .delete(classifiers::delete),
+        )
+        .route_layer(DefaultBodyLimit::max(classifiers::MAX_BODY_BYTES))
+        .route_layer(from_fn_with_state(state.clone(), shed_load));
+
     let mut router = Router::new()
         .merge(classify)
         .merge(many)
+        .merge(classifiers)
         .route("/api/account", get(account::account))
         .route("/", get(playground::index))
         .route("/playground.js", get(playground::js))

@@ -91,6 +91,7 @@ pub fn document(clip_ids: &[String], vit_ids: &[String]) -> utoipa::openapi::Ope
     use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
     use utoipa::openapi::RefOr;
     let mut doc = ApiDoc::openapi();
+    doc.merge(super::classifiers_doc::ClassifiersDoc::openapi());
     let enum_of = |ids: &[String]| -> RefOr<Schema> {
         RefOr::T(Schema::Object(
             ObjectBuilder::new()
@@ -312,6 +313,9 @@ pub struct ClipForm {
     /// Same as the query parameter (the query wins). Empty: false.
     #[schema(rename = "multiLabel", nullable = false, example = false)]
     pub multi_label: Option<bool>,
+    /// Same as the query parameter (the query wins). Empty: not used.
+    #[schema(nullable = false, example = "")]
+    pub classifier: Option<String>,
 }
 
 /// Multipart form of the ViT endpoint.
@@ -380,6 +384,10 @@ pub struct ClipQuery {
     /// models' scores are a softmax, so asking it of them is a 400. Default: false.
     #[param(rename = "multiLabel")]
     pub multi_label: Option<bool>,
+    /// A saved classifier of this key (`/api/classifiers`): its labels and stored prototypes
+    /// are scored instead of `labels` (both: 400; unknown: 404), its `minConfidence`,
+    /// `fallback` and `multiLabel` are the defaults, and `multiLabel` is allowed.
+    pub classifier: Option<String>,
 }
 
 #[derive(IntoParams)]

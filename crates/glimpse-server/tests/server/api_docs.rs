@@ -25,6 +25,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/keys/{id}/revoke"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/api/classifiers"),
+    ("post", "/api/classifiers"),
+    ("get", "/api/classifiers/{name}"),
+    ("put", "/api/classifiers/{name}"),
+    ("delete", "/api/classifiers/{name}"),
 ];
 
 fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
@@ -140,9 +145,15 @@ async fn openapi_lists_every_route_and_matches_live_answers() {
 
     // Every documented route exists on the live server (no 404/405).
     for (method, path) in ROUTES {
-        let url = s.url(&path.replace("{id}", "no-such-key"));
+        let url = s.url(
+            &path
+                .replace("{id}", "no-such-key")
+                .replace("{name}", "no-such"),
+        );
         let req = match *method {
             "get" => s.http.get(url),
+            "put" => s.http.put(url),
+            "delete" => s.http.delete(url),
             _ => s.http.post(url),
         };
         let res = req

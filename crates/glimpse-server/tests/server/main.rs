@@ -17,6 +17,7 @@ mod support;
 mod api_admin;
 mod api_batch_routes;
 mod api_batching;
+mod api_classifiers;
 mod api_clients;
 mod api_credits;
 mod api_decision;

@@ -2,6 +2,7 @@
 //! burst run against SQLite always and PostgreSQL when `GLIMPSE_TEST_POSTGRES_URL` is set.
 
 mod burst;
+mod classifiers;
 mod common;
 mod conservation;
 mod errors;

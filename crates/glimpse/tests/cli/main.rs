@@ -9,6 +9,7 @@
 mod support;
 
 mod cli_bulk;
+mod cli_classifiers;
 mod cli_classify;
 mod cli_keys;
 mod hostile;

@@ -126,6 +126,13 @@ impl TestServerBuilder {
         self
     }
 
+    /// Use this database (`sqlite://…` of an earlier server: a restart; or a [`PgSchema`]'s
+    /// URL) instead of a fresh SQLite file.
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.config.store.database_url = url.to_string();
+        self
+    }
+
     /// Serve no ViT model (its endpoint answers 404).
     pub fn no_vit_model(mut self) -> Self {
         self.config.models.vit_model = String::new();
@@ -439,4 +446,60 @@ pub fn assert_error(status: reqwest::StatusCode, body: &serde_json::Value, want:
         2,
         "only message and code: {body}"
     );
+}
+
+/// A fresh PostgreSQL schema on `GLIMPSE_TEST_POSTGRES_URL` for one test, dropped (with its
+/// tables) when this is dropped; `url` selects it through `search_path`.
+pub struct PgSchema {
+    pub url: String,
+    base: String,
+    schema: String,
+}
+
+impl PgSchema {
+    /// `None`, after saying so, when the variable is not set; panics when it is set but the
+    /// database cannot be used.
+    pub async fn create() -> Option<PgSchema> {
+        const PG_ENV: &str = "GLIMPSE_TEST_POSTGRES_URL";
+        let Ok(base) = std::env::var(PG_ENV) else {
+            eprintln!("{PG_ENV} not set: PostgreSQL half of this test not run");
+            return None;
+        };
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("{PG_ENV} is set but connecting to it failed: {e}"));
+        let schema = format!("glimpse_srv_test_{:016x}", rand::random::<u64>());
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create schema {schema}: {e}"));
+        admin.close().await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Some(PgSchema { url, base, schema })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, schema) = (self.base.clone(), self.schema.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::postgres::PgPoolOptions::new().connect(&base).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .execute(&pool)
+                        .await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
 }
