@@ -23,6 +23,8 @@ pub mod layers;
 pub mod presets;
 mod random;
 mod runtime;
+pub mod siglip;
+pub mod siglip_tokenizer;
 pub mod tokenizer;
 pub mod vit;
 pub mod weights;
@@ -38,6 +40,7 @@ pub use glimpse_core::ModelFamily;
 pub use clip::{load_clip, random_clip, ClipModel};
 pub use error::Error;
 pub use presets::{ClipPreset, VitPreset};
+pub use siglip::{load_siglip, SiglipModel};
 pub use vit::{load_vit, random_vit, VitModel};
 
 /// Numeric format of the image towers' encoder layers (the patch embedding runs bf16 in both
@@ -123,6 +126,10 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<(ModelFamily, Networ
         ModelFamily::Vit => (
             ModelFamily::Vit,
             Network::Classifier(Arc::new(load_vit(dir, opts)?)),
+        ),
+        ModelFamily::Siglip => (
+            ModelFamily::Siglip,
+            Network::ZeroShot(Arc::new(load_siglip(dir, opts)?)),
         ),
     })
 }

@@ -13,7 +13,7 @@ use crate::pipeline::{label_embeddings, PromptCache, PromptCacheBounds, PromptCa
 use crate::preprocess::PreprocessConfig;
 use crate::response::ClassificationResponse;
 use crate::scoring::{
-    clip_predictions, clip_probabilities, top_k_imagenet, vit_category_predictions,
+    clip_predictions, top_k_imagenet, vit_category_predictions, zero_shot_scores,
 };
 use crate::{CoreError, Result};
 
@@ -92,15 +92,19 @@ pub enum ModelFamily {
     Clip,
     /// ViT image classifiers (`ViTForImageClassification`).
     Vit,
+    /// Google's SigLIP and the fixed-resolution SigLIP 2 checkpoints (`SiglipModel`): zero-shot
+    /// with independent sigmoid scores.
+    Siglip,
 }
 
 impl ModelFamily {
-    pub const ALL: [ModelFamily; 2] = [ModelFamily::Clip, ModelFamily::Vit];
+    pub const ALL: [ModelFamily; 3] = [ModelFamily::Clip, ModelFamily::Vit, ModelFamily::Siglip];
 
     pub fn task(self) -> Task {
         match self {
             ModelFamily::Clip => Task::ZeroShot,
             ModelFamily::Vit => Task::Classify,
+            ModelFamily::Siglip => Task::ZeroShot,
         }
     }
 
@@ -109,6 +113,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Clip => "clip",
             ModelFamily::Vit => "vit",
+            ModelFamily::Siglip => "siglip",
         }
     }
 
@@ -117,6 +122,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Clip => "CLIPModel",
             ModelFamily::Vit => "ViTForImageClassification",
+            ModelFamily::Siglip => "SiglipModel",
         }
     }
 
@@ -126,6 +132,7 @@ impl ModelFamily {
     pub fn independent_scores(self) -> bool {
         match self {
             ModelFamily::Clip | ModelFamily::Vit => false,
+            ModelFamily::Siglip => true,
         }
     }
 
@@ -341,7 +348,7 @@ impl ServedModel {
                         Ask::Classify(labels) => {
                             let text =
                                 label_embeddings(model.as_ref(), &self.prompts, labels, templates)?;
-                            let probs = clip_probabilities(&img, &text, scale);
+                            let probs = zero_shot_scores(&img, &text, scale, model.scoring());
                             Ok(Answer::Classified(ClassificationResponse::new(
                                 endpoint,
                                 &self.id,
@@ -437,8 +444,10 @@ mod tests {
         assert_eq!(ModelFamily::Clip.task(), Task::ZeroShot);
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
-        assert_eq!(ModelFamily::supported(), "'clip' and 'vit'");
-        // Both current families score with a softmax: no multiLabel.
+        assert_eq!(ModelFamily::supported(), "'clip', 'vit' and 'siglip'");
+        assert_eq!(ModelFamily::Siglip.task(), Task::ZeroShot);
+        assert!(ModelFamily::Siglip.independent_scores());
+        // CLIP and ViT score with a softmax: no multiLabel.
         assert!(!ModelFamily::Clip.independent_scores());
         assert!(!ModelFamily::Vit.independent_scores());
     }

@@ -85,8 +85,9 @@ pub(crate) struct VisionEncoder {
     pub(crate) image: (usize, usize),
     /// `[hidden, c·p·p]` → gemm over im2col rows.
     pub(crate) conv: Dense,
+    /// The class token; empty for models without one (SigLIP).
     pub(crate) cls: Vec<f32>,
-    /// `[1 + patches, hidden]`.
+    /// `[1 + patches, hidden]` (`[patches, hidden]` without a class token).
     pub(crate) pos: Vec<f32>,
     pub(crate) pre_norm: Option<Norm>,
     pub(crate) blocks: Vec<Block>,
@@ -94,15 +95,45 @@ pub(crate) struct VisionEncoder {
 
 impl VisionEncoder {
     pub(crate) fn seq(&self) -> usize {
-        (self.image.0 / self.patch) * (self.image.1 / self.patch) + 1
+        (self.image.0 / self.patch) * (self.image.1 / self.patch) + self.lead()
+    }
+
+    /// Tokens before the patches: the class token, if any.
+    fn lead(&self) -> usize {
+        usize::from(!self.cls.is_empty())
+    }
+
+    /// Every token out of the encoder, `[batch·seq, hidden]`, for models that pool all of them
+    /// (SigLIP's attention-pooling head).
+    pub(crate) fn all_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let seq = self.seq();
+        let (mut xs, mut s) = self.embed(pixels, batch);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+        }
+        xs
     }
 
     /// `pixels`: `[batch, c, H, W]`. Returns each image's class token out of the encoder,
     /// `[batch, hidden]` (the other tokens' last-block outputs are never computed).
     pub(crate) fn class_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let (seq, hidden) = (self.seq(), self.cls.len());
+        let (mut xs, mut s) = self.embed(pixels, batch);
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return class_rows(&xs, batch, seq, hidden);
+        };
+        for (i, block) in rest.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+        }
+        last.forward_class_tokens(&xs, seq, &mut s)
+    }
+
+    /// The blocks' input, `[batch·seq, hidden]` (patch embedding, class token, position
+    /// embeddings, pre-norm), and their work buffers.
+    fn embed(&self, pixels: &[f32], batch: usize) -> (Vec<f32>, Scratch) {
         let (p, c, (ih, iw)) = (self.patch, self.channels, self.image);
         let (gh, gw) = (ih / p, iw / p);
-        let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len());
+        let (np, seq, hidden, lead) = (gh * gw, self.seq(), self.conv.out_features(), self.lead());
         let kdim = c * p * p;
         // im2col: one row per patch, columns in the conv weight's (c, ky, kx) order.
         let mut cols = vec![0f32; batch * np * kdim];
@@ -126,10 +157,10 @@ impl VisionEncoder {
             .for_each(|(b, img)| {
                 for (t, row) in img.chunks_exact_mut(hidden).enumerate() {
                     let pos = &self.pos[t * hidden..(t + 1) * hidden];
-                    let src = if t == 0 {
+                    let src = if t < lead {
                         &self.cls[..]
                     } else {
-                        &emb[(b * np + t - 1) * hidden..(b * np + t) * hidden]
+                        &emb[(b * np + t - lead) * hidden..(b * np + t - lead + 1) * hidden]
                     };
                     row.iter_mut()
                         .zip(src.iter().zip(pos))
@@ -146,13 +177,7 @@ impl VisionEncoder {
             norm.forward(&xs, &mut s.ln);
             std::mem::swap(&mut xs, &mut s.ln);
         }
-        let Some((last, rest)) = self.blocks.split_last() else {
-            return class_rows(&xs, batch, seq, hidden);
-        };
-        for (i, block) in rest.iter().enumerate() {
-            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
-        }
-        last.forward_class_tokens(&xs, seq, &mut s)
+        (xs, s)
     }
 }
 
