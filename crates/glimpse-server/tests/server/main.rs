@@ -23,6 +23,7 @@ mod api_docs;
 mod api_errors;
 mod api_hostile;
 mod api_metrics;
+mod api_siglip;
 mod browser;
 mod fetch_addr;
 mod fetch_proxy;
