@@ -39,8 +39,8 @@ pub use glimpse_core::ModelFamily;
 
 pub use clip::{load_clip, random_clip, ClipModel};
 pub use error::Error;
-pub use presets::{ClipPreset, VitPreset};
-pub use siglip::{load_siglip, SiglipModel};
+pub use presets::{ClipPreset, SiglipPreset, VitPreset};
+pub use siglip::{load_siglip, random_siglip, SiglipModel};
 pub use vit::{load_vit, random_vit, VitModel};
 
 /// Numeric format of the image towers' encoder layers (the patch embedding runs bf16 in both
@@ -144,6 +144,16 @@ pub fn random_clip_with(preset: ClipPreset, opts: &LoadOptions) -> Result<ClipMo
 /// [`random_vit`] with load options (precision, threads), for benchmarks.
 pub fn random_vit_with(preset: VitPreset, opts: &LoadOptions) -> Result<VitModel, CoreError> {
     let mut m = vit::random_vit_in(preset, opts.precision);
+    m.set_threads(opts.threads)?;
+    Ok(m)
+}
+
+/// [`random_siglip`] with load options (precision, threads), for benchmarks.
+pub fn random_siglip_with(
+    preset: SiglipPreset,
+    opts: &LoadOptions,
+) -> Result<SiglipModel, CoreError> {
+    let mut m = siglip::random_siglip_in(preset, opts.precision);
     m.set_threads(opts.threads)?;
     Ok(m)
 }

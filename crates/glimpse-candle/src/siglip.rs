@@ -22,6 +22,7 @@ use crate::config::{self, model_err, SiglipConfig, SiglipTextConfig, VisionConfi
 use crate::engine::{conv_dense, Dense, Norm, VisionEncoder};
 use crate::kernels::{Act, Kernels};
 use crate::layers::{check_pixels, rows, Encoder, CLIP_NAMES};
+use crate::presets::SiglipPreset;
 use crate::runtime::Runtime;
 use crate::siglip_tokenizer::SiglipTokenizer;
 use crate::{Error, LoadOptions, Precision};
@@ -298,6 +299,19 @@ pub fn load_siglip(dir: &Path, opts: &LoadOptions) -> Result<SiglipModel, Error>
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), config = ?model.config, "loaded SigLIP");
     Ok(model)
+}
+
+/// A SigLIP of the preset's real architecture with random weights, for benchmarks (no
+/// tokenizer: `embed_texts` answers with an error, `embed_token_ids` works).
+pub fn random_siglip(preset: SiglipPreset) -> SiglipModel {
+    random_siglip_in(preset, Precision::F32)
+}
+
+pub(crate) fn random_siglip_in(preset: SiglipPreset, precision: Precision) -> SiglipModel {
+    let device = Device::Cpu;
+    let vb = crate::random::seeded_vb(&device);
+    build(preset.config(), &vb, preset.preprocess(), device, precision)
+        .expect("a preset SigLIP always builds from seeded weights")
 }
 
 fn build(

@@ -4,7 +4,7 @@
 //! for safetensors and pytorch_model.bin weights, a batch against single images.
 
 use crate::common::*;
-use glimpse_candle::{load_siglip, LoadOptions, SiglipModel};
+use glimpse_candle::{load_siglip, LoadOptions, Precision, SiglipModel};
 use glimpse_core::backend::{PixelBatch, Scoring, ZeroShotModel};
 use glimpse_core::scoring::{ensemble, zero_shot_scores};
 
@@ -234,4 +234,39 @@ fn a_folder_without_a_tokenizer_is_refused_by_name() {
         e.contains("spiece.model") && e.contains("tokenizer.json"),
         "{e}"
     );
+}
+
+/// bf16 and int8 run the image tower on the reduced kernels: cosine ≥ 0.999 to f32 (the bar the
+/// CLIP and ViT fixtures meet), and not identical.
+#[test]
+fn reduced_precision_tracks_f32() {
+    let exp = expected("siglip-tiny");
+    let (_, rel, _) = images_with_pixels(&exp).remove(0);
+    let px = single(pixels(&rel));
+    let want = load("siglip-tiny").embed_images(&px).unwrap().remove(0);
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let opts = LoadOptions {
+            precision,
+            threads: None,
+        };
+        let m = load_siglip(&model_dir("siglip-tiny"), &opts).unwrap();
+        let got = m.embed_images(&px).unwrap().remove(0);
+        let cos: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+        eprintln!("siglip-tiny {precision:?}: cosine {cos:.6} to f32");
+        assert!(cos >= 0.999, "{precision:?}: cosine {cos}");
+        assert!(got != want, "{precision:?}: identical to f32");
+    }
+}
+
+/// The bench presets build, and a random SigLIP embeds an image at 224 (row-normalised).
+#[test]
+fn random_siglip_preset_embeds_images() {
+    use glimpse_candle::{random_siglip, SiglipPreset};
+    let m = random_siglip(SiglipPreset::B16);
+    assert_eq!(m.config().vision.image_size, (224, 224));
+    let px = PixelBatch::stack(&[vec![0.1f32; 3 * 224 * 224]], 224, 224);
+    let e = m.embed_images(&px).unwrap().remove(0);
+    assert_eq!(e.len(), 768);
+    let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
 }
