@@ -7,7 +7,8 @@
 //!
 //! Layout: [`config`] reads `config.json` with transformers' defaults, [`weights`] opens
 //! `model.safetensors` / `pytorch_model.bin`, [`layers`] is the pre-LN transformer block both
-//! models share, [`clip`] and [`vit`] are the models, [`tokenizer`] the CLIP tokenizer.
+//! models share, [`clip`], [`vit`] and [`siglip`] are the models, [`tokenizer`] the CLIP
+//! tokenizer and [`siglip_tokenizer`] SigLIP's (`tokenizer.json` or SentencePiece `spiece.model`).
 //! The forward pass of the image towers runs on `engine` (layers, attention, encoder) over the
 //! CPU kernels in `kernels`, chosen once per model at load.
 
