@@ -236,10 +236,14 @@ impl ServedModel {
         })
     }
 
-    /// A CLIP-family zero-shot model.
+    /// A zero-shot model: of the CLIP family, or SigLIP's when its scores are sigmoids.
     pub fn zero_shot(id: impl Into<String>, model: Arc<dyn ZeroShotModel>) -> Self {
-        Self::new(id, ModelFamily::Clip, Network::ZeroShot(model))
-            .expect("a zero-shot network fits the CLIP family")
+        let family = match model.scoring() {
+            crate::backend::Scoring::Softmax => ModelFamily::Clip,
+            crate::backend::Scoring::Sigmoid { .. } => ModelFamily::Siglip,
+        };
+        Self::new(id, family, Network::ZeroShot(model))
+            .expect("a zero-shot network fits a zero-shot family")
     }
 
     /// A ViT-family classifier.
@@ -653,6 +657,52 @@ mod scoring_tests {
         };
         let model = ServedModel::zero_shot("m", Arc::new(Fake::new())).with_prompt_cache(bounds);
         assert_eq!(model.prompts.bounds(), bounds);
+    }
+
+    /// A fake with SigLIP's scoring: sigmoid scores, and the SigLIP family.
+    struct SigmoidFake(Fake);
+
+    impl ZeroShotModel for SigmoidFake {
+        fn preprocess_config(&self) -> &PreprocessConfig {
+            self.0.preprocess_config()
+        }
+        fn embed_images(&self, pixels: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+            self.0.embed_images(pixels)
+        }
+        fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            self.0.embed_texts(texts)
+        }
+        fn logit_scale(&self) -> f32 {
+            10.0
+        }
+        fn scoring(&self) -> crate::backend::Scoring {
+            crate::backend::Scoring::Sigmoid { bias: -5.0 }
+        }
+    }
+
+    #[test]
+    fn sigmoid_models_answer_independent_scores() {
+        let model = ServedModel::zero_shot("s", Arc::new(SigmoidFake(Fake::new())));
+        assert_eq!(model.family(), ModelFamily::Siglip);
+        assert!(model.independent_scores());
+        let r = model
+            .classify_all(
+                &one_pixel(),
+                &labels(&["car", "dog"]),
+                &["{label}".to_string()],
+            )
+            .unwrap();
+        // car: cos 1 → sigmoid(10 − 5); dog: cos 0 → sigmoid(−5).
+        let score = |l: &str| {
+            r[0].predictions
+                .iter()
+                .find(|p| p.label == l)
+                .unwrap()
+                .score
+        };
+        assert!((score("car") - 1.0 / (1.0 + (-5f32).exp())).abs() < 1e-6);
+        assert!((score("dog") - 1.0 / (1.0 + 5f32.exp())).abs() < 1e-6);
+        assert_eq!(r[0].result, "car");
     }
 
     #[test]
