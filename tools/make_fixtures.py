@@ -771,14 +771,275 @@ def make_deit_and_ft() -> None:
               max(max(e["probs"]) for e in res["images"].values()))  # fmt: skip
 
 
+# SigLIP and SigLIP 2 (`SiglipModel`, model_type "siglip"): run on their own with `--only siglip`,
+# which writes models/siglip-tiny*, models/siglip2-tiny, expected/siglip*.json and
+# expected/pixels/siglip-tiny/ and touches nothing else (the photos are read, not rewritten).
+
+SIGLIP_MAX_LEN = 64
+SIGLIP_IMAGES = ["astronaut.jpg", "rgba.png", "chelsea_exif6.jpg", "wide.jpg", "grey16.png"]
+SIGLIP_PREPROC = {
+    "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+    "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "SiglipProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
+    "size": {"height": 96, "width": 96},
+}  # fmt: skip
+SIGLIP_TOKENIZER_TEXTS = TOKENIZER_TEXTS + [
+    "</s> a literal end token </s>",
+    "<unk> and <pad> written out",
+    "▁already▁underlined▁text",
+    "ΟΔΟΣ Σίσυφος",  # final sigma when lowercased
+    "unit\x1fseparator\x1cfile",  # whitespace to Python's re \s, not to Rust's char::is_whitespace
+    "non\u00a0breaking\u3000spaces",
+    "ｆｕｌｌｗｉｄｔｈ ＡＢＣ ①②",  # NFKC in the SentencePiece normaliser
+    "x" * 300,
+    "zqzqzq qqq jjjx",  # pieces the tiny vocabulary lacks
+]
+
+
+def siglip_corpus() -> list[str]:
+    """Training text for the fixtures' tokenizers: ImageNet class names and the English test texts
+    (no CJK or emoji, so those stay unknown / byte-fallback)."""
+    import timm
+
+    info = Path(timm.__file__).parent / "data" / "_info"
+    lines = (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+    corpus = [line.split("\t", 1)[1] for line in lines]
+    corpus += [TEMPLATE.format(label=lab) for lab in LABELS] + [t for t in TOKENIZER_TEXTS if t.isascii()]
+    corpus += [f"a photo of a {lemma.split(',')[0]}." for lemma in corpus[:1000]]
+    return corpus
+
+
+def build_siglip_tokenizer(folder: Path):
+    """SigLIP v1 as Google's repositories ship it: a SentencePiece unigram `spiece.model` (trained
+    here, tiny: pad 0, eos 1, unk 2, like the real one) and SiglipTokenizer's config files."""
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(siglip_corpus()), model_writer=buf, vocab_size=700, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        character_coverage=1.0, normalization_rule_name="nmt_nfkc", hard_vocab_limit=False,
+        num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    (folder / "spiece.model").write_bytes(buf.getvalue())
+    write_json(folder / "tokenizer_config.json", {
+        "added_tokens_decoder": {
+            "1": {"content": "</s>", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False, "special": True},
+            "2": {"content": "<unk>", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False, "special": True},
+        },
+        "additional_special_tokens": [], "clean_up_tokenization_spaces": True, "do_lower_case": True,
+        "eos_token": "</s>", "model_input_names": ["input_ids"], "model_max_length": SIGLIP_MAX_LEN,
+        "pad_token": "</s>", "processor_class": "SiglipProcessor", "sp_model_kwargs": {},
+        "tokenizer_class": "SiglipTokenizer", "unk_token": "<unk>",
+    })  # fmt: skip
+    write_json(folder / "special_tokens_map.json", {
+        "eos_token": {"content": "</s>", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False},
+        "pad_token": {"content": "</s>", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False},
+        "unk_token": {"content": "<unk>", "lstrip": True, "normalized": False, "rstrip": True, "single_word": False},
+    })  # fmt: skip
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert type(tok).__name__ == "SiglipTokenizer", type(tok)
+    assert tok.pad_token_id == 1 and tok.eos_token_id == 1 and tok.unk_token_id == 2
+    return tok
+
+
+def build_gemma_tokenizer(folder: Path):
+    """SigLIP 2 as its fixed-resolution repositories ship it: a Gemma-style `tokenizer.json` (BPE
+    with byte fallback, spaces as ▁, `<eos>` appended, no `<bos>`), trained here on a tiny corpus,
+    with the GemmaTokenizer config the conversion script writes (right padding, no attention mask)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    draft = Tokenizer(models.BPE(unk_token="<unk>"))
+    draft.normalizer = normalizers.Replace(" ", "▁")
+    draft.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    draft.train_from_iterator(siglip_corpus(), trainers.BpeTrainer(vocab_size=400, special_tokens=[], show_progress=False))
+    learned = json.loads(draft.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
+    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.post_processor = processors.TemplateProcessing(single="$A <eos>", pair="$A <eos> $B <eos>",
+                                                       special_tokens=[("<eos>", 1)])  # fmt: skip
+    tok.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in specials])
+    tok.save(str(folder / "tokenizer.json"), pretty=False)
+    write_json(folder / "tokenizer_config.json", {
+        "add_bos_token": False, "add_eos_token": True, "bos_token": "<bos>", "clean_up_tokenization_spaces": False,
+        "eos_token": "<eos>", "mask_token": "<mask>", "model_input_names": ["input_ids"],
+        "model_max_length": 1000000000000000019884624838656, "pad_token": "<pad>", "padding_side": "right",
+        "processor_class": "SiglipProcessor", "spaces_between_special_tokens": False,
+        "tokenizer_class": "GemmaTokenizer", "unk_token": "<unk>", "use_default_system_prompt": False,
+    })  # fmt: skip
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert hf.pad_token_id == 0 and hf.eos_token_id == 1, (hf.pad_token_id, hf.eos_token_id)
+    return hf
+
+
+def siglip_tokenizer_cases(tok) -> list[dict]:
+    cases = []
+    for text in SIGLIP_TOKENIZER_TEXTS:
+        enc = tok(text, padding="max_length", truncation=True, max_length=SIGLIP_MAX_LEN)
+        assert "attention_mask" not in enc, "the fixture tokenizers return input_ids only, as the real ones"
+        cases.append({"text": text, "ids": enc["input_ids"]})
+    assert all(len(c["ids"]) == SIGLIP_MAX_LEN for c in cases)
+    return cases
+
+
+def siglip_model(text: dict, vision: dict, seed: int, scale: float, bias: float):
+    cfg = transformers.SiglipConfig(
+        text_config=dict(max_position_embeddings=SIGLIP_MAX_LEN, num_hidden_layers=2, **text),
+        vision_config=dict(num_channels=3, num_hidden_layers=2, **vision))  # fmt: skip
+    model = transformers.SiglipModel(cfg).eval()
+    reinit(model, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        head = model.vision_model.head
+        head.probe.copy_(torch.randn(head.probe.shape, generator=g))
+        d = head.attention.in_proj_weight.shape[1]
+        head.attention.in_proj_weight.copy_(torch.randn(head.attention.in_proj_weight.shape, generator=g) / math.sqrt(d))
+        head.attention.in_proj_bias.copy_(torch.randn(head.attention.in_proj_bias.shape, generator=g) * 0.1)
+        model.logit_scale.fill_(math.log(scale))
+        model.logit_bias.fill_(bias)
+    return model
+
+
+@torch.no_grad()
+def run_siglip(name: str, folder: Path, tok, rgbs: dict, pixel_name: str | None = None) -> dict:
+    model = transformers.SiglipModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    proc = load_processor(folder)
+    rgbs = {k: rgbs[k] for k in SIGLIP_IMAGES}
+    if pixel_name is None:
+        arrays, paths = preprocess_all(name, proc, rgbs, all_pixels=True)
+    else:
+        arrays, paths = pixels_for(name, proc, rgbs, False, pixel_name)
+
+    def ids_of(prompts):
+        return tok(prompts, padding="max_length", truncation=True, max_length=SIGLIP_MAX_LEN, return_tensors="pt")
+
+    def embed_texts(prompts):
+        e = model.text_model(input_ids=ids_of(prompts)["input_ids"]).pooler_output
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def image_embeds(px: np.ndarray):
+        e = model.vision_model(pixel_values=torch.from_numpy(px)).pooler_output
+        return e / e.norm(dim=-1, keepdim=True)
+
+    prompts = [TEMPLATE.format(label=lab) for lab in LABELS]
+    enc = ids_of(prompts)
+    text = embed_texts(prompts)
+    for i, p in enumerate(prompts):  # each prompt alone: the same (every row is padded to 64 anyway)
+        assert torch.allclose(embed_texts([p])[0], text[i], atol=1e-6)
+    scale, bias = model.logit_scale.exp().item(), model.logit_bias.item()
+    clf = transformers.pipeline("zero-shot-image-classification", model=model, tokenizer=tok, image_processor=proc)
+    images = {}
+    for img, px in arrays.items():
+        emb = image_embeds(px[None])
+        logits = scale * emb @ text.T + bias
+        ref = model(input_ids=enc["input_ids"], pixel_values=torch.from_numpy(px[None]))
+        assert torch.allclose(ref.logits_per_image, logits, atol=1e-5), (img, ref.logits_per_image, logits)
+        probs = torch.sigmoid(ref.logits_per_image)[0]
+        # What transformers' zero-shot pipeline answers (sigmoid scores, sorted): the reference.
+        answer = {r["label"]: r["score"] for r in clf(rgbs[img], candidate_labels=LABELS,
+                                                       hypothesis_template=TEMPLATE.replace("{label}", "{}"))}  # fmt: skip
+        pipe = torch.tensor([answer[lab] for lab in LABELS])
+        assert torch.allclose(pipe, probs, atol=1e-6), (img, pipe, probs)
+        images[img] = {"pixel_values": paths[img], "image_embeds": r9(emb[0]), "logits": r9(logits[0]),
+                       "probs": r9(pipe)}  # fmt: skip
+    batch_px = np.stack([arrays[b] for b in BATCH])
+    batch_probs = torch.sigmoid(scale * image_embeds(batch_px) @ text.T + bias)
+    ens_text = []
+    for lab in LABELS:
+        e = embed_texts([t.format(label=lab) for t in ENSEMBLE_TEMPLATES]).mean(0)
+        ens_text.append(e / e.norm())
+    ens_text = torch.stack(ens_text)
+    # With an attention mask over the padding (not what the real tokenizers return: kept to test
+    # that the mask is honoured when a tokenizer_config asks for one).
+    masked_enc = tok(prompts, padding="max_length", truncation=True, max_length=SIGLIP_MAX_LEN,
+                     return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    masked = model.text_model(input_ids=masked_enc["input_ids"], attention_mask=masked_enc["attention_mask"]).pooler_output
+    masked = masked / masked.norm(dim=-1, keepdim=True)
+    return {
+        **common_meta(name, "siglip", proc, folder),
+        "tokenizer": type(tok).__name__, "pad_token_id": tok.pad_token_id, "max_length": SIGLIP_MAX_LEN,
+        "labels": LABELS, "template": TEMPLATE, "prompts": prompts,
+        "input_ids": enc["input_ids"].tolist(), "text_embeds": r9(text),
+        "logit_scale": r9(model.logit_scale.item()), "logit_scale_exp": r9(scale), "logit_bias": r9(bias),
+        "logits_note": "logits = logit_scale_exp * (image_embeds . text_embeds) + logit_bias = SiglipModel "
+                       "logits_per_image; probs = sigmoid(logits), as the zero-shot-image-classification pipeline "
+                       "answers them (asserted equal to its scores); they do not sum to 1",
+        "images": images,
+        "batch": {"images": BATCH, "probs": r9(batch_probs)},
+        "ensemble": {"templates": ENSEMBLE_TEMPLATES, "text_embeds": r9(ens_text),
+                     "probs": {img: r9(torch.sigmoid(scale * image_embeds(arrays[img][None]) @ ens_text.T + bias)[0])
+                               for img in BATCH}},
+        "masked_text": {"note": "text_model(input_ids, attention_mask) with the tokenizer's own attention_mask (0 on padding), L2-normalised",
+                        "text_embeds": r9(masked)},
+        "tokenizer_cases": siglip_tokenizer_cases(tok),
+    }  # fmt: skip
+
+
+def siglip_main() -> None:
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+    rgbs = {name: reference_rgb(IMAGES / name) for name in SIGLIP_IMAGES}
+    results = {}
+
+    v1 = MODELS / "siglip-tiny"
+    if v1.exists():
+        shutil.rmtree(v1)
+    tok = build_siglip_tokenizer(v1)
+    model = siglip_model(
+        dict(vocab_size=tok.vocab_size, hidden_size=24, intermediate_size=48, num_attention_heads=4,
+             projection_size=32, pad_token_id=1, eos_token_id=1, bos_token_id=None),
+        dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, image_size=96, patch_size=16),
+        SEED + 11, scale=20.0, bias=3.0)  # fmt: skip
+    model.save_pretrained(str(v1))
+    write_json(v1 / "preprocessor_config.json", SIGLIP_PREPROC)
+    bin_copy(v1, MODELS / "siglip-tiny-bin")
+    results["siglip-tiny"] = run_siglip("siglip-tiny", v1, tok, rgbs)
+    results["siglip-tiny-bin"] = run_siglip("siglip-tiny-bin", MODELS / "siglip-tiny-bin", tok, rgbs, "siglip-tiny")
+
+    v2 = MODELS / "siglip2-tiny"
+    if v2.exists():
+        shutil.rmtree(v2)
+    tok2 = build_gemma_tokenizer(v2)
+    model2 = siglip_model(
+        dict(vocab_size=len(tok2), hidden_size=48, intermediate_size=96, num_attention_heads=4,
+             projection_size=48, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+        dict(hidden_size=48, intermediate_size=96, num_attention_heads=4, image_size=64, patch_size=16),
+        SEED + 12, scale=15.0, bias=-1.0)  # fmt: skip
+    model2.save_pretrained(str(v2))
+    write_json(v2 / "preprocessor_config.json", {**SIGLIP_PREPROC, "size": {"height": 64, "width": 64}})
+    results["siglip2-tiny"] = run_siglip("siglip2-tiny", v2, tok2, rgbs)
+
+    skip = {"model", "model_dir", "weights"}
+    a, b = results["siglip-tiny"], results["siglip-tiny-bin"]
+    diff = max_diff({k: v for k, v in a.items() if k not in skip}, {k: v for k, v in b.items() if k not in skip})
+    assert diff <= 2e-5, diff
+    for name, res in results.items():
+        write_json(EXPECTED / f"{name}.json", res)
+        probs = [p for e in res["images"].values() for p in e["probs"]]
+        print(f"{name}: probs from {min(probs):.3g} to {max(probs):.3g}")
+
+
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["deit"],
-                        help="deit: only deit-tiny, deit-tiny-bin and vit-tiny-ft (no other fixture is rewritten)")
-    if parser.parse_args().only == "deit":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["deit", "siglip"],
+                        help="build only this family's fixtures (the rest stay as they are): deit = deit-tiny, "
+                             "deit-tiny-bin and vit-tiny-ft; siglip = siglip-tiny, siglip-tiny-bin and siglip2-tiny")
+    only = parser.parse_args().only
+    if only == "deit":
         make_deit_and_ft()
+    elif only == "siglip":
+        siglip_main()
     else:
         main()
         make_deit_and_ft()
+        siglip_main()

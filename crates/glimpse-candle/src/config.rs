@@ -435,6 +435,102 @@ fn id2label(root: &Section) -> Result<Vec<String>, Error> {
     Ok(labels)
 }
 
+/// SigLIP's text tower (`SiglipTextConfig`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiglipTextConfig {
+    pub encoder: EncoderConfig,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    /// Output width of the text head (`projection_size`, default `hidden_size`).
+    pub projection_size: usize,
+}
+
+/// `SiglipConfig` (model_type `siglip`: SigLIP and the fixed-resolution SigLIP 2 checkpoints).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiglipConfig {
+    pub text: SiglipTextConfig,
+    pub vision: VisionConfig,
+}
+
+/// The text length transformers' zero-shot pipeline pads SigLIP prompts to.
+pub const SIGLIP_TEXT_LENGTH: usize = 64;
+
+impl SiglipConfig {
+    /// transformers' defaults: google/siglip-base-patch16-224.
+    pub fn default_base() -> Self {
+        let encoder = EncoderConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            hidden_act: Activation::GeluTanh,
+            layer_norm_eps: 1e-6,
+            qkv_bias: true,
+        };
+        SiglipConfig {
+            text: SiglipTextConfig {
+                encoder: encoder.clone(),
+                vocab_size: 32000,
+                max_position_embeddings: 64,
+                projection_size: 768,
+            },
+            vision: VisionConfig {
+                encoder,
+                num_channels: 3,
+                image_size: (224, 224),
+                patch_size: (16, 16),
+            },
+        }
+    }
+
+    pub fn from_json(cfg: &Map<String, Value>) -> Result<Self, Error> {
+        let d = Self::default_base();
+        let root = Section::root(cfg);
+        let text = root.sub("text_config")?;
+        let vision = root.sub("vision_config")?;
+        if !vision.bool("vision_use_head", true)? {
+            return Err(model_err(
+                "config.json: vision_config.vision_use_head is false; a SiglipModel's image \
+                 embedding is its attention-pooling head's output, so Glimpse needs the head",
+            ));
+        }
+        let encoder = text.encoder(&d.text.encoder, None)?;
+        let projection_size = text.positive("projection_size", encoder.hidden_size)?;
+        let vision = vision.vision(&d.vision, None)?;
+        if projection_size != vision.encoder.hidden_size {
+            return Err(model_err(format!(
+                "config.json: text_config.projection_size {projection_size} differs from \
+                 vision_config.hidden_size {}; the two embeddings must share a width",
+                vision.encoder.hidden_size
+            )));
+        }
+        if vision.image_size.0 % vision.patch_size.0 != 0
+            || vision.image_size.1 % vision.patch_size.1 != 0
+        {
+            return Err(model_err(format!(
+                "config.json: vision_config.image_size {:?} is not a multiple of patch_size {:?}",
+                vision.image_size, vision.patch_size
+            )));
+        }
+        Ok(SiglipConfig {
+            text: SiglipTextConfig {
+                vocab_size: text.positive("vocab_size", d.text.vocab_size)?,
+                max_position_embeddings: text
+                    .positive("max_position_embeddings", d.text.max_position_embeddings)?,
+                projection_size,
+                encoder,
+            },
+            vision,
+        })
+    }
+
+    /// The length every prompt is padded (and truncated) to: 64, as transformers' zero-shot
+    /// pipeline pads SigLIP text, or the position table's size if that is shorter.
+    pub fn text_length(&self) -> usize {
+        SIGLIP_TEXT_LENGTH.min(self.text.max_position_embeddings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

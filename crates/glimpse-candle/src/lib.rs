@@ -7,7 +7,8 @@
 //!
 //! Layout: [`config`] reads `config.json` with transformers' defaults, [`weights`] opens
 //! `model.safetensors` / `pytorch_model.bin`, [`layers`] is the pre-LN transformer block both
-//! models share, [`clip`] and [`vit`] are the models, [`tokenizer`] the CLIP tokenizer.
+//! models share, [`clip`], [`vit`] and [`siglip`] are the models, [`tokenizer`] the CLIP
+//! tokenizer and [`siglip_tokenizer`] SigLIP's (`tokenizer.json` or SentencePiece `spiece.model`).
 //! The forward pass of the image towers runs on `engine` (layers, attention, encoder) over the
 //! CPU kernels in `kernels`, chosen once per model at load.
 
@@ -23,6 +24,8 @@ pub mod layers;
 pub mod presets;
 mod random;
 mod runtime;
+pub mod siglip;
+pub mod siglip_tokenizer;
 pub mod tokenizer;
 pub mod vit;
 pub mod weights;
@@ -37,7 +40,8 @@ pub use glimpse_core::ModelFamily;
 
 pub use clip::{load_clip, random_clip, ClipModel};
 pub use error::Error;
-pub use presets::{ClipPreset, VitPreset};
+pub use presets::{ClipPreset, SiglipPreset, VitPreset};
+pub use siglip::{load_siglip, random_siglip, SiglipModel};
 pub use vit::{load_vit, random_vit, VitModel};
 
 /// Numeric format of the image towers' encoder layers (the patch embedding runs bf16 in both
@@ -129,6 +133,10 @@ pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<(ModelFamily, Networ
             ModelFamily::Deit,
             Network::Classifier(Arc::new(load_vit(dir, opts)?)),
         ),
+        ModelFamily::Siglip => (
+            ModelFamily::Siglip,
+            Network::ZeroShot(Arc::new(load_siglip(dir, opts)?)),
+        ),
     })
 }
 
@@ -142,6 +150,16 @@ pub fn random_clip_with(preset: ClipPreset, opts: &LoadOptions) -> Result<ClipMo
 /// [`random_vit`] with load options (precision, threads), for benchmarks.
 pub fn random_vit_with(preset: VitPreset, opts: &LoadOptions) -> Result<VitModel, CoreError> {
     let mut m = vit::random_vit_in(preset, opts.precision);
+    m.set_threads(opts.threads)?;
+    Ok(m)
+}
+
+/// [`random_siglip`] with load options (precision, threads), for benchmarks.
+pub fn random_siglip_with(
+    preset: SiglipPreset,
+    opts: &LoadOptions,
+) -> Result<SiglipModel, CoreError> {
+    let mut m = siglip::random_siglip_in(preset, opts.precision);
     m.set_threads(opts.threads)?;
     Ok(m)
 }

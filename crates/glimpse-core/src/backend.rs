@@ -59,6 +59,22 @@ pub trait ZeroShotModel: Send + Sync {
             "this model cannot count its tokens",
         ))
     }
+
+    /// How `logit_scale · cosine` becomes scores: a softmax over the labels unless the model
+    /// says otherwise.
+    fn scoring(&self) -> Scoring {
+        Scoring::Softmax
+    }
+}
+
+/// How a zero-shot model turns its logits (`logit_scale · cosine`) into scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scoring {
+    /// A softmax over the call's labels (CLIP): the scores sum to 1.
+    Softmax,
+    /// An independent `sigmoid(logit + bias)` per label (SigLIP's `logit_bias`): each score is
+    /// between 0 and 1 on its own, and they do not sum to 1.
+    Sigmoid { bias: f32 },
 }
 
 /// ImageNet-style classifier (ViT): one probability per class.

@@ -14,8 +14,8 @@ use crate::pipeline::{label_embeddings, PromptCache, PromptCacheBounds, PromptCa
 use crate::preprocess::PreprocessConfig;
 use crate::response::ClassificationResponse;
 use crate::scoring::{
-    clip_predictions, clip_probabilities, own_label_predictions, top_k_imagenet,
-    vit_category_predictions,
+    clip_predictions, own_label_predictions, top_k_imagenet, vit_category_predictions,
+    zero_shot_scores,
 };
 use crate::{CoreError, Result};
 
@@ -97,15 +97,24 @@ pub enum ModelFamily {
     /// DeiT image classifiers (`DeiTForImageClassification`, and the distilled
     /// `DeiTForImageClassificationWithTeacher`: class and distillation tokens, two heads averaged).
     Deit,
+    /// Google's SigLIP and the fixed-resolution SigLIP 2 checkpoints (`SiglipModel`): zero-shot
+    /// with independent sigmoid scores.
+    Siglip,
 }
 
 impl ModelFamily {
-    pub const ALL: [ModelFamily; 3] = [ModelFamily::Clip, ModelFamily::Vit, ModelFamily::Deit];
+    pub const ALL: [ModelFamily; 4] = [
+        ModelFamily::Clip,
+        ModelFamily::Vit,
+        ModelFamily::Deit,
+        ModelFamily::Siglip,
+    ];
 
     pub fn task(self) -> Task {
         match self {
             ModelFamily::Clip => Task::ZeroShot,
             ModelFamily::Vit | ModelFamily::Deit => Task::Classify,
+            ModelFamily::Siglip => Task::ZeroShot,
         }
     }
 
@@ -115,6 +124,7 @@ impl ModelFamily {
             ModelFamily::Clip => "clip",
             ModelFamily::Vit => "vit",
             ModelFamily::Deit => "deit",
+            ModelFamily::Siglip => "siglip",
         }
     }
 
@@ -124,6 +134,7 @@ impl ModelFamily {
             ModelFamily::Clip => "CLIPModel",
             ModelFamily::Vit => "ViTForImageClassification",
             ModelFamily::Deit => "DeiTForImageClassificationWithTeacher",
+            ModelFamily::Siglip => "SiglipModel",
         }
     }
 
@@ -133,6 +144,7 @@ impl ModelFamily {
     pub fn independent_scores(self) -> bool {
         match self {
             ModelFamily::Clip | ModelFamily::Vit | ModelFamily::Deit => false,
+            ModelFamily::Siglip => true,
         }
     }
 
@@ -247,10 +259,14 @@ impl ServedModel {
         })
     }
 
-    /// A CLIP-family zero-shot model.
+    /// A zero-shot model: of the CLIP family, or SigLIP's when its scores are sigmoids.
     pub fn zero_shot(id: impl Into<String>, model: Arc<dyn ZeroShotModel>) -> Self {
-        Self::new(id, ModelFamily::Clip, Network::ZeroShot(model))
-            .expect("a zero-shot network fits the CLIP family")
+        let family = match model.scoring() {
+            crate::backend::Scoring::Softmax => ModelFamily::Clip,
+            crate::backend::Scoring::Sigmoid { .. } => ModelFamily::Siglip,
+        };
+        Self::new(id, family, Network::ZeroShot(model))
+            .expect("a zero-shot network fits a zero-shot family")
     }
 
     /// A ViT-family classifier.
@@ -378,7 +394,7 @@ impl ServedModel {
                         Ask::Classify(labels) => {
                             let text =
                                 label_embeddings(model.as_ref(), &self.prompts, labels, templates)?;
-                            let probs = clip_probabilities(&img, &text, scale);
+                            let probs = zero_shot_scores(&img, &text, scale, model.scoring());
                             Ok(Answer::Classified(ClassificationResponse::new(
                                 endpoint,
                                 &self.id,
@@ -490,8 +506,10 @@ mod tests {
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
         assert_eq!(ModelFamily::Deit.task(), Task::Classify);
-        assert_eq!(ModelFamily::supported(), "'clip', 'vit' and 'deit'");
-        // Both current families score with a softmax: no multiLabel.
+        assert_eq!(ModelFamily::supported(), "'clip', 'vit', 'deit' and 'siglip'");
+        assert_eq!(ModelFamily::Siglip.task(), Task::ZeroShot);
+        assert!(ModelFamily::Siglip.independent_scores());
+        // CLIP, ViT and DeiT score with a softmax: no multiLabel.
         assert!(!ModelFamily::Clip.independent_scores());
         assert!(!ModelFamily::Vit.independent_scores());
     }
@@ -697,6 +715,52 @@ mod scoring_tests {
         };
         let model = ServedModel::zero_shot("m", Arc::new(Fake::new())).with_prompt_cache(bounds);
         assert_eq!(model.prompts.bounds(), bounds);
+    }
+
+    /// A fake with SigLIP's scoring: sigmoid scores, and the SigLIP family.
+    struct SigmoidFake(Fake);
+
+    impl ZeroShotModel for SigmoidFake {
+        fn preprocess_config(&self) -> &PreprocessConfig {
+            self.0.preprocess_config()
+        }
+        fn embed_images(&self, pixels: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+            self.0.embed_images(pixels)
+        }
+        fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            self.0.embed_texts(texts)
+        }
+        fn logit_scale(&self) -> f32 {
+            10.0
+        }
+        fn scoring(&self) -> crate::backend::Scoring {
+            crate::backend::Scoring::Sigmoid { bias: -5.0 }
+        }
+    }
+
+    #[test]
+    fn sigmoid_models_answer_independent_scores() {
+        let model = ServedModel::zero_shot("s", Arc::new(SigmoidFake(Fake::new())));
+        assert_eq!(model.family(), ModelFamily::Siglip);
+        assert!(model.independent_scores());
+        let r = model
+            .classify_all(
+                &one_pixel(),
+                &labels(&["car", "dog"]),
+                &["{label}".to_string()],
+            )
+            .unwrap();
+        // car: cos 1 → sigmoid(10 − 5); dog: cos 0 → sigmoid(−5).
+        let score = |l: &str| {
+            r[0].predictions
+                .iter()
+                .find(|p| p.label == l)
+                .unwrap()
+                .score
+        };
+        assert!((score("car") - 1.0 / (1.0 + (-5f32).exp())).abs() < 1e-6);
+        assert!((score("dog") - 1.0 / (1.0 + 5f32.exp())).abs() < 1e-6);
+        assert_eq!(r[0].result, "car");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Turning model outputs into scores: CLIP similarity softmax with prompt ensembling, ViT category sums.
 
+use crate::backend::Scoring;
 use crate::categories::{category_of, Category};
 use crate::response::{ImagenetPrediction, Prediction};
 
@@ -44,6 +45,36 @@ pub fn clip_probabilities(image: &[f32], labels: &[Vec<f32>], logit_scale: f32) 
         .map(|t| logit_scale * image.iter().zip(t).map(|(a, b)| a * b).sum::<f32>())
         .collect();
     softmax(&logits)
+}
+
+/// `sigmoid(logit_scale * cosine(image, label) + bias)` for every label (SigLIP): independent per
+/// label, as transformers' zero-shot pipeline scores SigLIP models.
+pub fn sigmoid_probabilities(
+    image: &[f32],
+    labels: &[Vec<f32>],
+    logit_scale: f32,
+    bias: f32,
+) -> Vec<f32> {
+    labels
+        .iter()
+        .map(|t| {
+            let logit = logit_scale * image.iter().zip(t).map(|(a, b)| a * b).sum::<f32>() + bias;
+            (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32
+        })
+        .collect()
+}
+
+/// An image's scores against label embeddings, as the model's [`Scoring`] says.
+pub fn zero_shot_scores(
+    image: &[f32],
+    labels: &[Vec<f32>],
+    logit_scale: f32,
+    scoring: Scoring,
+) -> Vec<f32> {
+    match scoring {
+        Scoring::Softmax => clip_probabilities(image, labels, logit_scale),
+        Scoring::Sigmoid { bias } => sigmoid_probabilities(image, labels, logit_scale, bias),
+    }
 }
 
 pub fn clip_predictions(labels: &[String], probs: &[f32]) -> Vec<Prediction> {
@@ -127,6 +158,27 @@ mod tests {
         let labels = vec![vec![0.0, 1.0], vec![1.0, 0.0]];
         let p = clip_probabilities(&img, &labels, 100.0);
         assert!(p[1] > 0.999, "{p:?}");
+    }
+
+    #[test]
+    fn sigmoid_scores_are_independent_per_label() {
+        let img = vec![1.0, 0.0];
+        let labels = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![-1.0, 0.0]];
+        // logits 10·cos − 2: 8, −2, −12.
+        let p = sigmoid_probabilities(&img, &labels, 10.0, -2.0);
+        let want = [8f64, -2.0, -12.0].map(|l| 1.0 / (1.0 + (-l).exp()));
+        for (got, want) in p.iter().zip(want) {
+            assert!((f64::from(*got) - want).abs() < 1e-7, "{p:?}");
+        }
+        // A label's score does not depend on the others.
+        let alone = sigmoid_probabilities(&img, &labels[1..2], 10.0, -2.0);
+        assert_eq!(alone[0], p[1]);
+        let softmax = zero_shot_scores(&img, &labels, 10.0, Scoring::Softmax);
+        assert!((softmax.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(
+            zero_shot_scores(&img, &labels, 10.0, Scoring::Sigmoid { bias: -2.0 }),
+            p
+        );
     }
 
     #[test]

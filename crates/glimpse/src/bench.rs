@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use glimpse_candle::{
-    random_clip_with, random_vit_with, ClipPreset, LoadOptions, Precision, VitPreset,
+    random_clip_with, random_siglip_with, random_vit_with, ClipPreset, LoadOptions, Precision,
+    SiglipPreset, VitPreset,
 };
 use glimpse_core::backend::PixelBatch;
 use glimpse_core::{ImageClassifier, ZeroShotModel};
@@ -31,6 +32,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let size = m.preprocess_config().output_size();
             (
                 Box::new(move |px| m.classify(px).map(|_| ()).map_err(Into::into)),
+                size,
+            )
+        }
+        "siglip-b16" | "siglip2-b16" => {
+            let m = random_siglip_with(args.arch.parse::<SiglipPreset>()?, &opts)?;
+            let size = m.preprocess_config().output_size();
+            (
+                Box::new(move |px| m.embed_images(px).map(|_| ()).map_err(Into::into)),
                 size,
             )
         }

@@ -93,9 +93,9 @@ pub(crate) struct VisionEncoder {
     /// `[hidden, c·p·p]` → gemm over im2col rows.
     pub(crate) conv: Dense,
     /// The learned tokens in front of the patches, `[lead, hidden]`: the class token (DeiT: then
-    /// its distillation token).
+    /// its distillation token); empty for models without one (SigLIP).
     pub(crate) cls: Vec<f32>,
-    /// How many tokens `cls` holds (1; DeiT 2).
+    /// How many tokens `cls` holds (1; DeiT 2; SigLIP 0).
     pub(crate) lead: usize,
     /// `[lead + patches, hidden]`.
     pub(crate) pos: Vec<f32>,
@@ -108,14 +108,39 @@ impl VisionEncoder {
         (self.image.0 / self.patch) * (self.image.1 / self.patch) + self.lead
     }
 
+    /// Every token out of the encoder, `[batch·seq, hidden]`, for models that pool all of them
+    /// (SigLIP's attention-pooling head).
+    pub(crate) fn all_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let seq = self.seq();
+        let (mut xs, mut s) = self.embed(pixels, batch);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+        }
+        xs
+    }
+
     /// `pixels`: `[batch, c, H, W]`. Returns each image's class token out of the encoder,
     /// `[batch, hidden]` (the other tokens' last-block outputs are never computed). With
     /// `lead` > 1 (DeiT), each image's leading tokens in order: `[batch·lead, hidden]`.
     pub(crate) fn class_tokens(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let (seq, hidden, lead) = (self.seq(), self.conv.out_features(), self.lead);
+        let (mut xs, mut s) = self.embed(pixels, batch);
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return lead_rows(&xs, batch, seq, hidden, lead);
+        };
+        for (i, block) in rest.iter().enumerate() {
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+        }
+        last.forward_lead_tokens(&xs, seq, lead, &mut s)
+    }
+
+    /// The blocks' input, `[batch·seq, hidden]` (patch embedding, leading tokens, position
+    /// embeddings, pre-norm), and their work buffers.
+    fn embed(&self, pixels: &[f32], batch: usize) -> (Vec<f32>, Scratch) {
         let (p, c, (ih, iw)) = (self.patch, self.channels, self.image);
         let (gh, gw) = (ih / p, iw / p);
         let lead = self.lead;
-        let (np, seq, hidden) = (gh * gw, self.seq(), self.cls.len() / lead);
+        let (np, seq, hidden) = (gh * gw, self.seq(), self.conv.out_features());
         let kdim = c * p * p;
         // im2col: one row per patch, columns in the conv weight's (c, ky, kx) order.
         let mut cols = vec![0f32; batch * np * kdim];
@@ -159,13 +184,7 @@ impl VisionEncoder {
             norm.forward(&xs, &mut s.ln);
             std::mem::swap(&mut xs, &mut s.ln);
         }
-        let Some((last, rest)) = self.blocks.split_last() else {
-            return lead_rows(&xs, batch, seq, hidden, lead);
-        };
-        for (i, block) in rest.iter().enumerate() {
-            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
-        }
-        last.forward_lead_tokens(&xs, seq, lead, &mut s)
+        (xs, s)
     }
 }
 

@@ -72,7 +72,7 @@ fn unknown_model_type_is_refused() {
     });
     let e = model_error(detect_kind(dir.path()));
     assert!(
-        e.contains("unknown model_type 'bert'; Glimpse runs 'clip', 'vit' and 'deit'"),
+        e.contains("unknown model_type 'bert'; Glimpse runs 'clip', 'vit', 'deit' and 'siglip'"),
         "{e}"
     );
     assert!(clip_err(dir.path()).contains("unknown model_type 'bert'"));

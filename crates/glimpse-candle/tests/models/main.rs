@@ -8,6 +8,7 @@ mod errors;
 mod pipeline;
 mod precision;
 mod random;
+mod siglip_parity;
 mod tokenizer;
 mod vit_parity;
 mod weights;

@@ -206,9 +206,10 @@ pub struct ClassificationResponse {
     pub abstained: Option<bool>,
     /// `clip` or `vit`.
     pub model: String,
-    /// Every label (CLIP) or category (ViT), highest score first; the scores sum to 1. A ViT
-    /// fine-tune with its own labels lists those labels instead (at most 100). With `topK`, only
-    /// the K best.
+    /// Every label (CLIP) or category (ViT), highest score first. A CLIP or ViT model's scores
+    /// are a softmax and sum to 1; a SigLIP-family model's (on the CLIP route) are independent
+    /// sigmoids, each between 0 and 1 on its own, which do not sum to 1. A ViT fine-tune with its
+    /// own labels lists those labels instead (at most 100). With `topK`, only the K best.
     pub predictions: Vec<Prediction>,
     /// `multiLabel=true` only: every label scoring at or above `minConfidence`, highest first.
     #[schema(nullable = false)]
@@ -671,6 +672,10 @@ fn embeddings_multipart() {}
 
 #[utoipa::path(post, path = "/api/image-classification/clip", tag = "classification",
     summary = "Classify an image with CLIP (zero-shot against labels)",
+    description = "Zero-shot with the model `clipModel` names: CLIP (scores are a softmax over the \
+        labels and sum to 1) or SigLIP / SigLIP 2 (scores are independent sigmoids, \
+        sigmoid(logit_scale · cosine + logit_bias) per label as transformers' zero-shot pipeline \
+        gives them; they do not sum to 1, and `multiLabel` is allowed).",
     params(ClipQuery, IdempotencyHeader),
     request_body(content = ClipForm, content_type = "multipart/form-data",
         description = "The image as field `image`. May be left out when `url` is given."),
@@ -683,6 +688,8 @@ fn clip_post() {}
 
 #[utoipa::path(get, path = "/api/image-classification/clip", tag = "classification",
     summary = "Classify the image at `url` with CLIP",
+    description = "As the POST: CLIP scores sum to 1; SigLIP-family scores are independent \
+        sigmoids that do not.",
     params(ClipQuery, IdempotencyHeader),
     responses(
         (status = 200, description = "The classification", body = ClassificationResponse,

@@ -27,6 +27,7 @@ mod api_errors;
 mod api_hostile;
 mod api_metrics;
 mod api_vit_models;
+mod api_siglip;
 mod browser;
 mod fetch_addr;
 mod fetch_proxy;

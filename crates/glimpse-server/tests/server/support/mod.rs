@@ -133,6 +133,12 @@ impl TestServerBuilder {
         self
     }
 
+    /// Serve the model folder `dir` as the zero-shot (CLIP route) default model.
+    pub fn clip_model(mut self, dir: &Path) -> Self {
+        self.config.models.clip_model = dir.display().to_string();
+        self
+    }
+
     /// Serve no ViT model (its endpoint answers 404).
     pub fn no_vit_model(mut self) -> Self {
         self.config.models.vit_model = String::new();
