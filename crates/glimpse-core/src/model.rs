@@ -506,7 +506,10 @@ mod tests {
         assert_eq!(ModelFamily::Vit.task(), Task::Classify);
         assert_eq!(ModelFamily::from_model_type("bert"), None);
         assert_eq!(ModelFamily::Deit.task(), Task::Classify);
-        assert_eq!(ModelFamily::supported(), "'clip', 'vit', 'deit' and 'siglip'");
+        assert_eq!(
+            ModelFamily::supported(),
+            "'clip', 'vit', 'deit' and 'siglip'"
+        );
         assert_eq!(ModelFamily::Siglip.task(), Task::ZeroShot);
         assert!(ModelFamily::Siglip.independent_scores());
         // CLIP, ViT and DeiT score with a softmax: no multiLabel.

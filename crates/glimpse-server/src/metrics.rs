@@ -378,6 +378,25 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The process's resident set size in bytes (Linux: `/proc/self/statm`; elsewhere `None`).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+#[cfg(unix)]
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> u64 {
+    4096
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,23 +554,4 @@ mod tests {
             "{out}"
         );
     }
-}
-
-/// The process's resident set size in bytes (Linux: `/proc/self/statm`; elsewhere `None`).
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-#[cfg(unix)]
-fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).unwrap_or(4096)
-}
-
-#[cfg(not(unix))]
-fn page_size() -> u64 {
-    4096
 }

@@ -57,7 +57,8 @@ fn random_vit_has_imagenet_shapes() {
 fn presets_parse_by_name() {
     assert_eq!("clip-b16".parse::<ClipPreset>().unwrap(), ClipPreset::B16);
     assert_eq!("vit-b16".parse::<VitPreset>().unwrap(), VitPreset::B16);
-    assert!("clip-l14".parse::<ClipPreset>().is_err());
+    assert!("clip-l14".parse::<ClipPreset>().is_ok());
+    assert!("clip-h14".parse::<ClipPreset>().is_err());
 }
 
 /// The fixture folders carry the openai CLIP and google ViT `preprocessor_config.json` verbatim.

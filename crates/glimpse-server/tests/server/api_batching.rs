@@ -57,7 +57,9 @@ fn assert_same(got: &Value, want: &Value, what: &str) {
         for (a, b) in g.iter().zip(w) {
             assert_eq!(a["label"], b["label"], "{what}: {field}");
             let (sa, sb) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
-            assert!((sa - sb).abs() <= 1e-6, "{what}: {field} {sa} vs {sb}");
+            // A pass of several images may round its last bits differently from a pass of one
+            // (up to ~1.2e-6 with the gemm kernels of CPUs without AVX-512).
+            assert!((sa - sb).abs() <= 1e-5, "{what}: {field} {sa} vs {sb}");
         }
     }
 }

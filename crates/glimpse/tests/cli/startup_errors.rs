@@ -85,7 +85,11 @@ fn unknown_model_type_names_folder_field_and_supported_types() {
     assert_refused(
         &out,
         &err,
-        &[&folder, "model_type 'convnext'", "'clip', 'vit' and 'deit'"],
+        &[
+            &folder,
+            "model_type 'convnext'",
+            "'clip', 'vit', 'deit' and 'siglip'",
+        ],
     );
 }
 

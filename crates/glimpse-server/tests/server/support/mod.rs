@@ -417,7 +417,7 @@ pub fn expected_clip(
         .remove(0)
 }
 
-/// Assert a JSON answer has the seed's success shape and equals `expected` (scores within 1e-6).
+/// Assert a JSON answer has the seed's success shape and equals `expected` (scores within 1e-5).
 pub fn assert_matches(
     got: &serde_json::Value,
     expected: &glimpse_core::response::ClassificationResponse,
@@ -427,14 +427,16 @@ pub fn assert_matches(
     assert_eq!(got["modelId"], expected.model_id.as_str(), "{got}");
     assert!(got["timingMs"].as_f64().unwrap() >= 0.0, "{got}");
     let conf = got["confidence"].as_f64().unwrap();
-    assert!((conf - expected.confidence as f64).abs() < 1e-6, "{got}");
+    // 1e-5: a pass of several images may round the last bits differently from the reference's
+    // pass of one (up to ~1.2e-6 with the gemm kernels of CPUs without AVX-512).
+    assert!((conf - expected.confidence as f64).abs() < 1e-5, "{got}");
     let preds = got["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), expected.predictions.len(), "{got}");
     let mut sum = 0.0;
     for (g, e) in preds.iter().zip(&expected.predictions) {
         assert_eq!(g["label"], e.label.as_str(), "{got}");
         let s = g["score"].as_f64().unwrap();
-        assert!((s - e.score as f64).abs() < 1e-6, "{got}");
+        assert!((s - e.score as f64).abs() < 1e-5, "{got}");
         sum += s;
     }
     assert!((sum - 1.0).abs() < 1e-4, "scores sum to {sum}");
