@@ -450,6 +450,18 @@ impl ZeroShotModel for SiglipModel {
         self.logit_scale
     }
 
+    fn count_tokens(&self, texts: &[String]) -> Result<Vec<usize>> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| CoreError::model("this SigLIP model has no tokenizer"))?;
+        let max = tok.max_length();
+        texts
+            .iter()
+            .map(|t| Ok(tok.encode_unpadded(t)?.len().min(max)))
+            .collect()
+    }
+
     fn scoring(&self) -> Scoring {
         Scoring::Sigmoid {
             bias: self.logit_bias,

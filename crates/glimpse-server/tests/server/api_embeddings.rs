@@ -355,3 +355,55 @@ async fn the_official_openai_python_client_works_unchanged() {
     assert_eq!(got["text_usage"], 16, "two 8-token prompts");
     assert_eq!(s.balance().await, 20 - 4 * s.credits_per_call());
 }
+
+/// Every zero-shot family: a SigLIP model's vectors equal its transformers features too (texts
+/// padded to the model's fixed 64 tokens, as SigLIP requires; `usage` counts the real ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siglip_embeddings_equal_the_reference_features() {
+    for name in ["siglip-tiny", "siglip2-tiny"] {
+        let dir = fixtures().join("models").join(name);
+        let s = TestServer::builder()
+            .credits(10)
+            .clip_model(&dir)
+            .start()
+            .await;
+        let path = fixtures().join(format!("expected/{name}.json"));
+        let exp: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let prompts = exp["prompts"].as_array().unwrap()[..2].to_vec();
+        let req = s
+            .http
+            .post(s.url(V1))
+            .bearer_auth(&s.key)
+            .json(&json!({"model": model_id(&s), "input": prompts}));
+        let (status, body) = send(req).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        for i in 0..2 {
+            assert_same_direction(
+                &floats(&body["data"][i]["embedding"]),
+                &floats(&exp["text_embeds"][i]),
+                name,
+            );
+        }
+        let tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(tokens > 2 && tokens < 128, "{name}: {body}");
+        let image = exp["images"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        let req = s.http.post(s.url(V1)).bearer_auth(&s.key).json(&json!({
+            "input": [data_uri(&image)],
+            "modality": "image",
+        }));
+        let (status, body) = send(req).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_same_direction(
+            &floats(&body["data"][0]["embedding"]),
+            &floats(&exp["images"][&image]["image_embeds"]),
+            &image,
+        );
+        assert_eq!(s.balance().await, 10 - 3 * s.credits_per_call());
+    }
+}
