@@ -294,7 +294,7 @@ async fn run(
                     let incoming = slot.batcher.announce();
                     let preprocess = slot.model.preprocess_config().clone();
                     let pixels = items::decode(&state, &key, from_url, bytes, preprocess).await?;
-                    let debit = items::reserve(&state, &key, &endpoint, slot.model.id()).await?;
+                    let debit = items::reserve(&state, &key, &endpoint, slot.model.id(), 1).await?;
                     let job = ModelJob::classify(pixels, labels);
                     let answer = Answer::classified(submit(&slot.batcher, job, incoming).await)
                         .map_err(ApiError::from);

@@ -396,21 +396,9 @@ async fn run(
     if let Some(e) = first_error {
         return Err(e);
     }
-    // Reserve every item's credits (all or nothing).
+    // Every item's credits, in one reservation (the request is answered whole or not at all).
     let n = texts.len() + decoded.len();
-    let mut debits = Vec::with_capacity(n);
-    for _ in 0..n {
-        match items::reserve(state, key, "embeddings", &model).await {
-            Ok(d) => debits.push(d),
-            Err(e) => {
-                let ms = started.elapsed().as_secs_f64() * 1e3;
-                for d in &debits {
-                    items::release(state, d, e.status().as_u16(), ms).await;
-                }
-                return Err(e);
-            }
-        }
-    }
+    let reservation = items::reserve(state, key, "embeddings", &model, n).await?;
     let result = embed(state, &slot, texts, decoded).await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let result = result.and_then(|(vectors, tokens)| {
@@ -426,24 +414,11 @@ async fn run(
     let (mut vectors, tokens) = match result {
         Ok(v) => v,
         Err(e) => {
-            for d in &debits {
-                items::release(state, d, e.status().as_u16(), ms).await;
-            }
+            items::release(state, &reservation, e.status().as_u16(), ms).await;
             return Err(e);
         }
     };
-    for (k, d) in debits.iter().enumerate() {
-        if let Err(e) = items::charge(state, d, ms).await {
-            // Items already settled stay charged only if the answer leaves: refund them too.
-            for d in &debits[..k] {
-                items::release(state, d, 503, ms).await;
-            }
-            for d in &debits[k + 1..] {
-                items::release(state, d, 503, ms).await;
-            }
-            return Err(e);
-        }
-    }
+    items::charge(state, &reservation, ms).await?;
     vectors.sort_by_key(|(i, _)| *i);
     let data = vectors
         .into_iter()

@@ -4,8 +4,9 @@
 //! settle or refund. `classify.rs` walks one image through the same steps.
 //!
 //! Credits: a request that lists `n` items needs `n × GLIMPSE_CREDITS_PER_CALL` before any work
-//! (402 otherwise); each item is reserved only once its image decoded (bad items are free) and
-//! settled once answered, refunded if its forward pass failed.
+//! (402 otherwise). A batch item is reserved only once its image decoded (bad items are free) and
+//! settled once answered, refunded if its forward pass failed; an embeddings request (all or
+//! nothing) reserves its items together, in one ledger row.
 
 use base64::Engine as _;
 use glimpse_core::backend::PixelBatch;
@@ -143,14 +144,22 @@ pub async fn can_pay(state: &AppState, key: &ApiKey, items: usize) -> Result<(),
     Ok(())
 }
 
-/// Reserve one item's credits (402 when the key ran dry since `can_pay`).
+/// Credits held for some items until they are answered (settled) or not (refunded).
+pub struct Reservation {
+    debit: Debit,
+    cost: i64,
+}
+
+/// Reserve `items` items' credits in one ledger row (402 when the key ran dry since
+/// `can_pay`): a batch item reserves its own, an embeddings request (all or nothing) its whole.
 pub async fn reserve(
     state: &AppState,
     key: &ApiKey,
     endpoint: &str,
     model: &str,
-) -> Result<Debit, ApiError> {
-    let cost = state.settings.credits_per_call;
+    items: usize,
+) -> Result<Reservation, ApiError> {
+    let cost = state.settings.credits_per_call.saturating_mul(items as i64);
     let debit = timed(
         &state.metrics,
         Stage::Ledger,
@@ -164,12 +173,13 @@ pub async fn reserve(
     .await
     .map_err(own_key_error)?;
     state.metrics.credits_debited(cost);
-    Ok(debit)
+    Ok(Reservation { debit, cost })
 }
 
-/// Settle an answered item's reservation (retried while the store fails). `Err` when it never
-/// committed: the item's answer must then become an error, uncharged.
-pub async fn charge(state: &AppState, debit: &Debit, ms: f64) -> Result<(), ApiError> {
+/// Settle an answered reservation (retried while the store fails). `Err` when it never
+/// committed: the answer must then become an error, uncharged (it is refunded here).
+pub async fn charge(state: &AppState, r: &Reservation, ms: f64) -> Result<(), ApiError> {
+    let debit = &r.debit;
     let settled = match settle(state, &debit.id, ms).await {
         Ok(()) => Ok(()),
         Err(e) => match state.store.reservation(&debit.id).await {
@@ -179,22 +189,21 @@ pub async fn charge(state: &AppState, debit: &Debit, ms: f64) -> Result<(), ApiE
     };
     if let Err(e) = settled {
         tracing::error!(error = %e, debit = %debit.id, "settle failed for good");
-        release(state, debit, 503, ms).await;
+        release(state, r, 503, ms).await;
         return Err(ApiError::overloaded(
-            "the key store is unavailable; this item was not charged, retry later",
+            "the key store is unavailable; this was not charged, retry later",
             1,
         ));
     }
     Ok(())
 }
 
-/// Refund an item that was not answered.
-pub async fn release(state: &AppState, debit: &Debit, status: u16, ms: f64) {
+/// Refund a reservation whose items were not answered.
+pub async fn release(state: &AppState, r: &Reservation, status: u16, ms: f64) {
+    let debit = &r.debit;
     let refund = state.store.refund(&debit.id, status, ms);
     match timed(&state.metrics, Stage::Ledger, refund).await {
-        Ok(_) => state
-            .metrics
-            .credits_refunded(state.settings.credits_per_call),
+        Ok(_) => state.metrics.credits_refunded(r.cost),
         Err(e) => {
             tracing::error!(error = %e, debit = %debit.id, "refund failed; the reaper will retry")
         }
