@@ -24,10 +24,10 @@ use glimpse_store::{Classifier, DebitRequest, IdempotencyClaim, StoreError};
 use tracing::Instrument;
 
 use super::input::{read_input, FormLimits, RawInput};
+use super::items::{self, ImageRef};
 use crate::auth::{add_credits_header, set_credits_header, ApiKey};
 use crate::batch::submit;
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::fetches_limited;
 use crate::metrics::{timed, Stage};
 use crate::state::AppState;
 
@@ -421,19 +421,7 @@ async fn run(
         Source::Url(u) => {
             // A fetch can take seconds: no batch should wait for it.
             drop(early.take());
-            // Failed fetches are free, so they are what a key's fetch budget counts.
-            if let Some(limit) = &state.failed_fetches {
-                limit.peek(&key.id).map_err(fetches_limited)?;
-            }
-            match timed(&state.metrics, Stage::Fetch, state.images.fetch(&u)).await {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    if let Some(limit) = &state.failed_fetches {
-                        let _ = limit.check(&key.id);
-                    }
-                    return Err(ApiError::from(e));
-                }
-            }
+            items::bytes_of(state, key, ImageRef::Url(u)).await?
         }
     };
     let slot = plan.model;
@@ -443,34 +431,7 @@ async fn run(
     // From here the model's batcher counts this call as on its way (see `wait_for_announced`).
     let incoming = slot.batcher.announce();
     drop(early);
-    let pixels = match timed(
-        &state.metrics,
-        Stage::Decode,
-        state.decoder.decode(bytes, preprocess),
-    )
-    .await
-    {
-        Ok(px) => px,
-        // What a fetched file turned out to be (HTML, a truncated PNG…) is the upstream's
-        // business: a failed fetch like any other, counted and told in the same words.
-        Err(e) if from_url && e.code == ErrorCode::Validation => {
-            tracing::info!(error = %e, "image fetched from url did not decode");
-            if let Some(limit) = &state.failed_fetches {
-                let _ = limit.check(&key.id);
-            }
-            let generic = ApiError::validation(
-                "the file at url is not an image Glimpse can decode (JPEG, PNG, WebP, GIF or BMP \
-                 within the size limits)",
-            );
-            // A decode that ran out of time may succeed next time: keep it unstored.
-            return Err(if e.transient {
-                generic.transient()
-            } else {
-                generic
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    let pixels = items::decode(state, key, from_url, bytes, preprocess).await?;
     let debit = timed(
         &state.metrics,
         Stage::Ledger,

@@ -73,8 +73,8 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// The image's bytes: the upload, or a fetch (counted against the key's failed-fetch budget
-/// when it fails, as on the single routes).
+/// The image's bytes: the upload, or a fetch (failed fetches are free, so they are what a key's
+/// fetch budget counts).
 pub async fn bytes_of(
     state: &AppState,
     key: &ApiKey,
@@ -115,14 +115,23 @@ pub async fn decode(
     )
     .await
     {
+        // What a fetched file turned out to be (HTML, a truncated PNG…) is the upstream's
+        // business: a failed fetch like any other, counted and told in the same words.
         Err(e) if from_url && e.code == ErrorCode::Validation => {
+            tracing::info!(error = %e, "image fetched from url did not decode");
             if let Some(limit) = &state.failed_fetches {
                 let _ = limit.check(&key.id);
             }
-            Err(ApiError::validation(
+            let generic = ApiError::validation(
                 "the file at url is not an image Glimpse can decode (JPEG, PNG, WebP, GIF or BMP \
                  within the size limits)",
-            ))
+            );
+            // A decode that ran out of time may succeed next time: keep it unstored.
+            Err(if e.transient {
+                generic.transient()
+            } else {
+                generic
+            })
         }
         other => other,
     }
