@@ -64,7 +64,7 @@ def parse_args():
                    help="fp32 bf16 int8, or none to time no Glimpse row")
     p.add_argument("--ov-bf16", choices=["auto", "always", "never"], default="auto",
                    help="time OpenVINO's bf16 hint: auto = only where the CPU plugin reports BF16 "
-                        "among its OPTIMIZATION_CAPABILITIES (elsewhere it emulates bf16, ~25x slower)")
+                        "among its OPTIMIZATION_CAPABILITIES (elsewhere it emulates bf16, >15x slower)")
     p.add_argument("--python", help="use this interpreter (with requirements.txt installed) instead of the venv")
     p.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
     p.add_argument("--json", help="also write the results here")
@@ -416,7 +416,9 @@ def main():
                                     f"matrix products in {'/'.join(o.products)}")
                                 meta.setdefault("openvino_ran", {})[f"{arch} {name}"] = {
                                     "inference_precision_hint": o.ran, "products": o.products}
-                            if name == OV_BF16 and not time_ov_bf16:
+                            if name == OV_BF16 and args.ov_bf16 == "never":
+                                fn = Failed("skipped: --ov-bf16 never")
+                            elif name == OV_BF16 and not time_ov_bf16:
                                 # The plugin's OPTIMIZATION_CAPABILITIES are on stderr and in the table head.
                                 fn = Failed("skipped: no native bf16, it would be emulated (--ov-bf16 always)")
                         except Exception as e:  # noqa: BLE001
