@@ -12,7 +12,7 @@ use glimpse_core::scoring::l2_normalize;
 use glimpse_core::{CoreError, Result};
 
 use crate::config::{self, model_err, ClipConfig, ClipTextConfig, VisionConfig};
-use crate::engine::{AttentionKernel, Dense, Norm, TextEncoder, VisionEncoder};
+use crate::engine::{AttentionKernel, Dense, Norm, TextEncoder, TokenTable, VisionEncoder};
 use crate::kernels::Kernels;
 use crate::layers::{check_pixels, first_argmax, Encoder, PatchEmbedding, CLIP_NAMES};
 use crate::presets::ClipPreset;
@@ -69,7 +69,7 @@ impl TextTower {
         }
         Ok(TextTower {
             engine: TextEncoder {
-                token: token.flatten_all()?.to_vec1()?,
+                token: TokenTable::new(token.flatten_all()?.to_vec1()?, kernels.precision),
                 pos: pos.flatten_all()?.to_vec1()?,
                 blocks,
                 final_norm: Norm::new(&final_layer_norm)?,

@@ -378,6 +378,21 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Hands the heap's free pages back to the kernel (glibc's `malloc_trim(0)`; elsewhere a no-op).
+///
+/// Loading a model reads every weight as f32, converts it to the precision it runs at and frees
+/// the f32 copies: glibc keeps those freed pages (the arenas' free chunks below the top, and the
+/// dynamic mmap threshold moves large blocks onto the heap), so without this the process keeps
+/// the f32 model's footprint behind int8 or bf16 weights (measured with the default two real-size
+/// models in int8: 837 MB resident after load, 481 MB after the trim).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The process's resident set size in bytes (Linux: `/proc/self/statm`; elsewhere `None`).
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

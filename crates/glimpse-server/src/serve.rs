@@ -138,6 +138,8 @@ pub async fn load_models(config: &ServerConfig) -> anyhow::Result<Models> {
                     .map_err(|e| anyhow!("cannot load {} model '{spec}': {e}", task.title()))?;
                 warm_up(&model, &templates)
                     .with_context(|| format!("warm-up of '{spec}' failed"))?;
+                // The load's f32 copies are freed by now; give their pages back.
+                crate::metrics::trim_heap();
                 Ok(match (before, crate::metrics::resident_bytes()) {
                     (Some(b), Some(a)) => model.with_resident_bytes(a.saturating_sub(b)),
                     _ => model,

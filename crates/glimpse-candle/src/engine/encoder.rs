@@ -6,7 +6,8 @@ use rayon::prelude::*;
 
 use super::attention::AttentionKernel;
 use super::dense::{vec1, Dense, Norm};
-use crate::kernels::{Act, Kernels};
+use crate::kernels::{bf16, Act, Kernels};
+use crate::Precision;
 
 /// One pre-LN transformer block.
 #[derive(Debug, Clone)]
@@ -188,13 +189,53 @@ impl VisionEncoder {
     }
 }
 
+/// A text tower's token embedding table, `[vocab, hidden]`: f32, or bf16 for towers that run at
+/// bf16 (their weights are bf16-rounded already), widened per looked-up row. It is the largest
+/// tensor of a CLIP text tower (49 408 × 512: 101 MB in f32), read a few dozen rows per prompt.
+#[derive(Debug, Clone)]
+pub(crate) enum TokenTable {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl TokenTable {
+    /// `table` row-major `[vocab, hidden]`, kept at `precision` (int8 is not used for it).
+    pub(crate) fn new(table: Vec<f32>, precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => TokenTable::F32(table),
+            Precision::Bf16 | Precision::Int8 => {
+                TokenTable::Bf16(table.into_iter().map(bf16::to_bf16).collect())
+            }
+        }
+    }
+
+    /// `out = table[tok] + pos` (`out` and `pos` one row long).
+    fn add_row(&self, tok: usize, pos: &[f32], out: &mut [f32]) {
+        let h = out.len();
+        match self {
+            TokenTable::F32(t) => {
+                let e = &t[tok * h..(tok + 1) * h];
+                for ((d, a), b) in out.iter_mut().zip(e).zip(pos) {
+                    *d = a + b;
+                }
+            }
+            TokenTable::Bf16(t) => {
+                let e = &t[tok * h..(tok + 1) * h];
+                for ((d, &a), b) in out.iter_mut().zip(e).zip(pos) {
+                    *d = f32::from_bits((a as u32) << 16) + b;
+                }
+            }
+        }
+    }
+}
+
 /// CLIP's text transformer on the fused kernels: token + position embeddings, the pre-LN blocks
 /// with causal attention, then, at each row's pooled token only, the final layer norm and the
 /// projection (both per token, so applying them to the pooled rows alone is the same).
 #[derive(Debug, Clone)]
 pub(crate) struct TextEncoder {
     /// `[vocab, hidden]`.
-    pub(crate) token: Vec<f32>,
+    pub(crate) token: TokenTable,
     /// `[max_positions, hidden]`.
     pub(crate) pos: Vec<f32>,
     /// Their attention is [`AttentionKernel::GemmCausal`].
@@ -212,12 +253,8 @@ impl TextEncoder {
         let mut xs = vec![0f32; batch * seq * h];
         xs.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
             let (b, t) = (r / seq, r % seq);
-            let tok = ids[b][t] as usize;
-            let e = &self.token[tok * h..(tok + 1) * h];
             let p = &self.pos[t * h..(t + 1) * h];
-            row.iter_mut()
-                .zip(e.iter().zip(p))
-                .for_each(|(d, (a, b))| *d = a + b);
+            self.token.add_row(ids[b][t] as usize, p, row);
         });
         let t = batch * seq;
         let mut s = Scratch {

@@ -18,4 +18,4 @@ mod encoder;
 
 pub(crate) use attention::AttentionKernel;
 pub(crate) use dense::{Dense, Norm};
-pub(crate) use encoder::{conv_dense, Block, TextEncoder, VisionEncoder};
+pub(crate) use encoder::{conv_dense, Block, TextEncoder, TokenTable, VisionEncoder};
