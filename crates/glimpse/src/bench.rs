@@ -25,6 +25,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         precision,
         threads: args.threads,
     };
+    if let Some(n) = args.texts {
+        return text_tower(&args, n, &opts);
+    }
     type Runner = Box<dyn Fn(&PixelBatch) -> anyhow::Result<()>>;
     let (runner, (h, w)): (Runner, (usize, usize)) = match args.arch.as_str() {
         "vit-b16" => {
@@ -73,21 +76,86 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("run {}/{}: {elapsed:.1} ms", i + 1, args.iters);
         ms.push(elapsed);
     }
-    ms.sort_by(f64::total_cmp);
-    let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-    let p50 = pick(0.5);
+    let (p50, p10, p90) = percentiles(ms);
     let out = serde_json::json!({
         "arch": args.arch,
         "batch": args.batch,
-        "threads": args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        "threads": threads(&args),
         "precision": args.precision,
         "ms_p50": round2(p50),
-        "ms_p10": round2(pick(0.1)),
-        "ms_p90": round2(pick(0.9)),
+        "ms_p10": round2(p10),
+        "ms_p90": round2(p90),
         "img_per_s": round2(args.batch as f64 * 1000.0 / p50),
     });
     println!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prompt length of `--texts`: start token, "a photo of a red bicycle." (7 tokens), end token.
+const PROMPT_TOKENS: usize = 9;
+
+/// `--texts N`: the CLIP text tower on N distinct 9-token prompts in one pass (what a request
+/// with N labels the prompt cache has never seen costs, less tokenizing).
+fn text_tower(args: &BenchArgs, n: usize, opts: &LoadOptions) -> anyhow::Result<ExitCode> {
+    if n == 0 {
+        anyhow::bail!("--texts must be at least 1");
+    }
+    let preset: ClipPreset = args
+        .arch
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--texts times a CLIP text tower: pick a clip-* --arch"))?;
+    let m = random_clip_with(preset, opts)?;
+    // CLIP's start and end tokens (the end token is the largest id, where CLIP pools), and
+    // distinct word ids between them.
+    let (start, end) = (49_406u32, 49_407u32);
+    let ids: Vec<Vec<u32>> = (0..n)
+        .map(|i| {
+            let mut row = vec![start];
+            row.extend((0..PROMPT_TOKENS as u32 - 2).map(|t| 1000 + ((i as u32 * 7 + t) % 40_000)));
+            row.push(end);
+            row
+        })
+        .collect();
+    for _ in 0..args.warmup {
+        m.embed_token_ids(&ids)?;
+    }
+    let mut ms = Vec::with_capacity(args.iters);
+    for i in 0..args.iters {
+        let t = Instant::now();
+        m.embed_token_ids(&ids)?;
+        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("run {}/{}: {elapsed:.1} ms", i + 1, args.iters);
+        ms.push(elapsed);
+    }
+    let (p50, p10, p90) = percentiles(ms);
+    let out = serde_json::json!({
+        "arch": args.arch,
+        "texts": n,
+        "tokens": PROMPT_TOKENS,
+        "threads": threads(args),
+        "precision": args.precision,
+        "ms_p50": round2(p50),
+        "ms_p10": round2(p10),
+        "ms_p90": round2(p90),
+        "texts_per_s": round2(n as f64 * 1000.0 / p50),
+    });
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn threads(args: &BenchArgs) -> usize {
+    args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// (p50, p10, p90) of the timings.
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (pick(0.5), pick(0.1), pick(0.9))
 }
 
 fn round2(x: f64) -> f64 {

@@ -258,6 +258,10 @@ pub struct BenchArgs {
     /// Untimed runs first (caches, page faults, the kernel race at load).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Time the text tower instead (CLIP archs): N new prompts in one pass, each 9 tokens long
+    /// like "a photo of a red bicycle." with its start and end tokens (`--batch` is ignored).
+    #[arg(long, value_name = "N")]
+    pub texts: Option<usize>,
 }
 
 pub fn run_serve(config: glimpse_server::ServerConfig) -> anyhow::Result<ExitCode> {
