@@ -574,13 +574,13 @@ def sensitivity(kind: str, folder: Path, tok, rgbs: dict) -> dict:
     useful if these are far above the contract's 1e-4 tolerance."""
     proc = load_processor(folder)
     if kind == "clip":
-        model = transformers.CLIPModel.from_pretrained(str(folder)).eval()
+        model = transformers.CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
         enc = tok([TEMPLATE.format(label=lab) for lab in LABELS], padding=True, return_tensors="pt")
 
         def probs(px):
             return model(**enc, pixel_values=torch.from_numpy(px[None])).logits_per_image.softmax(-1)[0]
     else:
-        model = transformers.ViTForImageClassification.from_pretrained(str(folder)).eval()
+        model = transformers.ViTForImageClassification.from_pretrained(str(folder), dtype=torch.float32).eval()
 
         def probs(px):
             return model(pixel_values=torch.from_numpy(px[None])).logits.softmax(-1)[0]
@@ -633,6 +633,7 @@ def main() -> None:
         clip.logit_scale.fill_(math.log(100.0))
     save_model(clip, MODELS / "clip-tiny", CLIP_OLD_PREPROC, tok)
     bin_copy(MODELS / "clip-tiny", MODELS / "clip-tiny-bin")
+    link_clip_tokenizer(MODELS / "clip-tiny-bin")
 
     b16 = transformers.CLIPModel(clip_config(
         dict(hidden_size=8, intermediate_size=32, num_attention_heads=2, hidden_act="gelu"),  # 8: the 49408-row embedding dominates the size
@@ -642,6 +643,7 @@ def main() -> None:
     with torch.no_grad():
         b16.logit_scale.fill_(math.log(50.0))
     save_model(b16, MODELS / "clip-tiny-b16", CLIP_B16_PREPROC, tok)
+    link_clip_tokenizer(MODELS / "clip-tiny-b16")
 
     labels = build_vit_labels()
     vit_cfg = transformers.ViTConfig(
@@ -772,7 +774,7 @@ def make_deit_and_ft() -> None:
 
 
 # SigLIP and SigLIP 2 (`SiglipModel`, model_type "siglip"): run on their own with `--only siglip`,
-# which writes models/siglip-tiny*, models/siglip2-tiny, expected/siglip*.json and
+# which writes models/siglip-tiny*, models/siglip2-tiny*, expected/siglip*.json and
 # expected/pixels/siglip-tiny/ and touches nothing else (the photos are read, not rewritten).
 
 SIGLIP_MAX_LEN = 64
@@ -1015,31 +1017,159 @@ def siglip_main() -> None:
         SEED + 12, scale=15.0, bias=-1.0)  # fmt: skip
     model2.save_pretrained(str(v2))
     write_json(v2 / "preprocessor_config.json", {**SIGLIP_PREPROC, "size": {"height": 64, "width": 64}})
+    bin_copy(v2, MODELS / "siglip2-tiny-bin")
     results["siglip2-tiny"] = run_siglip("siglip2-tiny", v2, tok2, rgbs)
+    results["siglip2-tiny-bin"] = run_siglip("siglip2-tiny-bin", MODELS / "siglip2-tiny-bin", tok2, rgbs, "siglip2-tiny")
 
     skip = {"model", "model_dir", "weights"}
-    a, b = results["siglip-tiny"], results["siglip-tiny-bin"]
-    diff = max_diff({k: v for k, v in a.items() if k not in skip}, {k: v for k, v in b.items() if k not in skip})
-    assert diff <= 2e-5, diff
+    for twin in ("siglip-tiny", "siglip2-tiny"):  # the .bin twins must give the same outputs
+        a, b = results[twin], results[twin + "-bin"]
+        diff = max_diff({k: v for k, v in a.items() if k not in skip}, {k: v for k, v in b.items() if k not in skip})
+        assert diff <= 2e-5, (twin, diff)
     for name, res in results.items():
         write_json(EXPECTED / f"{name}.json", res)
         probs = [p for e in res["images"].values() for p in e["probs"]]
         print(f"{name}: probs from {min(probs):.3g} to {max(probs):.3g}")
 
 
+# CLIP at other sizes and sources (issue 23): `--only clip-variants` writes models/clip-tiny-l14-336
+# and models/clip-tiny-laion, their expected/*.json and expected/pixels/, and nothing else. Both
+# share clip-tiny's 1.7 MB tokenizer.json through a relative symlink (it is the same openai BPE
+# vocabulary); their weights are stored in half precision (fp16, bf16) to keep each under 0.5 MB,
+# since CLIP's 49408-row token embedding dominates. transformers reads them back as float32.
+
+CLIP_L14_336_PREPROC = {**CLIP_OLD_PREPROC, "crop_size": 56, "size": 56}
+"""openai/clip-vit-large-patch14-336's old-style CLIPFeatureExtractor config (int size = shortest
+edge, crop 336) at 56 px."""
+CLIP_LAION_PREPROC = {**CLIP_B16_PREPROC, "crop_size": {"height": 42, "width": 42}, "size": {"shortest_edge": 42}}
+"""A new-style CLIPImageProcessor config (as converted OpenCLIP checkpoints are saved today) at 42 px."""
+PIXEL_SUBSET["clip-tiny-l14-336"] = list(BATCH)
+PIXEL_SUBSET["clip-tiny-laion"] = list(BATCH)
+CLIP_VARIANT_EPS = {"text": 1e-3, "vision": 1e-2}
+
+
+def shared_clip_tokenizer(folder: Path, config_overrides: dict | None = None):
+    """Point `folder/tokenizer.json` at clip-tiny's (a relative symlink) and write the folder's own
+    tokenizer_config.json (clip-tiny's, with `config_overrides`); returns the loaded tokenizer."""
+    src = MODELS / "clip-tiny"
+    link_clip_tokenizer(folder)
+    cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg.update(config_overrides or {})
+    write_json(folder / "tokenizer_config.json", cfg)
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder), model_max_length=MAX_LEN)
+    assert tok("a photo of a cat.")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 269, 49407]
+    return tok
+
+
+def link_clip_tokenizer(folder: Path) -> None:
+    """Make `folder/tokenizer.json` a relative symlink to clip-tiny's (replacing an identical copy):
+    every CLIP fixture has the same openai BPE tokenizer, 1.7 MB each."""
+    link, target = folder / "tokenizer.json", MODELS / "clip-tiny" / "tokenizer.json"
+    if link.exists() or link.is_symlink():
+        assert link.read_bytes() == target.read_bytes(), link
+        link.unlink()
+    link.symlink_to(Path("..") / "clip-tiny" / "tokenizer.json")
+
+
+def save_half(model, folder: Path, dtype: torch.dtype, preproc: dict) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.to(dtype).save_pretrained(str(folder))
+    from safetensors import safe_open
+
+    want = {torch.float16: "F16", torch.bfloat16: "BF16"}[dtype]
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert all(f.get_slice(k).get_dtype() == want for k in f.keys())
+    write_json(folder / "preprocessor_config.json", preproc)
+
+
+@torch.no_grad()
+def eps_sensitivity(folder: Path, tok, rgbs: dict) -> float:
+    """How far the probabilities move if layer_norm_eps were read as transformers' default 1e-5."""
+    proc = load_processor(folder)
+    enc = tok([TEMPLATE.format(label=lab) for lab in LABELS], padding=True, return_tensors="pt")
+    model = transformers.CLIPModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    worst = 0.0
+    for img in BATCH:
+        px = torch.from_numpy(reference_pixels(proc, rgbs[img])[None])
+        p0 = model(**enc, pixel_values=px).logits_per_image.softmax(-1)
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.eps, mod.saved_eps = 1e-5, mod.eps
+        p1 = model(**enc, pixel_values=px).logits_per_image.softmax(-1)
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.eps = mod.saved_eps
+        worst = max(worst, (p1 - p0).abs().max().item())
+    return worst
+
+
+def make_clip_variants() -> None:
+    torch.manual_seed(SEED + 20)
+    torch.set_num_threads(2)
+    rgbs = existing_rgbs()
+    results = {}
+
+    # clip-tiny-l14-336: openai/clip-vit-large-patch14-336 scaled down: patch 14 at 56 px (16
+    # patches), quick_gelu, text and vision widths that differ and a projection unlike both.
+    folder = MODELS / "clip-tiny-l14-336"
+    l14 = transformers.CLIPModel(clip_config(
+        dict(hidden_size=4, intermediate_size=16, num_attention_heads=2, hidden_act="quick_gelu"),
+        dict(hidden_size=24, intermediate_size=96, num_attention_heads=4, image_size=56, patch_size=14,
+             hidden_act="quick_gelu"), projection_dim=12)).eval()  # fmt: skip
+    reinit(l14, SEED + 21)
+    with torch.no_grad():
+        l14.logit_scale.fill_(math.log(100.0))
+    save_half(l14, folder, torch.float16, CLIP_L14_336_PREPROC)
+    tok = shared_clip_tokenizer(folder)
+    results["clip-tiny-l14-336"] = run_clip("clip-tiny-l14-336", folder, tok, rgbs, all_pixels=False)
+
+    # clip-tiny-laion: an OpenCLIP checkpoint (laion/CLIP-ViT-H-14-laion2B-s32B-b79K) converted to
+    # CLIPModel: gelu, its own layer_norm_eps (non-default here, so reading it matters), its own
+    # projection size, the legacy eos_token_id 2 of 2022 conversions and open_clip's pad token "!".
+    folder = MODELS / "clip-tiny-laion"
+    laion_cfg = clip_config(
+        dict(hidden_size=4, intermediate_size=16, num_attention_heads=2, hidden_act="gelu",
+             layer_norm_eps=CLIP_VARIANT_EPS["text"], bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        dict(hidden_size=20, intermediate_size=80, num_attention_heads=4, image_size=42, patch_size=14,
+             hidden_act="gelu", layer_norm_eps=CLIP_VARIANT_EPS["vision"]), projection_dim=10)  # fmt: skip
+    laion = transformers.CLIPModel(laion_cfg).eval()
+    reinit(laion, SEED + 23)  # + 22 gave near-flat probabilities (top 0.18 of 6)
+    with torch.no_grad():
+        laion.logit_scale.fill_(math.log(100.0))  # OpenCLIP's clamp, where trained scales end
+    save_half(laion, folder, torch.bfloat16, CLIP_LAION_PREPROC)
+    tok_laion = shared_clip_tokenizer(folder, {"pad_token": "!"})
+    assert tok_laion.pad_token_id == 0
+    results["clip-tiny-laion"] = run_clip("clip-tiny-laion", folder, tok_laion, rgbs, all_pixels=False)
+
+    for name, res in results.items():
+        folder = MODELS / name
+        t = tok_laion if name == "clip-tiny-laion" else tok
+        res["sensitivity"] = sensitivity("clip", folder, t, rgbs)
+        if name == "clip-tiny-laion":
+            res["sensitivity"]["layer_norm_eps_as_default"] = r9(eps_sensitivity(folder, t, rgbs))
+            assert res["sensitivity"]["layer_norm_eps_as_default"] > 1e-3, res["sensitivity"]
+        write_json(EXPECTED / f"{name}.json", res)
+        print(name, "sensitivity (max |dprob|):", res["sensitivity"])
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["deit", "siglip"],
+    parser.add_argument("--only", choices=["deit", "siglip", "clip-variants"],
                         help="build only this family's fixtures (the rest stay as they are): deit = deit-tiny, "
-                             "deit-tiny-bin and vit-tiny-ft; siglip = siglip-tiny, siglip-tiny-bin and siglip2-tiny")
+                             "deit-tiny-bin and vit-tiny-ft; siglip = siglip-tiny, siglip-tiny-bin, siglip2-tiny and "
+                             "siglip2-tiny-bin; clip-variants = clip-tiny-l14-336 and clip-tiny-laion")
     only = parser.parse_args().only
     if only == "deit":
         make_deit_and_ft()
     elif only == "siglip":
         siglip_main()
+    elif only == "clip-variants":
+        make_clip_variants()
     else:
         main()
         make_deit_and_ft()
         siglip_main()
+        make_clip_variants()

@@ -1,5 +1,6 @@
 //! CLIP against transformers' outputs on the tiny reference models: tokenizer ids, text and image
-//! embeddings, logits and probabilities, for safetensors and pytorch_model.bin weights.
+//! embeddings, logits and probabilities, for safetensors (f32, fp16, bf16) and pytorch_model.bin
+//! weights, at several sizes and sources (openai B/32-, B/16-, L/14@336-shaped; LAION-shaped).
 
 use crate::common::*;
 use glimpse_candle::{load_clip, ClipModel, LoadOptions};
@@ -132,6 +133,50 @@ fn clip_tiny_pytorch_bin_matches_transformers() {
 #[test]
 fn clip_tiny_b16_matches_transformers() {
     check_model("clip-tiny-b16");
+}
+
+/// openai/clip-vit-large-patch14-336's shape scaled down: patch 14 at 56 px (not 224), text and
+/// vision widths that differ, a projection unlike both, an old-style preprocessor config; fp16
+/// weights.
+#[test]
+fn clip_l14_336_shape_matches_transformers() {
+    let model = load("clip-tiny-l14-336");
+    let c = model.config();
+    assert_eq!(
+        (c.vision.image_size, c.vision.patch_size),
+        ((56, 56), (14, 14))
+    );
+    assert_eq!(
+        (
+            c.text.encoder.hidden_size,
+            c.vision.encoder.hidden_size,
+            c.projection_dim
+        ),
+        (4, 24, 12)
+    );
+    check_model("clip-tiny-l14-336");
+}
+
+/// A LAION/OpenCLIP checkpoint converted to `CLIPModel`: gelu, its own layer_norm_eps (1e-3 text,
+/// 1e-2 vision: read as the default 1e-5 they would move the probabilities by 4e-3, see the
+/// reference's `sensitivity`), its own projection size, the legacy `eos_token_id: 2`, pad token
+/// `!`; bf16 weights.
+#[test]
+fn clip_laion_shape_matches_transformers() {
+    let model = load("clip-tiny-laion");
+    let c = model.config();
+    assert_eq!(c.text.encoder.layer_norm_eps, 1e-3);
+    assert_eq!(c.vision.encoder.layer_norm_eps, 1e-2);
+    assert_eq!(c.text.eos_token_id, 2);
+    assert_eq!(model.tokenizer().unwrap().pad_id(), 0, "pad token '!'");
+    let moved = expected("clip-tiny-laion")["sensitivity"]["layer_norm_eps_as_default"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        moved > 10.0 * f64::from(TOL),
+        "eps must matter here: {moved}"
+    );
+    check_model("clip-tiny-laion");
 }
 
 #[test]

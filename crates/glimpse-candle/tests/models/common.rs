@@ -42,6 +42,14 @@ pub fn pixels(rel: &str) -> Vec<f32> {
         .collect()
 }
 
+/// `images/<name>` decoded and preprocessed by glimpse-core, as the server does it.
+pub fn preprocess_file(cfg: &glimpse_core::preprocess::PreprocessConfig, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+    let rgb = glimpse_core::image::decode(&bytes, &glimpse_core::image::DecodeLimits::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    cfg.preprocess(&rgb)
+}
+
 pub fn single(px: Vec<f32>) -> PixelBatch {
     let side = ((px.len() / 3) as f64).sqrt() as usize;
     assert_eq!(3 * side * side, px.len(), "pixel files are square");

@@ -26,8 +26,19 @@ fn report(model: &str, diffs: &[(String, f32)]) {
 
 #[test]
 fn clip_from_files_matches_transformers() {
-    let model = load_clip(&model_dir("clip-tiny"), &LoadOptions::default()).unwrap();
-    let exp = expected("clip-tiny");
+    clip_from_files("clip-tiny");
+}
+
+/// Patch 14 at 56 px (old-style config) and at 42 px (new-style config) from file bytes.
+#[test]
+fn clip_variants_from_files_match_transformers() {
+    clip_from_files("clip-tiny-l14-336");
+    clip_from_files("clip-tiny-laion");
+}
+
+fn clip_from_files(name: &str) {
+    let model = load_clip(&model_dir(name), &LoadOptions::default()).unwrap();
+    let exp = expected(name);
     let prompts: Vec<String> = exp["prompts"]
         .as_array()
         .unwrap()
@@ -44,7 +55,7 @@ fn clip_from_files_matches_transformers() {
         let p = clip_probabilities(&emb, &text, model.logit_scale());
         diffs.push((name.clone(), max_abs_diff(&p, &f32s(&e["probs"]))));
     }
-    report("clip-tiny", &diffs);
+    report(name, &diffs);
     check(&diffs);
 }
 

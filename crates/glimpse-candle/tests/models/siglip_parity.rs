@@ -135,6 +135,11 @@ fn siglip2_tiny_matches_transformers() {
     check_model("siglip2-tiny");
 }
 
+#[test]
+fn siglip2_tiny_pytorch_bin_matches_transformers() {
+    check_model("siglip2-tiny-bin");
+}
+
 /// Every tokenizer case of the fixtures (punctuation, capitals, whitespace of every kind, NFKC,
 /// unknown characters, literal special tokens, truncation of long text), ids as transformers'
 /// `tokenizer(text, padding="max_length", truncation=True, max_length=64)` gives them.

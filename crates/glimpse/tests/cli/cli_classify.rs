@@ -78,6 +78,14 @@ fn clip_new_style_preprocessor_config_matches() {
     check_clip("clip-tiny-b16");
 }
 
+/// Other CLIP sizes and sources: L/14@336-shaped (patch 14, 56 px, fp16) and LAION-shaped (gelu,
+/// own epsilons and projection, bf16).
+#[test]
+fn clip_other_sizes_and_sources_match() {
+    check_clip("clip-tiny-l14-336");
+    check_clip("clip-tiny-laion");
+}
+
 #[test]
 fn vit_tiny_top5_matches_transformers_on_every_image() {
     for model in ["vit-tiny", "vit-tiny-bin"] {

@@ -177,6 +177,7 @@ impl TestServerBuilder {
         max_batch_images: usize => limits.max_batch_images;
         max_batch_bytes: usize => limits.max_batch_bytes;
         extra_vit_models: Vec<String> => models.extra_vit_models;
+        extra_clip_models: Vec<String> => models.extra_clip_models;
     }
 
     /// Open the store, load the models, serve on 127.0.0.1:0 and make the key.
