@@ -81,7 +81,7 @@ impl TextTower {
 
     /// Projected (not yet normalised) embeddings of equal-length id rows.
     fn forward(&self, ids: &[Vec<u32>], pooled_at: &[usize]) -> Vec<Vec<f32>> {
-        self.engine.pooled(ids, pooled_at)
+        self.engine.pooled(ids, pooled_at, None)
     }
 }
 

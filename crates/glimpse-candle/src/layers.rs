@@ -316,11 +316,6 @@ impl PatchEmbedding {
     }
 }
 
-/// Rows of a `[batch, features]` tensor as vectors.
-pub(crate) fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()
-}
-
 /// Check a `PixelBatch` has the size the model was built for (transformers refuses other sizes
 /// unless asked to interpolate) and holds `batch × channels × h × w` values.
 pub(crate) fn check_pixels(

@@ -44,9 +44,9 @@ pub use presets::{ClipPreset, SiglipPreset, VitPreset};
 pub use siglip::{load_siglip, random_siglip, SiglipModel};
 pub use vit::{load_vit, random_vit, VitModel};
 
-/// Numeric format of the image towers' encoder layers (the patch embedding runs bf16 in both
-/// reduced modes; the final norm and projection / classifier, attention's softmax(QKᵀ)V, and the
-/// CLIP text tower stay f32).
+/// Numeric format of the towers' encoder layers (the patch embedding runs bf16 in both reduced
+/// modes; the final norm and projection / classifier / pooling head stay f32; int8 models run
+/// their text towers' layers in bf16).
 ///
 /// - `F32`: within 1e-4 of transformers.
 /// - `Bf16`: weights rounded to bf16 at load, activations per matmul, f32 accumulation

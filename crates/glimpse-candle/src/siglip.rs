@@ -4,14 +4,14 @@
 //! text tower pooled at the last position (text is padded to a fixed length) through a linear
 //! head, and a learned `logit_scale` and `logit_bias`. Scores are independent sigmoids.
 //!
-//! The image tower runs on the fused engine (`engine/`), so f32, bf16 and int8 work as for CLIP;
-//! the pooling head and the text tower stay f32.
+//! Both towers run on the fused engine (`engine/`), so f32, bf16 and int8 work as for CLIP (int8
+//! models run the text tower in bf16, as CLIP's); the pooling head and the text head stay f32.
 
 use std::path::Path;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::Module;
 use candle_nn::init::Init;
-use candle_nn::{layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, linear, Linear, VarBuilder};
 use glimpse_core::backend::{PixelBatch, Scoring, ZeroShotModel};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::scoring::l2_normalize;
@@ -19,9 +19,9 @@ use glimpse_core::{CoreError, ModelFamily, Result};
 
 use crate::clip::read_preprocess_config;
 use crate::config::{self, model_err, SiglipConfig, SiglipTextConfig, VisionConfig};
-use crate::engine::{conv_dense, Dense, Norm, VisionEncoder};
+use crate::engine::{conv_dense, Dense, Norm, TextEncoder, TokenTable, VisionEncoder};
 use crate::kernels::{Act, Kernels};
-use crate::layers::{check_pixels, rows, Encoder, CLIP_NAMES};
+use crate::layers::{check_pixels, Encoder, CLIP_NAMES};
 use crate::presets::SiglipPreset;
 use crate::runtime::Runtime;
 use crate::siglip_tokenizer::SiglipTokenizer;
@@ -29,18 +29,17 @@ use crate::{Error, LoadOptions, Precision};
 
 const INIT_STD: f64 = 0.02;
 
+/// The text tower on the fused engine, as CLIP's: the candle modules are built (so loading,
+/// names and random init stay transformers'), converted once, and dropped. Unlike CLIP's, its
+/// attention is not causal (every token, the padding included, attends to every token unless
+/// the tokenizer gives a mask) and it pools at the last position.
 #[derive(Debug, Clone)]
 struct TextTower {
-    token_embedding: Embedding,
-    /// `[max_position_embeddings, hidden]`.
-    position_embedding: Tensor,
-    encoder: Encoder,
-    final_layer_norm: LayerNorm,
-    head: Linear,
+    engine: TextEncoder,
 }
 
 impl TextTower {
-    fn new(cfg: &SiglipTextConfig, vb: &VarBuilder) -> candle_core::Result<Self> {
+    fn new(cfg: &SiglipTextConfig, vb: &VarBuilder, kernels: Kernels) -> candle_core::Result<Self> {
         let t = vb.pp("text_model");
         let h = cfg.encoder.hidden_size;
         let randn = Init::Randn {
@@ -51,49 +50,39 @@ impl TextTower {
         let token = e
             .pp("token_embedding")
             .get_with_hints((cfg.vocab_size, h), "weight", randn)?;
+        let pos = e.pp("position_embedding").get_with_hints(
+            (cfg.max_position_embeddings, h),
+            "weight",
+            randn,
+        )?;
+        let encoder = Encoder::new(&cfg.encoder, &CLIP_NAMES, t.pp("encoder.layers"))?;
+        let final_layer_norm = layer_norm(h, cfg.encoder.layer_norm_eps, t.pp("final_layer_norm"))?;
+        let head = linear(h, cfg.projection_size, t.pp("head"))?;
+        // As CLIP's text tower (see clip.rs): int8 models run text in bf16.
+        let kernels = match kernels.precision {
+            Precision::Int8 => kernels.at(Precision::Bf16),
+            _ => kernels,
+        };
         Ok(TextTower {
-            token_embedding: Embedding::new(token, h),
-            position_embedding: e.pp("position_embedding").get_with_hints(
-                (cfg.max_position_embeddings, h),
-                "weight",
-                randn,
-            )?,
-            encoder: Encoder::new(&cfg.encoder, &CLIP_NAMES, t.pp("encoder.layers"))?,
-            final_layer_norm: layer_norm(h, cfg.encoder.layer_norm_eps, t.pp("final_layer_norm"))?,
-            head: linear(h, cfg.projection_size, t.pp("head"))?,
+            engine: TextEncoder {
+                token: TokenTable::new(token.flatten_all()?.to_vec1()?, kernels.precision),
+                pos: pos.flatten_all()?.to_vec1()?,
+                // Full attention: the kernel `Encoder::blocks` chose for the layers.
+                blocks: encoder.blocks(kernels)?,
+                final_norm: Norm::new(&final_layer_norm)?,
+                // Tiny (batch rows): kept f32, as the image tower's head.
+                projection: Dense::from_linear(&head, kernels.at(Precision::F32))?,
+            },
         })
     }
 
     /// Head outputs (not yet normalised) of equal-length id rows, pooled at the last position.
     /// `masks[i][j]` false: row `i`'s token `j` is padding no token attends to.
-    fn forward(
-        &self,
-        ids: &[Vec<u32>],
-        masks: Option<&[Vec<bool>]>,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let (b, s) = (ids.len(), ids[0].len());
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (b, s), device)?;
-        let xs = self
-            .token_embedding
-            .forward(&ids)?
-            .broadcast_add(&self.position_embedding.narrow(0, 0, s)?)?;
-        // transformers' bidirectional mask: the dtype's minimum added to masked keys' scores.
-        let mask = match masks {
-            None => None,
-            Some(m) => {
-                let flat: Vec<f32> = m
-                    .iter()
-                    .flatten()
-                    .map(|&keep| if keep { 0.0 } else { f32::MIN })
-                    .collect();
-                Some(Tensor::from_vec(flat, (b, 1, 1, s), device)?)
-            }
-        };
-        let xs = self.encoder.forward(&xs, mask.as_ref())?;
-        let last = xs.narrow(1, s - 1, 1)?.squeeze(1)?;
-        self.head.forward(&self.final_layer_norm.forward(&last)?)
+    fn forward(&self, ids: &[Vec<u32>], masks: Option<&[Vec<bool>]>) -> Vec<Vec<f32>> {
+        let last = ids[0].len() - 1;
+        let keep: Option<Vec<bool>> = masks.map(|m| m.iter().flatten().copied().collect());
+        self.engine
+            .pooled(ids, &vec![last; ids.len()], keep.as_deref())
     }
 }
 
@@ -271,7 +260,6 @@ pub struct SiglipModel {
     logit_bias: f32,
     preprocess: PreprocessConfig,
     runtime: Runtime,
-    device: Device,
 }
 
 /// Load a SigLIP model from a Hugging Face folder: `config.json`, `preprocessor_config.json`,
@@ -289,13 +277,12 @@ pub fn load_siglip(dir: &Path, opts: &LoadOptions) -> Result<SiglipModel, Error>
     let config = SiglipConfig::from_json(&json)?;
     let preprocess = read_preprocess_config(dir)?;
     let tokenizer = SiglipTokenizer::from_dir(dir, config.text_length())?;
-    let device = Device::Cpu;
-    let (vb, file) = crate::weights::open(dir, &device)?;
+    let (vb, file) = crate::weights::open(dir, &candle_core::Device::Cpu)?;
     let bad = |source| Error::Weights {
         context: file.display().to_string(),
         source,
     };
-    let mut model = build(config, &vb, preprocess, device, opts.precision).map_err(bad)?;
+    let mut model = build(config, &vb, preprocess, opts.precision).map_err(bad)?;
     model.tokenizer = Some(tokenizer);
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), config = ?model.config, "loaded SigLIP");
@@ -309,9 +296,8 @@ pub fn random_siglip(preset: SiglipPreset) -> SiglipModel {
 }
 
 pub(crate) fn random_siglip_in(preset: SiglipPreset, precision: Precision) -> SiglipModel {
-    let device = Device::Cpu;
-    let vb = crate::random::seeded_vb(&device);
-    build(preset.config(), &vb, preset.preprocess(), device, precision)
+    let vb = crate::random::seeded_vb(&candle_core::Device::Cpu);
+    build(preset.config(), &vb, preset.preprocess(), precision)
         .expect("a preset SigLIP always builds from seeded weights")
 }
 
@@ -319,11 +305,10 @@ fn build(
     config: SiglipConfig,
     vb: &VarBuilder,
     preprocess: PreprocessConfig,
-    device: Device,
     precision: Precision,
 ) -> candle_core::Result<SiglipModel> {
-    let text = TextTower::new(&config.text, vb)?;
     let kernels = Kernels::choose(precision);
+    let text = TextTower::new(&config.text, vb, kernels)?;
     let vision = VisionTower::new(&config.vision, vb, kernels)?;
     // Random models (benchmarks) start where SigLIP's training did: scale log 10, bias -10.
     let logit_scale = vb
@@ -344,12 +329,7 @@ fn build(
         logit_bias,
         preprocess,
         runtime: Runtime::default(),
-        device,
     })
-}
-
-fn internal(what: &str) -> impl Fn(candle_core::Error) -> CoreError + '_ {
-    move |e| CoreError::internal(format!("SigLIP {what} forward pass failed: {e}"))
 }
 
 fn normalized(mut rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
@@ -407,10 +387,7 @@ impl SiglipModel {
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
-        let out = self
-            .runtime
-            .run(|| rows(&self.text.forward(ids, masks, &self.device)?))
-            .map_err(internal("text"))?;
+        let out = self.runtime.run(|| self.text.forward(ids, masks));
         Ok(normalized(out))
     }
 }

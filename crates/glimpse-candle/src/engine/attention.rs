@@ -53,19 +53,43 @@ impl AttentionKernel {
         heads: usize,
     ) {
         match self {
-            AttentionKernel::Gemm => attention_gemm(qkv, out, batch, seq, h, heads, false),
-            AttentionKernel::GemmCausal => attention_gemm(qkv, out, batch, seq, h, heads, true),
+            AttentionKernel::Gemm => attention_gemm(qkv, out, batch, seq, h, heads, false, None),
+            AttentionKernel::GemmCausal => {
+                attention_gemm(qkv, out, batch, seq, h, heads, true, None)
+            }
             AttentionKernel::F32Tile => attention_d64(qkv, out, batch, seq, h, heads),
             AttentionKernel::Bf16Tile { amx } => {
                 attention_bf16_d64(qkv, out, batch, seq, h, heads, amx)
             }
         }
     }
+
+    /// [`AttentionKernel::run`] with a key mask: `keep[b·seq + j]` false means no token of
+    /// sequence `b` attends to token `j` (SigLIP's text padding, where its tokenizer asks for
+    /// a mask). transformers adds `f32::MIN` to those scores; so does this. Masked passes run
+    /// on gemm in f32 whichever kernel was chosen (they are rare: the real checkpoints'
+    /// tokenizers give no mask); a causal kernel stays causal.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_masked(
+        self,
+        qkv: &[f32],
+        out: &mut [f32],
+        batch: usize,
+        seq: usize,
+        h: usize,
+        heads: usize,
+        keep: &[bool],
+    ) {
+        let causal = self == AttentionKernel::GemmCausal;
+        attention_gemm(qkv, out, batch, seq, h, heads, causal, Some(keep));
+    }
 }
 
 /// Attention for any head size, with gemm. `causal`: scores above the diagonal are masked out
 /// before the softmax (to -inf, which its exp clamps to e^-87: a weight of 1.6e-38, as
-/// transformers' additive `f32::MIN` mask gives 0).
+/// transformers' additive `f32::MIN` mask gives 0). `keep`: per sequence and key, whether it is
+/// attended to (`f32::MIN` added to the others' scores, as transformers' bidirectional mask).
+#[allow(clippy::too_many_arguments)]
 fn attention_gemm(
     qkv: &[f32],
     out: &mut [f32],
@@ -74,9 +98,11 @@ fn attention_gemm(
     h: usize,
     heads: usize,
     causal: bool,
+    keep: Option<&[bool]>,
 ) {
     let d = h / heads;
     assert!(qkv.len() >= batch * seq * 3 * h && out.len() >= batch * seq * h);
+    assert!(keep.is_none_or(|k| k.len() == batch * seq));
     let dst = SharedOut::new(out);
     let src = qkv.as_ptr() as usize;
     (0..batch * heads)
@@ -114,6 +140,14 @@ fn attention_gemm(
                     if causal {
                         for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
                             row[i + 1..].fill(f32::NEG_INFINITY);
+                        }
+                    }
+                    if let Some(keep) = keep {
+                        let keep = &keep[b * seq..(b + 1) * seq];
+                        for row in scores.chunks_exact_mut(seq) {
+                            for (s, _) in row.iter_mut().zip(keep).filter(|(_, &k)| !k) {
+                                *s += f32::MIN;
+                            }
                         }
                     }
                     kernels::softmax_rows(scores, seq);
@@ -394,7 +428,7 @@ mod tests {
             .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
             .collect();
         let mut want = vec![f32::NAN; batch * seq * h];
-        attention_gemm(&qkv, &mut want, batch, seq, h, heads, false);
+        attention_gemm(&qkv, &mut want, batch, seq, h, heads, false, None);
         assert!(want.iter().all(|x| x.is_finite()));
         for (name, kernel) in tiles_here() {
             let mut got = vec![f32::NAN; batch * seq * h];
@@ -445,6 +479,56 @@ mod tests {
         let mut full = vec![0f32; batch * seq * h];
         AttentionKernel::Gemm.run(&qkv, &mut full, batch, seq, h, heads);
         assert!(full.iter().zip(&got).any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+
+    /// A key mask: each sequence's masked keys get no weight (as if they were not there), the
+    /// others' rows are untouched, and masking nothing is the plain pass.
+    #[test]
+    fn masked_keys_get_no_weight() {
+        let (batch, seq, heads, d) = (2, 9, 2, 8);
+        let h = heads * d;
+        let qkv: Vec<f32> = (0..batch * seq * 3 * h)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
+            .collect();
+        // Sequence 0 keeps its first 6 tokens, sequence 1 all but tokens 2 and 8.
+        let keep: Vec<bool> = (0..batch * seq)
+            .map(|r| match r / seq {
+                0 => r % seq < 6,
+                _ => r % seq != 2 && r % seq != 8,
+            })
+            .collect();
+        let mut got = vec![f32::NAN; batch * seq * h];
+        AttentionKernel::Gemm.run_masked(&qkv, &mut got, batch, seq, h, heads, &keep);
+        for b in 0..batch {
+            let kept: Vec<usize> = (0..seq).filter(|&j| keep[b * seq + j]).collect();
+            for hd in 0..heads {
+                for i in 0..seq {
+                    let at = |t: usize, part: usize, k: usize| {
+                        qkv[(b * seq + t) * 3 * h + part * h + hd * d + k]
+                    };
+                    let scores: Vec<f32> = kept
+                        .iter()
+                        .map(|&j| (0..d).map(|k| at(i, 0, k) * at(j, 1, k)).sum())
+                        .collect();
+                    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let w: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f32 = w.iter().sum();
+                    for k in 0..d {
+                        let want: f32 =
+                            kept.iter().zip(&w).map(|(&j, w)| w / z * at(j, 2, k)).sum();
+                        let g = got[(b * seq + i) * h + hd * d + k];
+                        assert!((g - want).abs() < 1e-5, "b{b} h{hd} t{i}: {g} vs {want}");
+                    }
+                }
+            }
+        }
+        let mut full = vec![0f32; batch * seq * h];
+        AttentionKernel::Gemm.run(&qkv, &mut full, batch, seq, h, heads);
+        assert!(full.iter().zip(&got).any(|(a, b)| (a - b).abs() > 1e-3));
+        let mut all = vec![0f32; batch * seq * h];
+        let none_masked = vec![true; batch * seq];
+        AttentionKernel::Gemm.run_masked(&qkv, &mut all, batch, seq, h, heads, &none_masked);
+        assert_eq!(all, full);
     }
 
     /// Every attention path keeps its buffers per thread between calls

@@ -27,8 +27,16 @@ pub(crate) struct Block {
 impl Block {
     /// `xs`: `[batch·seq, h]`, updated in place.
     /// `next`: the block after this one (its first weights are fetched ahead).
-    fn forward(&self, xs: &mut [f32], seq: usize, s: &mut Scratch, next: Option<&Block>) {
-        self.attend(xs, seq, s);
+    /// `keep`: per sequence and token, whether it is attended to (`None`: every token).
+    fn forward(
+        &self,
+        xs: &mut [f32],
+        seq: usize,
+        s: &mut Scratch,
+        next: Option<&Block>,
+        keep: Option<&[bool]>,
+    ) {
+        self.attend(xs, seq, s, keep);
         let mid = &mut s.mid[..xs.len() / self.ln1.w.len() * self.fc1.out_features()];
         self.finish(xs, &mut s.ln, mid, next);
     }
@@ -49,7 +57,7 @@ impl Block {
         let h = self.ln1.w.len();
         let batch = xs.len() / h / seq;
         let mut x = lead_rows(xs, batch, seq, h, lead);
-        self.attend(xs, seq, s);
+        self.attend(xs, seq, s, None);
         let mut attn = lead_rows(&s.ln, batch, seq, h, lead);
         let mid = &mut s.mid[..batch * lead * self.fc1.out_features()];
         self.finish(&mut x, &mut attn, mid, None);
@@ -58,13 +66,18 @@ impl Block {
 
     /// The attention half: `s.ln` = attention(ln1(xs)) for every row (before the output
     /// projection).
-    fn attend(&self, xs: &[f32], seq: usize, s: &mut Scratch) {
+    fn attend(&self, xs: &[f32], seq: usize, s: &mut Scratch, keep: Option<&[bool]>) {
         let h = self.ln1.w.len();
         let t = xs.len() / h;
         self.ln1.forward(xs, &mut s.ln);
         self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
-        self.attention
-            .run(&s.qkv, &mut s.ln, t / seq, seq, h, self.heads);
+        let (qkv, out, batch) = (&s.qkv, &mut s.ln, t / seq);
+        match keep {
+            None => self.attention.run(qkv, out, batch, seq, h, self.heads),
+            Some(k) => self
+                .attention
+                .run_masked(qkv, out, batch, seq, h, self.heads, k),
+        }
     }
 
     /// The rest, on the rows of `xs`: `xs += o(attn)`, then `xs += fc2(act(fc1(ln2(xs))))`.
@@ -115,7 +128,7 @@ impl VisionEncoder {
         let seq = self.seq();
         let (mut xs, mut s) = self.embed(pixels, batch);
         for (i, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1), None);
         }
         xs
     }
@@ -130,7 +143,7 @@ impl VisionEncoder {
             return lead_rows(&xs, batch, seq, hidden, lead);
         };
         for (i, block) in rest.iter().enumerate() {
-            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1), None);
         }
         last.forward_lead_tokens(&xs, seq, lead, &mut s)
     }
@@ -229,16 +242,19 @@ impl TokenTable {
     }
 }
 
-/// CLIP's text transformer on the fused kernels: token + position embeddings, the pre-LN blocks
-/// with causal attention, then, at each row's pooled token only, the final layer norm and the
-/// projection (both per token, so applying them to the pooled rows alone is the same).
+/// A text transformer on the fused kernels: token + position embeddings, the pre-LN blocks, then,
+/// at each row's pooled token only, the final layer norm and the projection (both per token, so
+/// applying them to the pooled rows alone is the same). CLIP's blocks attend causally and pool
+/// at the end token; SigLIP's attend to every token (padding included, unless masked) and pool
+/// at the last position, through a projection with a bias (its `head`).
 #[derive(Debug, Clone)]
 pub(crate) struct TextEncoder {
     /// `[vocab, hidden]`.
     pub(crate) token: TokenTable,
     /// `[max_positions, hidden]`.
     pub(crate) pos: Vec<f32>,
-    /// Their attention is [`AttentionKernel::GemmCausal`].
+    /// Their attention: [`AttentionKernel::GemmCausal`] (CLIP), or the kernel chosen for the
+    /// layers (SigLIP, full attention).
     pub(crate) blocks: Vec<Block>,
     pub(crate) final_norm: Norm,
     pub(crate) projection: Dense,
@@ -248,7 +264,13 @@ impl TextEncoder {
     /// `ids`: rows of one length (checked by the caller against the vocabulary and the
     /// positions); `pooled_at[i]`: the token row `i` is read at. Projected, not yet normalised
     /// embeddings, one per row. The rows are as long as the longest text, not the context.
-    pub(crate) fn pooled(&self, ids: &[Vec<u32>], pooled_at: &[usize]) -> Vec<Vec<f32>> {
+    /// `keep`: `[rows·seq]`, whether each token is attended to (`None`: every token).
+    pub(crate) fn pooled(
+        &self,
+        ids: &[Vec<u32>],
+        pooled_at: &[usize],
+        keep: Option<&[bool]>,
+    ) -> Vec<Vec<f32>> {
         let (batch, seq, h) = (ids.len(), ids[0].len(), self.final_norm.w.len());
         let mut xs = vec![0f32; batch * seq * h];
         xs.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
@@ -263,7 +285,7 @@ impl TextEncoder {
             mid: vec![0f32; t * self.blocks.first().map_or(0, |b| b.fc1.out_features())],
         };
         for (i, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1));
+            block.forward(&mut xs, seq, &mut s, self.blocks.get(i + 1), keep);
         }
         let pooled: Vec<f32> = pooled_at
             .iter()

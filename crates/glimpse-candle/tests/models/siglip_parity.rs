@@ -263,6 +263,45 @@ fn reduced_precision_tracks_f32() {
     }
 }
 
+/// The text tower on the reduced kernels (bf16; int8 models run it in bf16, as CLIP's): every
+/// prompt keeps cosine ≥ 0.999 to f32, every image's sigmoid scores stay within 0.02 of f32's
+/// (README's bound for reduced precision), and the bf16 text really ran (not identical).
+#[test]
+fn reduced_precision_text_tracks_f32() {
+    let exp = expected("siglip-tiny");
+    let prompts = strings(&exp["prompts"]);
+    let f32m = load("siglip-tiny");
+    let want_text = f32m.embed_texts(&prompts).unwrap();
+    let cases = images_with_pixels(&exp);
+    let images: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|(_, rel, _)| f32m.embed_images(&single(pixels(rel))).unwrap().remove(0))
+        .collect();
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let opts = LoadOptions {
+            precision,
+            threads: None,
+        };
+        let m = load_siglip(&model_dir("siglip-tiny"), &opts).unwrap();
+        let text = m.embed_texts(&prompts).unwrap();
+        for (i, (g, w)) in text.iter().zip(&want_text).enumerate() {
+            let cos: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+            assert!(cos >= 0.999, "{precision:?} prompt {i}: cosine {cos}");
+        }
+        assert!(text != want_text, "{precision:?}: text identical to f32");
+        let mut worst = 0f32;
+        for ((img_name, rel, _), want_emb) in cases.iter().zip(&images) {
+            let emb = m.embed_images(&single(pixels(rel))).unwrap().remove(0);
+            let got = zero_shot_scores(&emb, &text, m.logit_scale(), m.scoring());
+            let want = zero_shot_scores(want_emb, &want_text, f32m.logit_scale(), f32m.scoring());
+            let d = max_abs_diff(&got, &want);
+            worst = worst.max(d);
+            assert!(d <= 0.02, "{precision:?} {img_name}: scores moved by {d}");
+        }
+        eprintln!("siglip-tiny {precision:?}: text and image, max |Δ score| {worst:.2e}");
+    }
+}
+
 /// The bench presets build, and a random SigLIP embeds an image at 224 (row-normalised).
 #[test]
 fn random_siglip_preset_embeds_images() {
