@@ -2,6 +2,7 @@
 """Write a CLIP ViT-B/32 folder with random weights at the real sizes, for tools/bench/http_load.sh.
 
     python3 tools/bench/make_random_clip.py OUT_DIR
+    python3 tools/bench/make_random_clip.py --vit OUT_DIR   # ViT-B/16 classifier instead
 
 `transformers` `CLIPModel(CLIPConfig())` (its defaults are ViT-B/32) saved with `save_pretrained`,
 the tokenizer files of tests/fixtures/models/clip-tiny (the real CLIP vocabulary) and the real
@@ -20,10 +21,28 @@ from transformers import CLIPConfig, CLIPModel
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+def vit(out):
+    """ViTForImageClassification(ViTConfig()) (ViT-B/16 at 224) with the ImageNet-1k labels and
+    preprocessor config of tests/fixtures/models/vit-tiny (google/vit-base-patch16-224's)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    tiny = ROOT / "tests/fixtures/models/vit-tiny"
+    labels = json.loads((tiny / "config.json").read_text())["id2label"]
+    cfg = ViTConfig(id2label={int(k): v for k, v in labels.items()},
+                    label2id={v: int(k) for k, v in labels.items()})
+    ViTForImageClassification(cfg).save_pretrained(out)
+    shutil.copy(tiny / "preprocessor_config.json", out / "preprocessor_config.json")
+    print(out)
+
+
 def main():
-    out = Path(sys.argv[1])
+    args = sys.argv[1:]
+    as_vit = "--vit" in args
+    out = Path([a for a in args if a != "--vit"][0])
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    if as_vit:
+        return vit(out)
     CLIPModel(CLIPConfig()).save_pretrained(out)
     tiny = ROOT / "tests/fixtures/models/clip-tiny"
     for f in ["tokenizer.json", "tokenizer_config.json"]:

@@ -186,7 +186,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let photo = image::open(&a.image).expect("read --image").to_rgb8();
+    let photo = match image::open(&a.image) {
+        Ok(img) => img.to_rgb8(),
+        Err(e) => {
+            eprintln!("upload_timing: cannot read --image {}: {e}", a.image);
+            std::process::exit(2);
+        }
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let cached = CACHED.join(",");
