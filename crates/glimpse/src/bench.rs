@@ -65,18 +65,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         height: h,
         width: w,
     };
-    for _ in 0..args.warmup {
-        runner(&px)?;
-    }
-    let mut ms: Vec<f64> = Vec::with_capacity(args.iters);
-    for i in 0..args.iters {
-        let t = Instant::now();
-        runner(&px)?;
-        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
-        eprintln!("run {}/{}: {elapsed:.1} ms", i + 1, args.iters);
-        ms.push(elapsed);
-    }
-    let (p50, p10, p90) = percentiles(ms);
+    let (p50, p10, p90) = percentiles(timed_runs(&args, || runner(&px))?);
     let out = serde_json::json!({
         "arch": args.arch,
         "batch": args.batch,
@@ -116,18 +105,10 @@ fn text_tower(args: &BenchArgs, n: usize, opts: &LoadOptions) -> anyhow::Result<
             row
         })
         .collect();
-    for _ in 0..args.warmup {
+    let (p50, p10, p90) = percentiles(timed_runs(args, || {
         m.embed_token_ids(&ids)?;
-    }
-    let mut ms = Vec::with_capacity(args.iters);
-    for i in 0..args.iters {
-        let t = Instant::now();
-        m.embed_token_ids(&ids)?;
-        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
-        eprintln!("run {}/{}: {elapsed:.1} ms", i + 1, args.iters);
-        ms.push(elapsed);
-    }
-    let (p50, p10, p90) = percentiles(ms);
+        Ok(())
+    })?);
     let out = serde_json::json!({
         "arch": args.arch,
         "texts": n,
@@ -141,6 +122,22 @@ fn text_tower(args: &BenchArgs, n: usize, opts: &LoadOptions) -> anyhow::Result<
     });
     println!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `args.warmup` untimed calls of `run`, then `args.iters` timed ones (ms each, printed to stderr).
+fn timed_runs(args: &BenchArgs, run: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    for _ in 0..args.warmup {
+        run()?;
+    }
+    let mut ms = Vec::with_capacity(args.iters);
+    for i in 0..args.iters {
+        let t = Instant::now();
+        run()?;
+        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("run {}/{}: {elapsed:.1} ms", i + 1, args.iters);
+        ms.push(elapsed);
+    }
+    Ok(ms)
 }
 
 fn threads(args: &BenchArgs) -> usize {
