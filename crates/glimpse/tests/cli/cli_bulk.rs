@@ -443,6 +443,7 @@ fn bench_help_describes_every_option() {
         "--precision",
         "--iters",
         "--warmup",
+        "--texts",
     ] {
         let line = help
             .lines()
