@@ -196,16 +196,7 @@ async fn seed_clients_read_the_error_before_the_body_is_read() {
 async fn seed_clients_get_a_siglip_answer_with_only_clip_model_changed() {
     const SIGLIP_IMAGE: &str = "astronaut.jpg";
     let siglips = ["siglip-tiny", "siglip2-tiny"];
-    let server = TestServer::builder()
-        .credits(20)
-        .extra_clip_models(
-            siglips
-                .iter()
-                .map(|m| fixtures().join("models").join(m).display().to_string())
-                .collect(),
-        )
-        .start()
-        .await;
+    let server = with_fixture_clip_models(&siglips, 20).await;
     let dir = clients_dir();
     let clients: [(&str, Vec<String>); 3] = [
         ("sh", vec![dir.join("seed_curl.sh").display().to_string()]),
@@ -322,6 +313,20 @@ async fn seed_clients_get_a_siglip_answer_with_only_clip_model_changed() {
 }
 
 /// `tests/fixtures/expected/<name>.json`.
+/// A server with `credits` whose extra CLIP-route models are these fixture folders.
+async fn with_fixture_clip_models(names: &[&str], credits: i64) -> TestServer {
+    TestServer::builder()
+        .credits(credits)
+        .extra_clip_models(
+            names
+                .iter()
+                .map(|m| fixtures().join("models").join(m).display().to_string())
+                .collect(),
+        )
+        .start()
+        .await
+}
+
 fn expected_json(name: &str) -> serde_json::Value {
     let path = fixtures().join("expected").join(format!("{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
@@ -334,16 +339,7 @@ fn expected_json(name: &str) -> serde_json::Value {
 async fn seed_curl_gets_other_clip_sizes_and_sources() {
     const CLIP_IMAGE: &str = "astronaut.jpg";
     let variants = ["clip-tiny-l14-336", "clip-tiny-laion"];
-    let server = TestServer::builder()
-        .credits(10)
-        .extra_clip_models(
-            variants
-                .iter()
-                .map(|m| fixtures().join("models").join(m).display().to_string())
-                .collect(),
-        )
-        .start()
-        .await;
+    let server = with_fixture_clip_models(&variants, 10).await;
     let curl = vec![clients_dir().join("seed_curl.sh").display().to_string()];
     for model in variants {
         let exp = expected_json(model);
