@@ -1,8 +1,9 @@
 //! Image decoding with limits, for bytes from strangers.
 //!
 //! The format is sniffed from the magic bytes (never from a file name or Content-Type); the
-//! dimensions are read from the header and checked before any pixel is decoded; the `image`
-//! crate's own `Limits` are set as a second guard; a decoder panic is caught and reported as an
+//! dimensions are read from the header and checked before any pixel is decoded; for formats other
+//! than JPEG (libjpeg, see `jpeg.rs`) the `image` crate's own `Limits` are set as a second guard;
+//! a decoder panic or libjpeg's fatal error is caught and reported as an
 //! invalid image. The result is what the Hugging Face pipeline sees after PIL: first frame, EXIF
 //! orientation applied, 16-bit samples rounded to 8 bits, alpha composited onto white exactly as
 //! PIL's `Image.alpha_composite` does, greyscale replicated to RGB.
@@ -466,18 +467,37 @@ pub fn decode_sized(bytes: &[u8], limits: &DecodeLimits, size: DecodeSize) -> Re
     if format == Format::Jpeg {
         let info = jpeg::header(bytes).map_err(|e| invalid(format, e))?;
         check_scans(&info, limits)?;
+        check_dimensions(info.width, info.height, limits)?;
+        let img = guarded(format, || decode_jpeg(bytes, &info, size))?;
+        return Ok(flatten_to_rgb8(img));
     }
     let bytes = strip_png_text(bytes, format);
-    let img = guarded(format, || decode_checked(&bytes, format, limits, size))?;
+    let img = guarded(format, || decode_checked(&bytes, format, limits))?;
     Ok(flatten_to_rgb8(img))
 }
 
-fn decode_checked(
-    bytes: &[u8],
-    format: Format,
-    limits: &DecodeLimits,
-    size: DecodeSize,
-) -> Result<DynamicImage> {
+/// A JPEG through libjpeg, at the scale `size` allows, turned upright by its EXIF orientation
+/// (read from the block [`jpeg::header`] found; a broken one counts as upright). The header was
+/// read and checked by the caller, so no other decoder looks at the bytes first.
+fn decode_jpeg(bytes: &[u8], info: &jpeg::Header, size: DecodeSize) -> Result<DynamicImage> {
+    use image::metadata::Orientation as O;
+    let orientation = info
+        .exif
+        .clone()
+        .and_then(|r| bytes.get(r))
+        .and_then(O::from_exif_chunk)
+        .unwrap_or(O::NoTransforms);
+    let swapped = matches!(
+        orientation,
+        O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
+    );
+    let num = jpeg_scale(info.width, info.height, swapped, size);
+    let mut img = jpeg::decode(bytes, num).map_err(|e| invalid(Format::Jpeg, e))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+fn decode_checked(bytes: &[u8], format: Format, limits: &DecodeLimits) -> Result<DynamicImage> {
     // The reader parses only the header here; the default limits (512 MiB) still bound anything
     // a decoder might allocate while doing so.
     let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
@@ -501,18 +521,7 @@ fn decode_checked(
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = if format == Format::Jpeg {
-        drop(decoder);
-        use image::metadata::Orientation as O;
-        let swapped = matches!(
-            orientation,
-            O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
-        );
-        let num = jpeg_scale(w, h, swapped, size);
-        jpeg::decode(bytes, num).map_err(|e| invalid(format, e))?
-    } else {
-        DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?
-    };
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?;
     img.apply_orientation(orientation);
     Ok(img)
 }

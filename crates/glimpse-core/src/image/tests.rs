@@ -180,6 +180,20 @@ fn exif_orientation_is_applied() {
         probe_dimensions(&with_exif_orientation(&jpeg, 6)).unwrap(),
         (16, 8)
     );
+    // Two EXIF blocks: the last one before the pixels is the one read (8 = turn 90° the other way:
+    // the dark half ends at the bottom).
+    let twice = with_exif_orientation(&with_exif_orientation(&jpeg, 8), 6);
+    let out = decode(&twice, &limits()).unwrap();
+    assert_eq!(out.dimensions(), (8, 16));
+    assert!(out.get_pixel(4, 2).0[0] > 225);
+    // An EXIF block that is not TIFF, or an orientation out of range, leaves the image upright.
+    for broken in [with_exif_orientation(&jpeg, 9), {
+        let mut b = with_exif_orientation(&jpeg, 6);
+        b[12..16].copy_from_slice(b"XX*\0");
+        b
+    }] {
+        assert_eq!(decode(&broken, &limits()).unwrap().dimensions(), (16, 8));
+    }
 }
 
 #[test]
