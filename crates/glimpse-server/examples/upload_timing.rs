@@ -5,12 +5,16 @@
 //!
 //! cargo run --release -p glimpse-server --example upload_timing -- \
 //!     --url http://127.0.0.1:8080 --key gk_... --image tests/fixtures/images/motorcycle.jpg \
-//!     [--runs 9] [--jpeg-mp 0.16,2,12] [--png-mp 4] [--new-labels 6,64] [--endpoint clip]
+//!     [--runs 9] [--jpeg-mp 0.16,2,12] [--chroma 420,444] [--png-mp 4] [--new-labels 6,64] \
+//!     [--endpoint clip]
 //!
 //! The uploads are the photo resized (Catmull-Rom) to each pixel count at the photo's aspect
 //! ratio, with a fixed ±6-level noise so they compress like camera output rather than like a
-//! smooth upscale (a 12 MP one is ~4–5 MB at quality 90), then JPEG-encoded at quality 90 or
-//! PNG-encoded. Labels: "new" rows send `--new-labels` labels no request used before (fresh words
+//! smooth upscale, then JPEG-encoded at quality 90 or PNG-encoded. Each JPEG size is sent in
+//! each `--chroma` layout: `420` is what phone cameras, Pillow and libjpeg write by default
+//! (chroma at half resolution both ways; libjpeg-turbo's encoder, baseline, standard tables: a
+//! 12 MP one is ~1.8 MB), `444` keeps full-resolution chroma (the `image` crate's encoder: twice
+//! the colour data to entropy-decode, ~2.6 MB at 12 MP). Labels: "new" rows send `--new-labels` labels no request used before (fresh words
 //! every run) with the smallest JPEG, and report the extra time over that image's cached-label
 //! median; "subset" and "reorder" rows send parts of the cached label set, which must cost nothing
 //! extra (the prompt cache is per prompt).
@@ -27,6 +31,7 @@ struct Args {
     endpoint: String,
     runs: usize,
     jpeg_mp: Vec<f64>,
+    chroma: Vec<u32>,
     png_mp: Vec<f64>,
     new_labels: Vec<usize>,
 }
@@ -41,6 +46,7 @@ fn parse() -> Result<Args, String> {
         endpoint: "clip".into(),
         runs: 9,
         jpeg_mp: vec![0.16, 2.0, 12.0],
+        chroma: vec![420, 444],
         png_mp: vec![4.0],
         new_labels: vec![6, 64],
     };
@@ -64,6 +70,12 @@ fn parse() -> Result<Args, String> {
             "--endpoint" => a.endpoint = v,
             "--runs" => a.runs = v.parse().map_err(|_| "--runs: not a number")?,
             "--jpeg-mp" => a.jpeg_mp = list(&v)?,
+            "--chroma" => {
+                a.chroma = list(&v)?.into_iter().map(|c| c as u32).collect();
+                if a.chroma.iter().any(|c| ![420, 444].contains(c)) {
+                    return Err("--chroma: 420 and/or 444".into());
+                }
+            }
             "--png-mp" => a.png_mp = list(&v)?,
             "--new-labels" => a.new_labels = list(&v)?.into_iter().map(|n| n as usize).collect(),
             other => return Err(format!("unknown flag {other}")),
@@ -75,8 +87,14 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// The photo at about `mp` megapixels, with fixed pseudo-random noise.
-fn upload(photo: &RgbImage, mp: f64, format: ImageFormat) -> (Vec<u8>, u32, u32) {
+/// The photo at about `mp` megapixels, with fixed pseudo-random noise; a JPEG's chroma at half
+/// resolution (`Some(420)`, libjpeg's encoder) or full (`Some(444)`, the `image` crate's).
+fn upload(
+    photo: &RgbImage,
+    mp: f64,
+    format: ImageFormat,
+    chroma: Option<u32>,
+) -> (Vec<u8>, u32, u32) {
     let aspect = photo.width() as f64 / photo.height() as f64;
     let h = (mp * 1e6 / aspect).sqrt().round().max(1.0) as u32;
     let w = (h as f64 * aspect).round().max(1.0) as u32;
@@ -93,6 +111,18 @@ fn upload(photo: &RgbImage, mp: f64, format: ImageFormat) -> (Vec<u8>, u32, u32)
     }
     let mut bytes = Vec::new();
     match format {
+        ImageFormat::Jpeg if chroma == Some(420) => {
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+            // libjpeg-turbo's own defaults (baseline, 2×2 chroma, standard Huffman tables),
+            // not mozjpeg's progressive, trellis-quantised profile.
+            c.set_fastest_defaults();
+            c.set_size(w as usize, h as usize);
+            c.set_quality(90.0);
+            c.set_chroma_sampling_pixel_sizes((2, 2), (2, 2));
+            let mut started = c.start_compress(Vec::new()).expect("start JPEG");
+            started.write_scanlines(img.as_raw()).expect("encode JPEG");
+            bytes = started.finish().expect("finish JPEG");
+        }
         ImageFormat::Jpeg => {
             let enc =
                 image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut bytes), 90);
@@ -202,11 +232,14 @@ async fn main() {
     };
     let mut uploads: Vec<(String, Vec<u8>, u32, u32)> = Vec::new();
     for &mp in &a.jpeg_mp {
-        let (b, w, h) = upload(&photo, mp, ImageFormat::Jpeg);
-        uploads.push((format!("jpeg {mp} MP"), b, w, h));
+        for &chroma in &a.chroma {
+            let (b, w, h) = upload(&photo, mp, ImageFormat::Jpeg, Some(chroma));
+            let layout = if chroma == 420 { "4:2:0" } else { "4:4:4" };
+            uploads.push((format!("jpeg {mp} MP {layout}"), b, w, h));
+        }
     }
     for &mp in &a.png_mp {
-        let (b, w, h) = upload(&photo, mp, ImageFormat::Png);
+        let (b, w, h) = upload(&photo, mp, ImageFormat::Png, None);
         uploads.push((format!("png {mp} MP"), b, w, h));
     }
     let mut smallest_cached = None;
