@@ -13,8 +13,10 @@
 //! smooth upscale, then JPEG-encoded at quality 90 or PNG-encoded. Each JPEG size is sent in
 //! each `--chroma` layout: `420` is what phone cameras, Pillow and libjpeg write by default
 //! (chroma at half resolution both ways; libjpeg-turbo's encoder, baseline, standard tables: a
-//! 12 MP one is ~1.8 MB), `444` keeps full-resolution chroma (the `image` crate's encoder: twice
-//! the colour data to entropy-decode, ~2.6 MB at 12 MP). Labels: "new" rows send `--new-labels` labels no request used before (fresh words
+//! 12 MP one is ~2.0 MB), `444` keeps full-resolution chroma (the `image` crate's encoder: twice
+//! the colour data to entropy-decode, ~2.6 MB at 12 MP).
+//!
+//! Labels: "new" rows send `--new-labels` labels no request used before (fresh words
 //! every run) with the smallest JPEG, and report the extra time over that image's cached-label
 //! median; "subset" and "reorder" rows send parts of the cached label set, which must cost nothing
 //! extra (the prompt cache is per prompt).
