@@ -129,7 +129,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(
             ErrorCode::Unauthorized,
-            "missing or invalid X-API-Key header",
+            "missing or invalid X-API-Key header (or Authorization: Bearer credential)",
         )
     }
     pub fn insufficient_credits() -> Self {

@@ -240,11 +240,6 @@ impl Metrics {
         self.stages[Stage::Inference as usize].record_many(pass.ran, pass.size);
     }
 
-    /// Set the queue depth of `model` (for an engine that knows its queue length).
-    pub fn set_queue_depth(&self, model: &str, depth: i64) {
-        self.queue_depth(model).set(depth as f64);
-    }
-
     /// Count one call as queued on `model` until the guard is dropped.
     pub fn queued(&self, model: &str) -> QueueGuard {
         let depth = self.queue_depth(model);

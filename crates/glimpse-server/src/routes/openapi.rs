@@ -443,7 +443,7 @@ pub enum ClassifyErrors {
     #[response(status = 400, headers(("X-Credits-Remaining" = i64, description = "Balance")), example = json!({"message": "labels must hold at least 1 non-empty label", "code": "VALIDATION_ERROR"}))]
     Validation(ErrorBody),
     /// UNAUTHORIZED: missing, malformed, unknown or revoked X-API-Key.
-    #[response(status = 401, example = json!({"message": "missing or invalid X-API-Key header", "code": "UNAUTHORIZED"}))]
+    #[response(status = 401, example = json!({"message": "missing or invalid X-API-Key header (or Authorization: Bearer credential)", "code": "UNAUTHORIZED"}))]
     Unauthorized(ErrorBody),
     /// NOT_FOUND: this endpoint's model family is turned off on this server (its
     /// GLIMPSE_CLIP_MODEL / GLIMPSE_VIT_MODEL is empty).
