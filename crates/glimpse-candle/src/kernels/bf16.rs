@@ -651,7 +651,14 @@ mod tests {
         assert_eq!(rounds.len(), if raced { ROUNDS } else { 0 });
         assert!(rounds.iter().all(|&(f, b)| f > 0 && b > 0));
         // On this machine's CPU family the known answer is the race's (where both exist), unless
-        // the tiles are within 25 % (a debug build, or a busy machine).
+        // the tiles are within 25 % (a busy machine). Only in an optimised build: this crate's
+        // dev profile (opt-level 1) times other tiles than a release build does. On an AMX Xeon
+        // (family 6 model 167, 2026-12-06) the dev race gave bf16 98 vs f32 129 µs, a release
+        // build 54 vs 32 µs, which is the known answer's way round.
+        if cfg!(debug_assertions) {
+            eprintln!("dev build: the race is not compared with the known answer");
+            return;
+        }
         if let (Some((pays, cpu)), true) = (known_answer(), raced) {
             let r = decide(&rounds);
             let ratio = r.bf16_ns as f64 / r.f32_ns as f64;
