@@ -52,6 +52,9 @@ struct Plan {
     source: Source,
     /// The call announced to its endpoint's default model from its arrival (see `classify`).
     early: Option<Incoming>,
+    /// The key's balance was checked on arrival (every call but an idempotent replay's), so an
+    /// upload need not read it again: the debit itself refuses a key that ran short since.
+    funds_checked: bool,
 }
 
 enum Source {
@@ -125,6 +128,7 @@ async fn classify(task: Task, state: AppState, key: ApiKey, req: Request) -> Res
         Err(e) => return with_balance(&state, &key, e.into_response()).await,
     };
     plan.early = early;
+    plan.funds_checked = !replay;
     // The rest runs in its own task: a client hanging up must not cancel it between the debit
     // and its settle/refund, nor leave an idempotency claim half-written.
     let task_state = state.clone();
@@ -301,6 +305,7 @@ fn validate(
             saved,
             source,
             early: None,
+            funds_checked: false,
         },
         input.fingerprint,
     ))
@@ -411,11 +416,13 @@ async fn run(
 ) -> Result<Outcome, ApiError> {
     let cost = state.settings.credits_per_call;
     // Before any fetch: a key with no credits must not get a free URL fetcher.
-    if state.store.balance(&key.id).await.map_err(own_key_error)? < cost {
+    let from_url = matches!(plan.source, Source::Url(_));
+    if (from_url || !plan.funds_checked)
+        && state.store.balance(&key.id).await.map_err(own_key_error)? < cost
+    {
         return Err(ApiError::insufficient_credits());
     }
     let mut early = plan.early;
-    let from_url = matches!(plan.source, Source::Url(_));
     let bytes = match plan.source {
         Source::Upload(b) => b,
         Source::Url(u) => {

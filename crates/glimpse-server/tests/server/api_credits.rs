@@ -373,10 +373,12 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
 }
 
 /// The real store, except that `settle` fails (as a locked or lost database would) while
-/// `failing_settles` is above zero, counting down.
+/// `failing_settles` is above zero, counting down, and that `balance` reads answer
+/// `stale_balance` when it is not negative (a read taken before another call spent the credits).
 struct FlakySettle {
     inner: Arc<dyn glimpse_store::Store>,
     failing_settles: std::sync::atomic::AtomicUsize,
+    stale_balance: std::sync::atomic::AtomicI64,
 }
 
 mod flaky {
@@ -412,7 +414,10 @@ mod flaky {
             self.inner.authenticate(raw_key).await
         }
         async fn balance(&self, key_id: &str) -> Result<i64> {
-            self.inner.balance(key_id).await
+            match self.stale_balance.load(Ordering::SeqCst) {
+                stale if stale >= 0 => Ok(stale),
+                _ => self.inner.balance(key_id).await,
+            }
         }
         async fn debit(&self, req: &DebitRequest) -> Result<Debit> {
             self.inner.debit(req).await
@@ -473,6 +478,7 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
             let f = Arc::new(FlakySettle {
                 inner,
                 failing_settles: 0.into(),
+                stale_balance: (-1).into(),
             });
             let _ = slot.set(Arc::clone(&f));
             f
@@ -511,6 +517,52 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
     assert_eq!(s.balance().await, 10 - ok);
     let t = s.store.ledger_totals(&s.key_id).await.unwrap();
     assert_eq!(t.debits - t.refunds, ok, "{t:?}");
+    s.stop().await.unwrap();
+}
+
+/// An upload's balance is read once, on arrival; a key that ran short after that read is
+/// refused by the debit itself: 402, nothing charged, no ledger row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_ran_short_after_its_balance_read_is_refused_by_the_debit() {
+    use std::sync::atomic::Ordering;
+    let flaky: Arc<std::sync::OnceLock<Arc<FlakySettle>>> = Arc::default();
+    let slot = Arc::clone(&flaky);
+    let s = TestServer::builder()
+        .credits(1)
+        .wrap_store(move |inner| {
+            let f = Arc::new(FlakySettle {
+                inner,
+                failing_settles: 0.into(),
+                stale_balance: (-1).into(),
+            });
+            let _ = slot.set(Arc::clone(&f));
+            f
+        })
+        .start()
+        .await;
+    let flaky = flaky.get().unwrap();
+    let send = || {
+        s.http
+            .post(s.url(CLIP))
+            .header("X-API-Key", &s.key)
+            .multipart(form("motorcycle.jpg"))
+            .send()
+    };
+    let (status, _, body) = json(send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.balance().await, 0);
+    // Every balance read now says the key can pay, as one taken before the last call would.
+    flaky.stale_balance.store(1, Ordering::SeqCst);
+    let (status, _, body) = json(send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (402, Some("INSUFFICIENT_CREDITS")),
+        "{body}"
+    );
+    flaky.stale_balance.store(-1, Ordering::SeqCst);
+    assert_eq!(s.balance().await, 0);
+    let t = s.store.ledger_totals(&s.key_id).await.unwrap();
+    assert_eq!((t.debits, t.refunds), (1, 0), "{t:?}");
     s.stop().await.unwrap();
 }
 
