@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::spare::Spares;
 use crate::kernels::{Act, Bf16Kernel};
 
 const PANEL: usize = 64;
@@ -55,6 +56,35 @@ impl Bf16Weight {
             }
         }
         Bf16Weight { n, kp, np, data }
+    }
+}
+
+thread_local! {
+    /// [`matmul_on`]'s rounded activations, kept for the next call of the same shape.
+    static SPARE_A: Spares<u16> = const { Spares::new() };
+}
+
+/// `x`'s rows of `k` rounded to bf16 in rows of `kp` (the padding columns zero), `rows` of them
+/// (rows past `x`'s are never stored from). Back to [`SPARE_A`] when dropped.
+struct Bf16Rows {
+    k: usize,
+    a: Vec<u16>,
+}
+
+impl Bf16Rows {
+    fn new(x: &[f32], k: usize, kp: usize, rows: usize) -> Self {
+        let mut a = SPARE_A.with(|s| s.take(k, rows * kp));
+        a.par_chunks_mut(kp)
+            .zip(x.par_chunks(k))
+            .for_each(|(q, x)| round_row(x, &mut q[..k]));
+        Bf16Rows { k, a }
+    }
+}
+
+impl Drop for Bf16Rows {
+    fn drop(&mut self) {
+        let a = std::mem::take(&mut self.a);
+        SPARE_A.with(|s| s.give(self.k, a));
     }
 }
 
@@ -119,10 +149,8 @@ fn matmul_on(
     } else {
         m
     };
-    let mut a = vec![0u16; rows * kp];
-    a.par_chunks_mut(kp)
-        .zip(x.par_chunks(k))
-        .for_each(|(q, x)| round_row(x, &mut q[..k]));
+    let rounded = Bf16Rows::new(x, k, kp, rows);
+    let a = &rounded.a;
     let out = crate::kernels::schedule::SharedOut::new(dst);
     if amx {
         crate::kernels::schedule::par_tiles(
@@ -135,7 +163,7 @@ fn matmul_on(
                 // AVX-512 present); blocks of 32 rows of `a` exist (padded above), the panel is
                 // `kp / 2` pair rows of 256 bytes, and `kp · 2` is whole 64-byte steps. Each task
                 // writes its own rows × panel of `dst`.
-                unsafe { amx_tile(&a, w, bias, out, accumulate, act, rows, p) }
+                unsafe { amx_tile(a, w, bias, out, accumulate, act, rows, p) }
             },
         );
         return;
@@ -711,5 +739,41 @@ mod tests {
         }
         assert_eq!(to_bf16(1.0), 0x3f80);
         assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+    }
+
+    /// A reused rounding buffer holds what a new one would in every row that is used (the
+    /// padding columns included), after calls of the same size with other values and with
+    /// wider rows.
+    #[test]
+    fn rounded_rows_reuse_cleanly() {
+        let (m, k): (usize, usize) = (5, 70);
+        let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
+        let x = |salt: usize| -> Vec<f32> {
+            (0..m * k)
+                .map(|i| (((i + salt) * 7919 % 1013) as f32 / 300.0) - 1.5)
+                .collect()
+        };
+        let (first, second) = (x(0), x(311));
+        let fresh = std::thread::spawn({
+            let second = second.clone();
+            move || Bf16Rows::new(&second, k, kp, m).a.clone()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(fresh.len(), m * kp);
+        drop(Bf16Rows::new(&first, k, kp, m));
+        // Same buffer size, wider rows: its padding columns are not zero, so it must not be
+        // taken for rows of `k`.
+        let wide = kp - 2;
+        let other: Vec<f32> = (0..m * wide).map(|i| 1.0 + i as f32).collect();
+        drop(Bf16Rows::new(&other, wide, kp, m));
+        let reused = Bf16Rows::new(&second, k, kp, m);
+        assert_eq!(reused.a, fresh);
+        // The padding is what the kernels read as zero weights' partners.
+        assert!(reused.a.chunks(kp).all(|r| r[k..].iter().all(|&v| v == 0)));
+        // And the reuse happened: the buffer went back and came out again.
+        let ptr = reused.a.as_ptr();
+        drop(reused);
+        assert_eq!(Bf16Rows::new(&first, k, kp, m).a.as_ptr(), ptr);
     }
 }

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::schedule::SharedOut;
+use crate::kernels::spare::Spares;
 use crate::kernels::{Act, Int8Kernel};
 
 /// Columns per panel: four 16-lane registers.
@@ -70,9 +71,7 @@ impl QuantWeight {
 
 /// Activations quantised per row: `q` is `[m, kp]` u8 (`k` rounded up to [`K_ALIGN`]; the
 /// padding meets zero weights), with rows after `m` up to a whole AMX block where AMX runs (their
-/// results are never stored). `q` goes back to a per-thread spare list when dropped, for the
-/// next call of the same size (allocating and zeroing it per matmul was 1.2 % of a ViT-B/16 int8
-/// pass on AMX, plus page faults).
+/// results are never stored). `q` goes back to its thread's [`Spares`] when dropped.
 pub(crate) struct QuantRows {
     k: usize,
     kp: usize,
@@ -82,37 +81,15 @@ pub(crate) struct QuantRows {
 }
 
 thread_local! {
-    /// Dropped `QuantRows::q` buffers with their `k`, newest last.
-    static SPARE_Q: std::cell::RefCell<Vec<(usize, Vec<u8>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// Dropped `QuantRows::q` buffers.
+    static SPARE_Q: Spares<u8> = const { Spares::new() };
 }
-
-/// Buffers kept per thread (one per activation shape in use).
-const SPARE_KEEP: usize = 6;
 
 impl Drop for QuantRows {
     fn drop(&mut self) {
         let q = std::mem::take(&mut self.q);
-        SPARE_Q.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() == SPARE_KEEP {
-                s.remove(0);
-            }
-            s.push((self.k, q));
-        });
+        SPARE_Q.with(|s| s.give(self.k, q));
     }
-}
-
-/// A spare `q` of `len` bytes last used for rows of `k` (so its padding columns are still zero),
-/// or a new zeroed one.
-fn spare_q(k: usize, len: usize) -> Vec<u8> {
-    SPARE_Q
-        .with(|s| {
-            let mut s = s.borrow_mut();
-            let i = s.iter().rposition(|(sk, q)| *sk == k && q.len() == len)?;
-            Some(s.swap_remove(i).1)
-        })
-        .unwrap_or_else(|| vec![0u8; len])
 }
 
 /// Quantise each `k`-wide row of `x` to u8 with its own scale and zero point (the range always
@@ -124,7 +101,7 @@ pub(crate) fn quantize_rows(x: &[f32], k: usize, kernel: Int8Kernel) -> QuantRow
     } else {
         m
     };
-    let mut q = spare_q(k, rows * kp);
+    let mut q = SPARE_Q.with(|s| s.take(k, rows * kp));
     let mut scale = vec![0f32; m];
     let mut zero = vec![0i32; m];
     q.par_chunks_mut(kp)

@@ -9,6 +9,7 @@ pub(crate) mod elementwise;
 pub(crate) mod f32;
 pub(crate) mod int8;
 pub(crate) mod schedule;
+pub(crate) mod spare;
 
 pub(crate) use elementwise::*;
 pub(crate) use f32::{gemm, Mat};
