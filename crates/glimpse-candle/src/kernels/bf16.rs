@@ -748,11 +748,7 @@ mod tests {
     fn rounded_rows_reuse_cleanly() {
         let (m, k): (usize, usize) = (5, 70);
         let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
-        let x = |salt: usize| -> Vec<f32> {
-            (0..m * k)
-                .map(|i| (((i + salt) * 7919 % 1013) as f32 / 300.0) - 1.5)
-                .collect()
-        };
+        let x = |salt| crate::kernels::test_support::salted_rows(m * k, salt);
         let (first, second) = (x(0), x(311));
         let fresh = std::thread::spawn({
             let second = second.clone();

@@ -217,4 +217,11 @@ pub(crate) mod test_support {
             .collect();
         (x, w, (0..n).map(|i| i as f32 * 0.01).collect())
     }
+
+    /// `len` activations of either sign, a different set per `salt` (for the buffer-reuse tests).
+    pub(crate) fn salted_rows(len: usize, salt: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + salt) * 7919 % 1013) as f32 / 300.0) - 1.5)
+            .collect()
+    }
 }

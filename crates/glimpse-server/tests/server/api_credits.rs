@@ -461,19 +461,11 @@ mod flaky {
     }
 }
 
-/// Issue 20 item 5: a settle that fails after the answer is ready must not give the answer away.
-/// Settles that fail for a while are retried (the call is answered 200 and charged); settles
-/// that keep failing past `GLIMPSE_SETTLE_RETRY_SECS` answer 503 uncharged. After the reaper
-/// has run, the key is charged exactly once per 200.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answered_calls_are_charged_even_when_the_settle_fails() {
-    use std::sync::atomic::Ordering;
+/// `builder`'s server on a [`FlakySettle`] store (nothing failing yet), and that store.
+async fn start_flaky(builder: TestServerBuilder) -> (TestServer, Arc<FlakySettle>) {
     let flaky: Arc<std::sync::OnceLock<Arc<FlakySettle>>> = Arc::default();
     let slot = Arc::clone(&flaky);
-    let s = TestServer::builder()
-        .credits(10)
-        .reap_after_secs(2)
-        .settle_retry_secs(1)
+    let s = builder
         .wrap_store(move |inner| {
             let f = Arc::new(FlakySettle {
                 inner,
@@ -485,7 +477,22 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
         })
         .start()
         .await;
-    let flaky = flaky.get().unwrap();
+    let flaky = Arc::clone(flaky.get().unwrap());
+    (s, flaky)
+}
+
+/// Issue 20 item 5: a settle that fails after the answer is ready must not give the answer away.
+/// Settles that fail for a while are retried (the call is answered 200 and charged); settles
+/// that keep failing past `GLIMPSE_SETTLE_RETRY_SECS` answer 503 uncharged. After the reaper
+/// has run, the key is charged exactly once per 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_calls_are_charged_even_when_the_settle_fails() {
+    use std::sync::atomic::Ordering;
+    let builder = TestServer::builder()
+        .credits(10)
+        .reap_after_secs(2)
+        .settle_retry_secs(1);
+    let (s, flaky) = start_flaky(builder).await;
     let send = || {
         s.http
             .post(s.url(CLIP))
@@ -525,22 +532,7 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_ran_short_after_its_balance_read_is_refused_by_the_debit() {
     use std::sync::atomic::Ordering;
-    let flaky: Arc<std::sync::OnceLock<Arc<FlakySettle>>> = Arc::default();
-    let slot = Arc::clone(&flaky);
-    let s = TestServer::builder()
-        .credits(1)
-        .wrap_store(move |inner| {
-            let f = Arc::new(FlakySettle {
-                inner,
-                failing_settles: 0.into(),
-                stale_balance: (-1).into(),
-            });
-            let _ = slot.set(Arc::clone(&f));
-            f
-        })
-        .start()
-        .await;
-    let flaky = flaky.get().unwrap();
+    let (s, flaky) = start_flaky(TestServer::builder().credits(1)).await;
     let send = || {
         s.http
             .post(s.url(CLIP))
