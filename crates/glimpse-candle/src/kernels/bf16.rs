@@ -60,7 +60,7 @@ impl Bf16Weight {
 }
 
 thread_local! {
-    /// [`matmul_on`]'s rounded activations, kept for the next call of the same shape.
+    /// [`matmul`]'s rounded activations, kept for the next call of the same shape.
     static SPARE_A: Spares<u16> = const { Spares::new() };
 }
 
@@ -105,9 +105,10 @@ crate::kernels::multiversion! {
     }
 }
 
-/// `dst[m×n] (+)= x·W + bias`, then `act` on the result, on `kernel` (chosen at load, see
-/// [`crate::kernels::Kernels`]): the activation in the AMX tiles' epilogue, a separate pass after
-/// the others.
+/// `dst[m×n] (+)= x·W + bias`, then `act` on the result (never with `accumulate`), on
+/// `kernel` (chosen at load, see [`crate::kernels::Kernels`]): the activation runs in each
+/// task's epilogue, on the block it just stored (AMX: per tile block; the AVX-512 BF16 and
+/// portable tiles: per row block × panel, as int8's VNNI path does), not as a pass of its own.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     x: &[f32],
@@ -119,29 +120,8 @@ pub(crate) fn matmul(
     act: Option<Act>,
     kernel: Bf16Kernel,
 ) {
-    if kernel == Bf16Kernel::Amx {
-        return matmul_on(x, k, w, bias, dst, accumulate, act, kernel);
-    }
-    matmul_on(x, k, w, bias, dst, accumulate, None, kernel);
-    if let Some(a) = act {
-        crate::kernels::activate(a, &mut dst[..x.len() / k * w.n]);
-    }
-}
-
-/// [`matmul`] with `act` applied in the AMX epilogue only.
-#[allow(clippy::too_many_arguments)]
-fn matmul_on(
-    x: &[f32],
-    k: usize,
-    w: &Bf16Weight,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-    accumulate: bool,
-    act: Option<Act>,
-    kernel: Bf16Kernel,
-) {
     let amx = kernel == Bf16Kernel::Amx;
-    assert!(act.is_none() || (amx && !accumulate));
+    assert!(act.is_none() || !accumulate);
     let (m, kp) = (x.len() / k, w.kp);
     // AMX reads whole 32-row blocks: the rows past `m` are zeros whose results are dropped.
     let rows = if amx {
@@ -172,7 +152,7 @@ fn matmul_on(
     crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
         let live = (w.n - c0).min(PANEL);
-        for (r, h) in crate::kernels::schedule::row_tiles(rows, MR) {
+        for (r, h) in crate::kernels::schedule::row_tiles(rows.clone(), MR) {
             let t = Tile {
                 a: a[r * kp..].as_ptr(),
                 lda: kp,
@@ -196,6 +176,21 @@ fn matmul_on(
                     t.portable(h);
                 }
             }
+        }
+        // The block's rows × the panel's columns were just stored (L1/L2-hot): the activation
+        // here instead of a separate pass that reads the whole output back.
+        if let Some(a) = act {
+            // SAFETY: rows `rows` of panel `p`'s live columns lie inside `dst` and belong to
+            // this task alone.
+            unsafe {
+                crate::kernels::activate_tile(
+                    a,
+                    out.at(rows.start * w.n + c0),
+                    w.n,
+                    rows.len(),
+                    live,
+                )
+            };
         }
     });
 }
@@ -723,9 +718,9 @@ mod tests {
                     let mut tiles = vec![0.5f32; m * n];
                     let mut avx = tiles.clone();
                     let b = Some(&bias[..n]);
-                    matmul_on(&x, k, &bw, b, &mut tiles, accumulate, None, Bf16Kernel::Amx);
+                    matmul(&x, k, &bw, b, &mut tiles, accumulate, None, Bf16Kernel::Amx);
                     let avx512 = Bf16Kernel::Avx512Bf16;
-                    matmul_on(&x, k, &bw, b, &mut avx, accumulate, None, avx512);
+                    matmul(&x, k, &bw, b, &mut avx, accumulate, None, avx512);
                     for (t, a) in tiles.iter().zip(&avx) {
                         assert!(
                             (t - a).abs() <= 1e-4 * a.abs().max(1.0),
@@ -739,6 +734,40 @@ mod tests {
         }
         assert_eq!(to_bf16(1.0), 0x3f80);
         assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+    }
+
+    /// Off AMX (the AVX-512 BF16 tile, or the portable one without it) the activation fused
+    /// into each tile task equals a separate pass over the finished output, over partial row
+    /// blocks and panels.
+    #[test]
+    fn fused_activation_equals_a_separate_pass_off_amx() {
+        for (m, k, n) in [(13, 42, 150), (197, 96, 200), (400, 64, 70)] {
+            let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
+            let bw = Bf16Weight::new(&w, n, k);
+            let mut kernels = vec![Bf16Kernel::Scalar];
+            if has_bf16() {
+                kernels.push(Bf16Kernel::Avx512Bf16);
+            }
+            for kernel in kernels {
+                for act in [Act::GeluErf, Act::QuickGelu] {
+                    let mut fused = vec![0.5f32; m * n];
+                    let mut apart = fused.clone();
+                    matmul(
+                        &x,
+                        k,
+                        &bw,
+                        Some(&bias),
+                        &mut fused,
+                        false,
+                        Some(act),
+                        kernel,
+                    );
+                    matmul(&x, k, &bw, Some(&bias), &mut apart, false, None, kernel);
+                    crate::kernels::activate(act, &mut apart);
+                    assert!(fused == apart, "{kernel:?} {act:?}, m {m} k {k} n {n}");
+                }
+            }
+        }
     }
 
     /// A reused rounding buffer holds what a new one would in every row that is used (the
