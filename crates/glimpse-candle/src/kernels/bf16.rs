@@ -123,7 +123,8 @@ pub(crate) fn matmul(
     let amx = kernel == Bf16Kernel::Amx;
     assert!(act.is_none() || !accumulate);
     let (m, kp) = (x.len() / k, w.kp);
-    // AMX reads whole 32-row blocks: the rows past `m` are zeros whose results are dropped.
+    // AMX reads whole 32-row blocks: the rows past `m` (zeros, or a reused buffer's older
+    // values) give results that are dropped.
     let rows = if amx {
         m.next_multiple_of(crate::kernels::amx::ROWS)
     } else {
