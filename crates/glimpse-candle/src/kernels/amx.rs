@@ -21,6 +21,21 @@
 pub(crate) const ROWS: usize = 32;
 /// Bytes of `k` per tile step: one A tile row, 32 bf16 or 64 u8.
 pub(crate) const K_BYTES: usize = 64;
+/// Bytes of activation rows per row block of a bf16 linear layer: a block's rows stay in L2
+/// (2 MiB per core on the AMX CPUs measured) while every 64-column weight panel streams past
+/// them, so each panel comes from L3 once per block. 128 rows at any `k` (as the AVX-512 kernels
+/// use) left 1.5 kB rows in 192 kB blocks, and the weights streamed ~4× as often as needed.
+/// int8 on AMX keeps 128 rows: the same rule made CLIP B/32 int8 at batch 8 slower there
+/// (42.1 / 42.4 ms against 38.7 / 40.6 ms) and left ViT-B/16 unchanged.
+const BLOCK_BYTES: usize = 800 << 10;
+
+/// Most rows per cache block of a bf16 linear layer whose activation rows are `row_bytes` long:
+/// as many as [`BLOCK_BYTES`] hold, in whole 32-row tile blocks, 64 to 512 (`k` 768 → 512 rows,
+/// 3072 → 128; see docs/BENCHMARKS.md for the measured gain).
+pub(crate) fn block_rows(row_bytes: usize) -> usize {
+    (BLOCK_BYTES / row_bytes.max(1)).clamp(2 * ROWS, 512) / ROWS * ROWS
+}
+
 /// Bytes per row of a packed weight panel (64 columns × one bf16 pair or int8 quad).
 const PANEL_ROW: usize = 256;
 
@@ -192,6 +207,29 @@ impl Block {
         {
             let _ = (op, out);
             unreachable!("AMX is x86-64 only");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_blocks_fill_the_l2_budget_in_whole_tile_blocks() {
+        // ViT-B/16 bf16: rows of 768 and 3072 values (2 bytes each).
+        assert_eq!(block_rows(768 * 2), 512);
+        assert_eq!(block_rows(3072 * 2), 128);
+        for bytes in [1, 64, 1000, 1536, 4096, 6144, 10_000, 1 << 20] {
+            let rows = block_rows(bytes);
+            assert!(
+                rows.is_multiple_of(ROWS) && (2 * ROWS..=512).contains(&rows),
+                "{bytes}: {rows}"
+            );
+            assert!(
+                rows == 2 * ROWS || rows * bytes <= BLOCK_BYTES,
+                "{bytes}: {rows}"
+            );
         }
     }
 }

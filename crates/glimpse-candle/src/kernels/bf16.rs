@@ -136,7 +136,7 @@ pub(crate) fn matmul(
     if amx {
         crate::kernels::schedule::par_tiles(
             m,
-            MB,
+            crate::kernels::amx::block_rows(kp * 2),
             crate::kernels::amx::ROWS,
             w.np / PANEL,
             |rows, p| {
@@ -713,7 +713,8 @@ mod tests {
             // AMX and AVX-512 BF16 multiply the same bf16 values; only the f32 summation order
             // differs.
             for accumulate in [false, true] {
-                for (m, k, n) in [(m, k, n), (70, 200, 64), (33, 768, 100)] {
+                // (600, 64, 70): two row blocks of `amx::block_rows`, the second partial.
+                for (m, k, n) in [(m, k, n), (70, 200, 64), (33, 768, 100), (600, 64, 70)] {
                     let (x, w, _) = crate::kernels::test_support::test_operands(m, k, n);
                     let bw = Bf16Weight::new(&w, n, k);
                     let mut tiles = vec![0.5f32; m * n];
