@@ -22,6 +22,14 @@ fn form(name: &str) -> Form {
     )
 }
 
+/// `motorcycle.jpg` posted to the CLIP endpoint with the test key; callers add labels, headers.
+fn clip_upload(s: &TestServer) -> reqwest::RequestBuilder {
+    s.http
+        .post(s.url(CLIP))
+        .header("X-API-Key", &s.key)
+        .multipart(form("motorcycle.jpg"))
+}
+
 async fn json(res: reqwest::Response) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
     let status = res.status().as_u16();
     let headers = res.headers().clone();
@@ -40,12 +48,8 @@ async fn success_costs_exactly_credits_per_call() {
         .credits_per_call(3)
         .start()
         .await;
-    let res = s
-        .http
-        .post(s.url(CLIP))
-        .header("X-API-Key", &s.key)
+    let res = clip_upload(&s)
         .query(&[("labels", "car,person,document")])
-        .multipart(form("motorcycle.jpg"))
         .send()
         .await
         .unwrap();
@@ -86,12 +90,8 @@ async fn success_costs_exactly_credits_per_call() {
     assert_eq!(s.balance().await, 4);
 
     // POST with no upload but ?url= works too; an upload beats the url.
-    let res = s
-        .http
-        .post(s.url(CLIP))
-        .header("X-API-Key", &s.key)
+    let res = clip_upload(&s)
         .query(&[("url", "http://192.0.2.1/never-fetched.jpg")])
-        .multipart(form("motorcycle.jpg"))
         .send()
         .await
         .unwrap();
@@ -100,14 +100,7 @@ async fn success_costs_exactly_credits_per_call() {
     assert_eq!(s.balance().await, 1);
 
     // 1 credit left, cost 3: 402, balance unchanged.
-    let res = s
-        .http
-        .post(s.url(CLIP))
-        .header("X-API-Key", &s.key)
-        .multipart(form("motorcycle.jpg"))
-        .send()
-        .await
-        .unwrap();
+    let res = clip_upload(&s).send().await.unwrap();
     let (status, headers, body) = json(res).await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -139,12 +132,9 @@ async fn success_costs_exactly_credits_per_call() {
 async fn idempotent_retry_replays_and_charges_once() {
     let s = TestServer::builder().credits(10).start().await;
     let send = |labels: &'static str, key: &'static str| {
-        s.http
-            .post(s.url(CLIP))
-            .header("X-API-Key", &s.key)
+        clip_upload(&s)
             .header("Idempotency-Key", key)
             .query(&[("labels", labels)])
-            .multipart(form("motorcycle.jpg"))
             .send()
     };
     let first = send("car,truck", "retry-1").await.unwrap();
@@ -273,14 +263,7 @@ async fn server_failures_refund_and_hide_details() {
             .models(fake(behaviour))
             .start()
             .await;
-        let res = s
-            .http
-            .post(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .multipart(form("motorcycle.jpg"))
-            .send()
-            .await
-            .unwrap();
+        let res = clip_upload(&s).send().await.unwrap();
         let (status, headers, body) = json(res).await;
         assert_error(
             reqwest::StatusCode::from_u16(status).unwrap(),
@@ -310,24 +293,10 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
         .models(fake(Behaviour::Slow))
         .start()
         .await;
-    let slow_request = || {
-        s.http
-            .post(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .header("Idempotency-Key", "slow-1")
-            .multipart(form("motorcycle.jpg"))
-            .send()
-    };
+    let slow_request = || clip_upload(&s).header("Idempotency-Key", "slow-1").send();
     let first = tokio::spawn(slow_request());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let res = s
-        .http
-        .post(s.url(CLIP))
-        .header("X-API-Key", &s.key)
-        .multipart(form("motorcycle.jpg"))
-        .send()
-        .await
-        .unwrap();
+    let res = clip_upload(&s).send().await.unwrap();
     assert_eq!(res.headers()["retry-after"], "1");
     let (status, _, body) = json(res).await;
     assert_eq!((status, body["code"].as_str()), (503, Some("OVERLOADED")));
@@ -342,14 +311,7 @@ async fn full_server_sheds_with_503_and_finishes_in_flight_on_shutdown() {
             .start()
             .await
     };
-    let slow_request = || {
-        s.http
-            .post(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .header("Idempotency-Key", "slow-1")
-            .multipart(form("motorcycle.jpg"))
-            .send()
-    };
+    let slow_request = || clip_upload(&s).header("Idempotency-Key", "slow-1").send();
     let slow = tokio::spawn(slow_request());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let res = slow_request().await.unwrap();
@@ -493,13 +455,7 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
         .reap_after_secs(2)
         .settle_retry_secs(1);
     let (s, flaky) = start_flaky(builder).await;
-    let send = || {
-        s.http
-            .post(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .multipart(form("motorcycle.jpg"))
-            .send()
-    };
+    let send = || clip_upload(&s).send();
     let mut ok = 0;
     // Three failed tries (50 + 100 + 200 ms of back-off), then the settle goes through.
     flaky.failing_settles.store(3, Ordering::SeqCst);
@@ -533,13 +489,7 @@ async fn answered_calls_are_charged_even_when_the_settle_fails() {
 async fn a_key_that_ran_short_after_its_balance_read_is_refused_by_the_debit() {
     use std::sync::atomic::Ordering;
     let (s, flaky) = start_flaky(TestServer::builder().credits(1)).await;
-    let send = || {
-        s.http
-            .post(s.url(CLIP))
-            .header("X-API-Key", &s.key)
-            .multipart(form("motorcycle.jpg"))
-            .send()
-    };
+    let send = || clip_upload(&s).send();
     let (status, _, body) = json(send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.balance().await, 0);
