@@ -326,6 +326,7 @@ fn attention_bf16_d64(
                                 (s.scores.as_mut_ptr().add(p * D), (seq - p * D).min(D));
                             bf16::amx_panel(
                                 s.q.as_ptr(),
+                                false,
                                 D,
                                 D,
                                 kt.add(p * D * D),
@@ -344,7 +345,20 @@ fn attention_bf16_d64(
                         }
                         let o = dst.at(b * seq * h + hd * D);
                         let v = s.v.as_ptr() as *const u16;
-                        bf16::amx_panel(s.p.as_ptr(), sp, sp, v, seq, D, o, h, None, false, None);
+                        bf16::amx_panel(
+                            s.p.as_ptr(),
+                            false,
+                            sp,
+                            sp,
+                            v,
+                            seq,
+                            D,
+                            o,
+                            h,
+                            None,
+                            false,
+                            None,
+                        );
                         return;
                     }
                     for p in 0..panels {

@@ -6,7 +6,7 @@ use candle_nn::{LayerNorm, Linear};
 use crate::kernels::bf16::{self, Bf16Weight};
 use crate::kernels::f32::{self as f32k, PackedWeight};
 use crate::kernels::int8::{self, QuantWeight};
-use crate::kernels::{self, Bf16Kernel, F32Kernel, Int8Kernel, Kernels, Mat};
+use crate::kernels::{self, F32Kernel, Int8Kernel, Kernels, Mat};
 use crate::Precision;
 
 pub(super) fn vec1(t: &Tensor) -> Result<Vec<f32>> {
@@ -31,7 +31,7 @@ enum DenseWeight {
     F32Packed(PackedWeight),
     /// With the kernel chosen for it at load.
     Int8(QuantWeight, Int8Kernel),
-    Bf16(Bf16Weight, Bf16Kernel),
+    Bf16(Bf16Weight),
 }
 
 impl Dense {
@@ -65,7 +65,7 @@ impl Dense {
     /// emulated bf16 product would cost anyway.
     fn bf16_weight(mut w: Vec<f32>, n: usize, k: usize, kernels: Kernels) -> DenseWeight {
         if kernels.bf16_native {
-            return DenseWeight::Bf16(Bf16Weight::new(&w, n, k), kernels.bf16);
+            return DenseWeight::Bf16(Bf16Weight::new(&w, n, k, kernels.bf16));
         }
         for x in &mut w {
             *x = bf16::round(*x);
@@ -179,9 +179,9 @@ impl Dense {
                 });
                 return f32k::matmul(x, w, self.bias.as_deref(), dst, accumulate, act, then);
             }
-            DenseWeight::Bf16(w, kernel) => {
+            DenseWeight::Bf16(w) => {
                 let b = self.bias.as_deref();
-                return bf16::matmul(x, self.k, w, b, dst, accumulate, act, *kernel);
+                return bf16::matmul(x, self.k, w, b, dst, accumulate, act);
             }
         }
         // gemm has no activation epilogue.

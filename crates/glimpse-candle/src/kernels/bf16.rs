@@ -33,29 +33,43 @@ pub(crate) fn round(x: f32) -> f32 {
 }
 
 /// `[k, n]` in panel order: per 64-column panel, per pair of `k`, 64 columns × 2 bf16 (the
-/// AMX B-tile order too). `k` is padded to [`K_ALIGN`].
+/// AMX B-tile order too); for the AMX kernel each panel is stored B tile by B tile instead
+/// ([`crate::kernels::amx::panel_tile_order`]). `k` is padded to [`K_ALIGN`]. The layout follows
+/// the kernel chosen at load, so the weight carries it and [`matmul`] runs on it.
 #[derive(Debug, Clone)]
 pub(crate) struct Bf16Weight {
     n: usize,
     kp: usize,
     np: usize,
+    kernel: Bf16Kernel,
     data: crate::kernels::aligned::Aligned<u16>,
 }
 
 impl Bf16Weight {
-    /// `w` is `[n, k]` row-major.
-    pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
+    /// `w` is `[n, k]` row-major; laid out for `kernel`.
+    pub(crate) fn new(w: &[f32], n: usize, k: usize, kernel: Bf16Kernel) -> Self {
         assert_eq!(w.len(), n * k);
         let (kp, np) = (k.div_ceil(K_ALIGN) * K_ALIGN, n.div_ceil(PANEL) * PANEL);
         let mut data = crate::kernels::aligned::Aligned::zeroed(np * kp);
+        let tiled = kernel == Bf16Kernel::Amx;
         for c in 0..n {
             let (p, j) = (c / PANEL, c % PANEL);
             for kk in 0..k {
-                data[p * PANEL * kp + (kk / 2) * PANEL * 2 + j * 2 + kk % 2] =
-                    to_bf16(w[c * k + kk]);
+                let at = if tiled {
+                    crate::kernels::amx::panel_tile_order(kk / 2, j, 2)
+                } else {
+                    (kk / 2) * PANEL * 2 + j * 2
+                };
+                data[p * PANEL * kp + at + kk % 2] = to_bf16(w[c * k + kk]);
             }
         }
-        Bf16Weight { n, kp, np, data }
+        Bf16Weight {
+            n,
+            kp,
+            np,
+            kernel,
+            data,
+        }
     }
 }
 
@@ -65,26 +79,42 @@ thread_local! {
 }
 
 /// `x`'s rows of `k` rounded to bf16 in rows of `kp` (the padding columns zero), `rows` of them
-/// (rows past `x`'s are never stored from). Back to [`SPARE_A`] when dropped.
+/// (rows past `x`'s are never stored from), row-major or, for AMX, in
+/// [`crate::kernels::amx::tile_order`] (`rows` then a multiple of 16). Back to [`SPARE_A`] when
+/// dropped.
 struct Bf16Rows {
-    k: usize,
+    /// The spare-buffer key: `k`, or `!k` in tile order (the two put padding in other places).
+    key: usize,
     a: Vec<u16>,
 }
 
 impl Bf16Rows {
-    fn new(x: &[f32], k: usize, kp: usize, rows: usize) -> Self {
-        let mut a = SPARE_A.with(|s| s.take(k, rows * kp));
-        a.par_chunks_mut(kp)
-            .zip(x.par_chunks(k))
-            .for_each(|(q, x)| round_row(x, &mut q[..k]));
-        Bf16Rows { k, a }
+    fn new(x: &[f32], k: usize, kp: usize, rows: usize, tiled: bool) -> Self {
+        let key = if tiled { !k } else { k };
+        let mut a = SPARE_A.with(|s| s.take(key, rows * kp));
+        if tiled {
+            debug_assert!(rows.is_multiple_of(16) && kp.is_multiple_of(K_ALIGN));
+            // Per 16-row group: each row's tile steps go 16 rows (one tile) apart.
+            a.par_chunks_mut(16 * kp)
+                .zip(x.par_chunks(16 * k))
+                .for_each(|(q, x)| {
+                    for (i, x) in x.chunks_exact(k).enumerate() {
+                        round_row_tiled(x, &mut q[i * K_ALIGN..]);
+                    }
+                });
+        } else {
+            a.par_chunks_mut(kp)
+                .zip(x.par_chunks(k))
+                .for_each(|(q, x)| round_row(x, &mut q[..k]));
+        }
+        Bf16Rows { key, a }
     }
 }
 
 impl Drop for Bf16Rows {
     fn drop(&mut self) {
         let a = std::mem::take(&mut self.a);
-        SPARE_A.with(|s| s.give(self.k, a));
+        SPARE_A.with(|s| s.give(self.key, a));
     }
 }
 
@@ -92,6 +122,18 @@ crate::kernels::multiversion! {
     pub(crate) fn round_row(x: &[f32], q: &mut [u16]) {
         for (q, &x) in q.iter_mut().zip(x) {
             *q = to_bf16(x);
+        }
+    }
+}
+
+crate::kernels::multiversion! {
+    /// One row into tile order: its values `s·32..s·32 + 32` to `q[s·512..]` (one tile row per
+    /// tile step; the step's other 15 rows lie between).
+    fn round_row_tiled(x: &[f32], q: &mut [u16]) {
+        for (s, x) in x.chunks(K_ALIGN).enumerate() {
+            for (q, &x) in q[s * 16 * K_ALIGN..][..x.len()].iter_mut().zip(x) {
+                *q = to_bf16(x);
+            }
         }
     }
 }
@@ -105,8 +147,8 @@ crate::kernels::multiversion! {
     }
 }
 
-/// `dst[m×n] (+)= x·W + bias`, then `act` on the result (never with `accumulate`), on
-/// `kernel` (chosen at load, see [`crate::kernels::Kernels`]): the activation runs in each
+/// `dst[m×n] (+)= x·W + bias`, then `act` on the result (never with `accumulate`), on `w`'s
+/// kernel (chosen at load, see [`crate::kernels::Kernels`]): the activation runs in each
 /// task's epilogue, on the block it just stored (AMX: per tile block; the AVX-512 BF16 and
 /// portable tiles: per row block × panel, as int8's VNNI path does), not as a pass of its own.
 #[allow(clippy::too_many_arguments)]
@@ -118,8 +160,8 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     act: Option<Act>,
-    kernel: Bf16Kernel,
 ) {
+    let kernel = w.kernel;
     let amx = kernel == Bf16Kernel::Amx;
     assert!(act.is_none() || !accumulate);
     let (m, kp) = (x.len() / k, w.kp);
@@ -130,7 +172,7 @@ pub(crate) fn matmul(
     } else {
         m
     };
-    let rounded = Bf16Rows::new(x, k, kp, rows);
+    let rounded = Bf16Rows::new(x, k, kp, rows, amx);
     let a = &rounded.a;
     let out = crate::kernels::schedule::SharedOut::new(dst);
     if amx {
@@ -214,6 +256,7 @@ unsafe fn amx_tile(
     let (kp, n, c0) = (w.kp, w.n, p * PANEL);
     amx_panel(
         a.as_ptr().add(rows.start * kp),
+        true,
         kp,
         kp,
         w.data.as_ptr().add(c0 * kp),
@@ -230,16 +273,20 @@ unsafe fn amx_tile(
 /// One 64-column panel with AMX tiles: `c[i·ldc + j] = (c[i·ldc + j] if add_dst) + bias[j] +
 /// Σ_kk a[i·lda + kk] · B[kk][j]` for `i < m`, `j < live`, then `act` over those columns. `b` is
 /// the panel in pair rows of 64 columns (256 bytes), `kp` (a multiple of 32) `k` deep. Per 32-row
-/// block and 32-column half, one [`crate::kernels::amx::Block`] over all of `kp`.
+/// block and 32-column half, one [`crate::kernels::amx::Block`] over all of `kp`. With `tiled`,
+/// `a` is in [`crate::kernels::amx::tile_order`] (`lda` = `kp`) instead of row-major and `b` in
+/// [`crate::kernels::amx::panel_tile_order`] (as [`Bf16Weight`] stores it for AMX).
 ///
 /// # Safety
 /// [`crate::kernels::amx::available`]; `a` holds `m` rounded up to 32 rows of `kp` values at stride
-/// `lda`; `b` holds `kp / 2` pair rows; `c` (and `bias`) hold `m` rows of `live` columns.
+/// `lda` (or in tile order); `b` holds `kp / 2` pair rows; `c` (and `bias`) hold `m` rows of
+/// `live` columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn amx_panel(
     a: *const u16,
+    tiled: bool,
     lda: usize,
     kp: usize,
     b: *const u16,
@@ -251,21 +298,41 @@ pub(crate) unsafe fn amx_panel(
     add_dst: bool,
     act: Option<Act>,
 ) {
-    use crate::kernels::amx::{Block, Op, Tiles, ROWS};
+    use crate::kernels::amx::{Block, Op, Tiles, K_BYTES, PANEL_ROW, ROWS};
     use std::arch::x86_64::*;
     let _tiles = Tiles::configure();
-    let mut acc = [[0u32; 256]; 4];
+    let mut acc = [[[0u32; 256]; 4]; 2];
+    let steps = kp * 2 / K_BYTES;
+    let chunk = crate::kernels::amx::k_chunk(steps);
+    let halves = live.div_ceil(32);
     for r in (0..m).step_by(ROWS) {
         let h = (m - r).min(ROWS);
-        for half in 0..live.div_ceil(32) {
-            let c0 = half * 32;
-            Block {
-                a: a.add(r * lda) as *const u8,
-                lda: lda * 2,
-                b: b.add(half * 64) as *const u8,
-                steps: kp * 2 / crate::kernels::amx::K_BYTES,
+        let (a_tile, a_step) = if tiled {
+            (K_BYTES, 16 * K_BYTES)
+        } else {
+            (lda * 2, K_BYTES)
+        };
+        let mut s0 = 0;
+        while s0 < steps {
+            let n = chunk.min(steps - s0);
+            for (half, acc) in acc.iter_mut().enumerate().take(halves) {
+                Block {
+                    a: (a.add(r * lda) as *const u8).add(s0 * a_step),
+                    lda: a_tile,
+                    a_step,
+                    a_half: 16 * lda * 2,
+                    b: (b.add(half * if tiled { 1024 } else { 64 }) as *const u8)
+                        .add(s0 * 16 * PANEL_ROW),
+                    ldb: if tiled { 64 } else { PANEL_ROW },
+                    b_next: if tiled { 1024 } else { 64 },
+                    steps: n,
+                }
+                .run(Op::Bf16, acc, s0 > 0);
             }
-            .run(Op::Bf16, &mut acc);
+            s0 += n;
+        }
+        for (half, acc) in acc.iter().enumerate().take(halves) {
+            let c0 = half * 32;
             for i in 0..h {
                 let t = (i / 16) * 2;
                 let row = [[
@@ -293,6 +360,7 @@ pub(crate) unsafe fn amx_panel(
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn amx_panel(
     _: *const u16,
+    _: bool,
     _: usize,
     _: usize,
     _: *const u16,
@@ -697,10 +765,10 @@ mod tests {
     fn bf16_matmul_tracks_f32() {
         let (m, k, n) = (13, 41, 150);
         let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
-        let bw = Bf16Weight::new(&w, n, k);
-        let mut got = vec![1.0f32; m * n];
         let kernel = Kernels::choose(Precision::Bf16).bf16;
-        matmul(&x, k, &bw, Some(&bias), &mut got, true, None, kernel);
+        let bw = Bf16Weight::new(&w, n, k, kernel);
+        let mut got = vec![1.0f32; m * n];
+        matmul(&x, k, &bw, Some(&bias), &mut got, true, None);
         for r in 0..m {
             for c in 0..n {
                 let exact: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum::<f32>();
@@ -710,19 +778,20 @@ mod tests {
             }
         }
         if kernel == Bf16Kernel::Amx && has_bf16() {
-            // AMX and AVX-512 BF16 multiply the same bf16 values; only the f32 summation order
+            // AMX and AVX-512 BF16 multiply the same bf16 values (each from its own weight
+            // layout and, on AMX, activations in tile order); only the f32 summation order
             // differs.
             for accumulate in [false, true] {
                 // (600, 64, 70): two row blocks of `amx::block_rows`, the second partial.
                 for (m, k, n) in [(m, k, n), (70, 200, 64), (33, 768, 100), (600, 64, 70)] {
                     let (x, w, _) = crate::kernels::test_support::test_operands(m, k, n);
-                    let bw = Bf16Weight::new(&w, n, k);
+                    let on_amx = Bf16Weight::new(&w, n, k, Bf16Kernel::Amx);
+                    let on_avx = Bf16Weight::new(&w, n, k, Bf16Kernel::Avx512Bf16);
                     let mut tiles = vec![0.5f32; m * n];
                     let mut avx = tiles.clone();
                     let b = Some(&bias[..n]);
-                    matmul(&x, k, &bw, b, &mut tiles, accumulate, None, Bf16Kernel::Amx);
-                    let avx512 = Bf16Kernel::Avx512Bf16;
-                    matmul(&x, k, &bw, b, &mut avx, accumulate, None, avx512);
+                    matmul(&x, k, &on_amx, b, &mut tiles, accumulate, None);
+                    matmul(&x, k, &on_avx, b, &mut avx, accumulate, None);
                     for (t, a) in tiles.iter().zip(&avx) {
                         assert!(
                             (t - a).abs() <= 1e-4 * a.abs().max(1.0),
@@ -745,26 +814,17 @@ mod tests {
     fn fused_activation_equals_a_separate_pass_off_amx() {
         for (m, k, n) in [(13, 42, 150), (197, 96, 200), (400, 64, 70)] {
             let (x, w, bias) = crate::kernels::test_support::test_operands(m, k, n);
-            let bw = Bf16Weight::new(&w, n, k);
             let mut kernels = vec![Bf16Kernel::Scalar];
             if has_bf16() {
                 kernels.push(Bf16Kernel::Avx512Bf16);
             }
             for kernel in kernels {
+                let bw = Bf16Weight::new(&w, n, k, kernel);
                 for act in [Act::GeluErf, Act::QuickGelu] {
                     let mut fused = vec![0.5f32; m * n];
                     let mut apart = fused.clone();
-                    matmul(
-                        &x,
-                        k,
-                        &bw,
-                        Some(&bias),
-                        &mut fused,
-                        false,
-                        Some(act),
-                        kernel,
-                    );
-                    matmul(&x, k, &bw, Some(&bias), &mut apart, false, None, kernel);
+                    matmul(&x, k, &bw, Some(&bias), &mut fused, false, Some(act));
+                    matmul(&x, k, &bw, Some(&bias), &mut apart, false, None);
                     crate::kernels::activate(act, &mut apart);
                     assert!(fused == apart, "{kernel:?} {act:?}, m {m} k {k} n {n}");
                 }
@@ -773,34 +833,57 @@ mod tests {
     }
 
     /// A reused rounding buffer holds what a new one would in every row that is used (the
-    /// padding columns included), after calls of the same size with other values and with
-    /// wider rows.
+    /// padding columns included), after calls of the same size with other values, with wider
+    /// rows and in the other layout; and the tile order holds each value where
+    /// `amx::tile_order` says.
     #[test]
     fn rounded_rows_reuse_cleanly() {
-        let (m, k): (usize, usize) = (5, 70);
+        let (m, k): (usize, usize) = (21, 70);
         let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
+        let rows = 32;
         let x = |salt| crate::kernels::test_support::salted_rows(m * k, salt);
         let (first, second) = (x(0), x(311));
-        let fresh = std::thread::spawn({
-            let second = second.clone();
-            move || Bf16Rows::new(&second, k, kp, m).a.clone()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(fresh.len(), m * kp);
-        drop(Bf16Rows::new(&first, k, kp, m));
-        // Same buffer size, wider rows: its padding columns are not zero, so it must not be
-        // taken for rows of `k`.
-        let wide = kp - 2;
-        let other: Vec<f32> = (0..m * wide).map(|i| 1.0 + i as f32).collect();
-        drop(Bf16Rows::new(&other, wide, kp, m));
-        let reused = Bf16Rows::new(&second, k, kp, m);
-        assert_eq!(reused.a, fresh);
-        // The padding is what the kernels read as zero weights' partners.
-        assert!(reused.a.chunks(kp).all(|r| r[k..].iter().all(|&v| v == 0)));
-        // And the reuse happened: the buffer went back and came out again.
-        let ptr = reused.a.as_ptr();
-        drop(reused);
-        assert_eq!(Bf16Rows::new(&first, k, kp, m).a.as_ptr(), ptr);
+        for tiled in [false, true] {
+            let fresh = std::thread::spawn({
+                let second = second.clone();
+                move || Bf16Rows::new(&second, k, kp, rows, tiled).a.clone()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(fresh.len(), rows * kp);
+            // Every value where its layout puts it, every padding column zero.
+            let at = |r: usize, kk: usize| match tiled {
+                true => crate::kernels::amx::tile_order(r, kk, kp, K_ALIGN),
+                false => r * kp + kk,
+            };
+            for r in 0..m {
+                for kk in 0..kp {
+                    let want = if kk < k {
+                        to_bf16(second[r * k + kk])
+                    } else {
+                        0
+                    };
+                    assert_eq!(fresh[at(r, kk)], want, "tiled {tiled}, row {r}, {kk}");
+                }
+            }
+            drop(Bf16Rows::new(&first, k, kp, rows, tiled));
+            // Same buffer size, wider rows: its padding columns are not zero, so it must not be
+            // taken for rows of `k`; nor may the other layout's buffer, whose padding lies
+            // elsewhere.
+            let wide = kp - 2;
+            let other: Vec<f32> = (0..m * wide).map(|i| 1.0 + i as f32).collect();
+            drop(Bf16Rows::new(&other, wide, kp, rows, tiled));
+            drop(Bf16Rows::new(&first, k, kp, rows, !tiled));
+            let reused = Bf16Rows::new(&second, k, kp, rows, tiled);
+            for r in 0..m {
+                for kk in 0..kp {
+                    assert_eq!(reused.a[at(r, kk)], fresh[at(r, kk)], "row {r}, {kk}");
+                }
+            }
+            // And the reuse happened: the buffer went back and came out again.
+            let ptr = reused.a.as_ptr();
+            drop(reused);
+            assert_eq!(Bf16Rows::new(&first, k, kp, rows, tiled).a.as_ptr(), ptr);
+        }
     }
 }

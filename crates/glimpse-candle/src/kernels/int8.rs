@@ -427,15 +427,19 @@ impl Tile<'_> {
                 Block {
                     a: self.x.q.as_ptr().add(r * kp),
                     lda: kp,
+                    a_step: crate::kernels::amx::K_BYTES,
+                    a_half: 16 * kp,
                     b: (self
                         .w
                         .data
                         .as_ptr()
                         .add(self.panel * PANEL * kp + half * 128))
                         as *const u8,
+                    ldb: crate::kernels::amx::PANEL_ROW,
+                    b_next: 64,
                     steps: kp / crate::kernels::amx::K_BYTES,
                 }
-                .run(Op::Int8, &mut acc);
+                .run(Op::Int8, &mut acc, false);
                 for i in 0..h {
                     let t = (i / 16) * 2;
                     let row = [
