@@ -324,6 +324,11 @@ fn attention_bf16_d64(
                         for p in 0..panels {
                             let (c, live) =
                                 (s.scores.as_mut_ptr().add(p * D), (seq - p * D).min(D));
+                            let to = bf16::PanelOut::F32 {
+                                c,
+                                ldc: seq,
+                                add_dst: false,
+                            };
                             bf16::amx_panel(
                                 s.q.as_ptr(),
                                 false,
@@ -332,10 +337,8 @@ fn attention_bf16_d64(
                                 kt.add(p * D * D),
                                 seq,
                                 live,
-                                c,
-                                seq,
+                                to,
                                 None,
-                                false,
                                 None,
                             );
                         }
@@ -345,20 +348,12 @@ fn attention_bf16_d64(
                         }
                         let o = dst.at(b * seq * h + hd * D);
                         let v = s.v.as_ptr() as *const u16;
-                        bf16::amx_panel(
-                            s.p.as_ptr(),
-                            false,
-                            sp,
-                            sp,
-                            v,
-                            seq,
-                            D,
-                            o,
-                            h,
-                            None,
-                            false,
-                            None,
-                        );
+                        let to = bf16::PanelOut::F32 {
+                            c: o,
+                            ldc: h,
+                            add_dst: false,
+                        };
+                        bf16::amx_panel(s.p.as_ptr(), false, sp, sp, v, seq, D, to, None, None);
                         return;
                     }
                     for p in 0..panels {

@@ -85,6 +85,11 @@ impl Block {
     fn finish(&self, xs: &mut [f32], ln: &mut [f32], mid: &mut [f32], next: Option<&Block>) {
         self.o.run(ln, xs, true, None, Some(&self.fc1));
         self.ln2.forward(xs, ln);
+        // bf16 on AMX: fc1's epilogue rounds its activated output straight into fc2's input.
+        if let Some(rounded) = self.fc1.run_into(ln, Some(self.act), &self.fc2) {
+            self.fc2.forward_rounded(&rounded, xs, true);
+            return;
+        }
         self.fc1
             .run(ln, mid, false, Some(self.act), Some(&self.fc2));
         self.fc2.run(mid, xs, true, None, next.map(|b| &b.qkv));

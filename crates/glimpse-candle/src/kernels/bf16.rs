@@ -89,6 +89,13 @@ struct Bf16Rows {
 }
 
 impl Bf16Rows {
+    /// A buffer for `rows` rows of `k` in tile order, to be written by a layer's epilogue.
+    fn empty(k: usize, kp: usize, rows: usize) -> Self {
+        let key = !k;
+        let a = SPARE_A.with(|s| s.take(key, rows * kp));
+        Bf16Rows { key, a }
+    }
+
     fn new(x: &[f32], k: usize, kp: usize, rows: usize, tiled: bool) -> Self {
         let key = if tiled { !k } else { k };
         let mut a = SPARE_A.with(|s| s.take(key, rows * kp));
@@ -173,24 +180,13 @@ pub(crate) fn matmul(
         m
     };
     let rounded = Bf16Rows::new(x, k, kp, rows, amx);
-    let a = &rounded.a;
-    let out = crate::kernels::schedule::SharedOut::new(dst);
     if amx {
-        crate::kernels::schedule::par_tiles(
-            m,
-            crate::kernels::amx::block_rows(kp * 2),
-            crate::kernels::amx::ROWS,
-            w.np / PANEL,
-            |rows, p| {
-                // SAFETY: `kernel` is `Amx` only where `amx::available()` (tile state granted,
-                // AVX-512 present); blocks of 32 rows of `a` exist (padded above), the panel is
-                // `kp / 2` pair rows of 256 bytes, and `kp · 2` is whole 64-byte steps. Each task
-                // writes its own rows × panel of `dst`.
-                unsafe { amx_tile(a, w, bias, out, accumulate, act, rows, p) }
-            },
-        );
+        let out = crate::kernels::schedule::SharedOut::new(dst);
+        amx_matmul(&rounded.a, m, w, bias, AmxOut::F32(out, accumulate), act);
         return;
     }
+    let a = &rounded.a;
+    let out = crate::kernels::schedule::SharedOut::new(dst);
     let fast = kernel == Bf16Kernel::Avx512Bf16;
     crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
@@ -238,40 +234,148 @@ pub(crate) fn matmul(
     });
 }
 
-/// Rows `rows` × panel `p` of the linear layer with AMX tiles ([`amx_panel`]).
-///
-/// # Safety
-/// [`crate::kernels::amx::available`]; `a` holds `rows.end` rounded up to 32 rows of `w.kp`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn amx_tile(
+/// Where [`amx_matmul`] puts a layer's output: f32 rows of `n` (added to with `true`), or
+/// rounded to bf16 in tile order as the next layer's input, rows of `kp` (`n` rounded up to
+/// whole tile steps).
+#[derive(Clone, Copy)]
+enum AmxOut {
+    F32(crate::kernels::schedule::SharedOut, bool),
+    Rounded(crate::kernels::schedule::SharedOut<u16>, usize),
+}
+
+/// The AMX layer over `m` rows of `a` (rounded, in tile order, 32-row blocks), by row blocks of
+/// [`crate::kernels::amx::block_rows`] × panels.
+fn amx_matmul(
     a: &[u16],
+    m: usize,
     w: &Bf16Weight,
     bias: Option<&[f32]>,
-    out: crate::kernels::schedule::SharedOut,
+    out: AmxOut,
+    act: Option<Act>,
+) {
+    let (kp, n) = (w.kp, w.n);
+    debug_assert!(a.len() >= m.next_multiple_of(crate::kernels::amx::ROWS) * kp);
+    crate::kernels::schedule::par_tiles(
+        m,
+        crate::kernels::amx::block_rows(kp * 2),
+        crate::kernels::amx::ROWS,
+        w.np / PANEL,
+        |rows, p| {
+            let c0 = p * PANEL;
+            let to = match out {
+                AmxOut::F32(c, add_dst) => PanelOut::F32 {
+                    c: c.at(rows.start * n + c0),
+                    ldc: n,
+                    add_dst,
+                },
+                AmxOut::Rounded(q, kp) => PanelOut::Rounded {
+                    q: q.at(0),
+                    kp,
+                    row0: rows.start,
+                    col0: c0,
+                },
+            };
+            // SAFETY: the weight was laid out for `Amx`, chosen only where `amx::available()`
+            // (tile state granted, AVX-512 present); blocks of 32 rows of `a` exist (padded by
+            // the caller), the panel is `kp / 2` pair rows of 256 bytes, and `kp · 2` is whole
+            // 64-byte steps. Each task writes its own rows × panel of the output (the rounded
+            // output: its rows × its two tile steps, `n` ≤ `kp` there).
+            unsafe {
+                amx_panel(
+                    a.as_ptr().add(rows.start * kp),
+                    true,
+                    kp,
+                    kp,
+                    w.data.as_ptr().add(c0 * kp),
+                    rows.len(),
+                    (n - c0).min(PANEL),
+                    to,
+                    bias.map(|b| b[c0..].as_ptr()),
+                    act,
+                )
+            }
+        },
+    );
+}
+
+/// A bf16 layer's output, rounded and laid out as the next bf16 layer's input (AMX only): made
+/// by [`matmul_to_rounded`], read by [`matmul_rounded`]. The same bf16 values that layer would
+/// round from the f32 output, without writing and reading that output.
+pub(crate) struct Rounded {
+    rows: Bf16Rows,
+    m: usize,
+    k: usize,
+}
+
+/// Whether `w`'s output can go straight to `next` as a [`Rounded`]: both laid out for AMX and
+/// `next` reads `w`'s `n` columns.
+pub(crate) fn chains(w: &Bf16Weight, next: &Bf16Weight) -> bool {
+    w.kernel == Bf16Kernel::Amx
+        && next.kernel == Bf16Kernel::Amx
+        && next.kp == w.n.div_ceil(K_ALIGN) * K_ALIGN
+}
+
+/// `act(x·W + bias)` rounded to bf16 into the input `next` reads ([`chains`] holds).
+pub(crate) fn matmul_to_rounded(
+    x: &[f32],
+    k: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    act: Option<Act>,
+) -> Rounded {
+    assert_eq!(w.kernel, Bf16Kernel::Amx, "rounded outputs are an AMX path");
+    let m = x.len() / k;
+    let rows = m.next_multiple_of(crate::kernels::amx::ROWS);
+    let input = Bf16Rows::new(x, k, w.kp, rows, true);
+    let kp = w.n.div_ceil(K_ALIGN) * K_ALIGN;
+    let mut output = Bf16Rows::empty(w.n, kp, rows);
+    let q = crate::kernels::schedule::SharedOut::new(&mut output.a);
+    amx_matmul(&input.a, m, w, bias, AmxOut::Rounded(q, kp), act);
+    Rounded {
+        rows: output,
+        m,
+        k: w.n,
+    }
+}
+
+/// [`matmul`] on an input already rounded by the layer before ([`matmul_to_rounded`]).
+pub(crate) fn matmul_rounded(
+    x: &Rounded,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
     accumulate: bool,
     act: Option<Act>,
-    rows: std::ops::Range<usize>,
-    p: usize,
 ) {
-    let (kp, n, c0) = (w.kp, w.n, p * PANEL);
-    amx_panel(
-        a.as_ptr().add(rows.start * kp),
-        true,
-        kp,
-        kp,
-        w.data.as_ptr().add(c0 * kp),
-        rows.len(),
-        (n - c0).min(PANEL),
-        out.at(rows.start * n + c0),
-        n,
-        bias.map(|b| b[c0..].as_ptr()),
-        accumulate,
-        act,
-    )
+    assert!(w.kernel == Bf16Kernel::Amx && x.k.div_ceil(K_ALIGN) * K_ALIGN == w.kp);
+    assert!(act.is_none() || !accumulate);
+    assert_eq!(dst.len(), x.m * w.n);
+    let out = crate::kernels::schedule::SharedOut::new(dst);
+    amx_matmul(&x.rows.a, x.m, w, bias, AmxOut::F32(out, accumulate), act);
+}
+
+/// Where [`amx_panel`] stores its `m × live` results: f32 at `c`, row stride `ldc` (added to
+/// what is there with `add_dst`); or rounded to bf16 into the tile-order buffer `q` (rows of
+/// `kp`), as rows `row0..` and columns `col0..` of the next layer's input (the columns past
+/// `live`, up to the panel's 64 or `kp`, written as zeros: the next layer's `k` padding).
+#[derive(Clone, Copy)]
+pub(crate) enum PanelOut {
+    F32 {
+        c: *mut f32,
+        ldc: usize,
+        add_dst: bool,
+    },
+    Rounded {
+        q: *mut u16,
+        kp: usize,
+        row0: usize,
+        col0: usize,
+    },
 }
 
 /// One 64-column panel with AMX tiles: `c[i·ldc + j] = (c[i·ldc + j] if add_dst) + bias[j] +
-/// Σ_kk a[i·lda + kk] · B[kk][j]` for `i < m`, `j < live`, then `act` over those columns. `b` is
+/// Σ_kk a[i·lda + kk] · B[kk][j]` for `i < m`, `j < live`, then `act` over those columns, into
+/// `out` ([`PanelOut`]). `b` is
 /// the panel in pair rows of 64 columns (256 bytes), `kp` (a multiple of 32) `k` deep. Per 32-row
 /// block and 32-column half, one [`crate::kernels::amx::Block`] over all of `kp`. With `tiled`,
 /// `a` is in [`crate::kernels::amx::tile_order`] (`lda` = `kp`) instead of row-major and `b` in
@@ -279,8 +383,9 @@ unsafe fn amx_tile(
 ///
 /// # Safety
 /// [`crate::kernels::amx::available`]; `a` holds `m` rounded up to 32 rows of `kp` values at stride
-/// `lda` (or in tile order); `b` holds `kp / 2` pair rows; `c` (and `bias`) hold `m` rows of
-/// `live` columns.
+/// `lda` (or in tile order); `b` holds `kp / 2` pair rows; `out` holds `m` rows of `live` columns
+/// (a [`PanelOut::Rounded`]: its rows `row0..row0 + m`, whole tile steps from `col0`), `bias`
+/// `live` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -292,16 +397,15 @@ pub(crate) unsafe fn amx_panel(
     b: *const u16,
     m: usize,
     live: usize,
-    c: *mut f32,
-    ldc: usize,
+    out: PanelOut,
     bias: Option<*const f32>,
-    add_dst: bool,
     act: Option<Act>,
 ) {
     use crate::kernels::amx::{Block, Op, Tiles, K_BYTES, PANEL_ROW, ROWS};
     use std::arch::x86_64::*;
     let _tiles = Tiles::configure();
     let mut acc = [[[0u32; 256]; 4]; 2];
+    let mut block = [0f32; ROWS * PANEL];
     let steps = kp * 2 / K_BYTES;
     let chunk = crate::kernels::amx::k_chunk(steps);
     let halves = live.div_ceil(32);
@@ -331,6 +435,11 @@ pub(crate) unsafe fn amx_panel(
             }
             s0 += n;
         }
+        // The f32 results: in place, or in a 32 × 64 block to be rounded from.
+        let (c, ldc, add_dst) = match out {
+            PanelOut::F32 { c, ldc, add_dst } => (c.add(r * ldc), ldc, add_dst),
+            PanelOut::Rounded { .. } => (block.as_mut_ptr(), PANEL, false),
+        };
         for (half, acc) in acc.iter().enumerate().take(halves) {
             let c0 = half * 32;
             for i in 0..h {
@@ -341,7 +450,7 @@ pub(crate) unsafe fn amx_panel(
                 ]];
                 crate::kernels::f32::store_rows(
                     &row,
-                    c.add((r + i) * ldc + c0),
+                    c.add(i * ldc + c0),
                     ldc,
                     (live - c0).min(32),
                     bias.map(|b| b.add(c0)),
@@ -351,7 +460,23 @@ pub(crate) unsafe fn amx_panel(
         }
         // Over the panel's 64 columns at once (32-wide slices ran ~20 % slower per element).
         if let Some(f) = act {
-            crate::kernels::activate_tile(f, c.add(r * ldc), ldc, h, live);
+            crate::kernels::activate_tile(f, c, ldc, h, live);
+        }
+        if let PanelOut::Rounded { q, kp, row0, col0 } = out {
+            // Each 32 columns are one tile step of the next layer's rows; the block's columns
+            // past `live` are zero (never stored), as that layer's `k` padding must be.
+            let width = (kp - col0).min(PANEL);
+            for i in 0..h {
+                let row = row0 + r + i;
+                let at =
+                    (row / 16) * 16 * kp + (col0 / K_ALIGN) * 16 * K_ALIGN + (row % 16) * K_ALIGN;
+                for s in 0..width / K_ALIGN {
+                    round_row(
+                        &block[i * PANEL + s * K_ALIGN..][..K_ALIGN],
+                        std::slice::from_raw_parts_mut(q.add(at + s * 16 * K_ALIGN), K_ALIGN),
+                    );
+                }
+            }
         }
     }
 }
@@ -366,10 +491,8 @@ pub(crate) unsafe fn amx_panel(
     _: *const u16,
     _: usize,
     _: usize,
-    _: *mut f32,
-    _: usize,
+    _: PanelOut,
     _: Option<*const f32>,
-    _: bool,
     _: Option<Act>,
 ) {
     unreachable!("AMX is x86-64 only")
@@ -884,6 +1007,44 @@ mod tests {
             let ptr = reused.a.as_ptr();
             drop(reused);
             assert_eq!(Bf16Rows::new(&first, k, kp, rows, tiled).a.as_ptr(), ptr);
+        }
+    }
+
+    /// On AMX a layer's output rounded straight into the next layer's input
+    /// (`matmul_to_rounded`) gives that layer exactly what rounding the f32 output would: the
+    /// same results to the bit, with and without an activation, over partial row blocks, a
+    /// last panel narrower than 64 columns and `n` not a whole number of tile steps.
+    #[test]
+    fn rounded_output_feeds_the_next_layer_exactly() {
+        if Kernels::choose(Precision::Bf16).bf16 != Bf16Kernel::Amx {
+            eprintln!("no AMX here: nothing to chain");
+            return;
+        }
+        let amx = Bf16Kernel::Amx;
+        for (m, k, n, n2) in [(13, 41, 150, 70), (70, 768, 100, 33), (600, 64, 96, 64)] {
+            let (x, w1, b1) = crate::kernels::test_support::test_operands(m, k, n);
+            let (_, w2, b2) = crate::kernels::test_support::test_operands(m, n, n2);
+            let (l1, l2) = (
+                Bf16Weight::new(&w1, n, k, amx),
+                Bf16Weight::new(&w2, n2, n, amx),
+            );
+            assert!(chains(&l1, &l2));
+            // Not onto a layer reading another width, nor one laid out for another kernel.
+            assert!(!chains(&l1, &l1));
+            assert!(!chains(
+                &l1,
+                &Bf16Weight::new(&w2, n2, n, Bf16Kernel::Scalar)
+            ));
+            for act in [None, Some(Act::GeluErf), Some(Act::QuickGelu)] {
+                let mut mid = vec![0f32; m * n];
+                matmul(&x, k, &l1, Some(&b1), &mut mid, false, act);
+                let mut want = vec![0.25f32; m * n2];
+                matmul(&mid, n, &l2, Some(&b2), &mut want, true, None);
+                let rounded = matmul_to_rounded(&x, k, &l1, Some(&b1), act);
+                let mut got = vec![0.25f32; m * n2];
+                matmul_rounded(&rounded, &l2, Some(&b2), &mut got, true, None);
+                assert!(got == want, "m {m} k {k} n {n} n2 {n2} {act:?}");
+            }
         }
     }
 }

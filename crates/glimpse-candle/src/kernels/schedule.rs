@@ -46,21 +46,27 @@ pub(crate) fn par_tiles(
 
 /// An output buffer's pointer handed to parallel tasks that each write their own disjoint part
 /// (a rows × panel block of a matmul, an (image, head) block of attention).
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
+pub(crate) struct SharedOut<T = f32>(*mut T);
 // SAFETY: users only write disjoint elements from different tasks, and the buffer outlives the
 // parallel loop that shares it.
-unsafe impl Send for SharedOut {}
+unsafe impl<T> Send for SharedOut<T> {}
 // SAFETY: as for `Send`: no two tasks touch the same element.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
-impl SharedOut {
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    pub(crate) fn new(buf: &mut [T]) -> Self {
         SharedOut(buf.as_mut_ptr())
     }
 
     /// A method (not a field access), so closures capture the `Send` wrapper, not the pointer.
-    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut T {
         self.0.wrapping_add(offset)
     }
 }
