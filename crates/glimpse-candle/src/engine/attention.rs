@@ -342,10 +342,7 @@ fn attention_bf16_d64(
                                 None,
                             );
                         }
-                        kernels::softmax_rows(&mut s.scores, seq);
-                        for (pr, sr) in s.p.chunks_exact_mut(sp).zip(s.scores.chunks_exact(seq)) {
-                            bf16::round_row(sr, &mut pr[..seq]);
-                        }
+                        kernels::softmax_rows_bf16(&mut s.scores, seq, &mut s.p, sp);
                         let o = dst.at(b * seq * h + hd * D);
                         let v = s.v.as_ptr() as *const u16;
                         let to = bf16::PanelOut::F32 {
@@ -373,10 +370,7 @@ fn attention_bf16_d64(
                             .run_rows(rows);
                         }
                     }
-                    kernels::softmax_rows(&mut s.scores, seq);
-                    for (pr, sr) in s.p.chunks_exact_mut(sp).zip(s.scores.chunks_exact(seq)) {
-                        bf16::round_row(sr, &mut pr[..seq]);
-                    }
+                    kernels::softmax_rows_bf16(&mut s.scores, seq, &mut s.p, sp);
                     let o = dst.at(b * seq * h + hd * D);
                     for (r, rows) in row_tiles(0..seq, bf16::MR) {
                         bf16::Tile {

@@ -138,25 +138,48 @@ pub(crate) fn layer_norm(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps
         .for_each(|(d, s)| layer_norm_rows(s, d, w, b, eps));
 }
 
+/// `row[i] = e^(row[i] − max)`, returning `1 / Σ` (the softmax's scale).
+#[inline(always)]
+fn exp_row(row: &mut [f32]) -> f32 {
+    let mut m16 = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            m16[i] = m16[i].max(c[i]);
+        }
+    }
+    let m = m16
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for x in row.iter_mut() {
+        *x = exp(*x - m);
+    }
+    1.0 / sum16(row, |x| x)
+}
+
 super::multiversion! {
     /// Softmax of each `cols`-wide row, in place.
     pub(crate) fn softmax_rows(xs: &mut [f32], cols: usize) {
         for row in xs.chunks_exact_mut(cols) {
-            let mut m16 = [f32::NEG_INFINITY; 16];
-            let chunks = row.chunks_exact(16);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for i in 0..16 {
-                    m16[i] = m16[i].max(c[i]);
-                }
-            }
-            let m = m16.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            for x in row.iter_mut() {
-                *x = exp(*x - m);
-            }
-            let inv = 1.0 / sum16(row, |x| x);
+            let inv = exp_row(row);
             for x in row.iter_mut() {
                 *x *= inv;
+            }
+        }
+    }
+}
+
+super::multiversion! {
+    /// Softmax of each `cols`-wide row of `xs` rounded to bf16 into `p`'s rows (stride `sp`,
+    /// the first `cols` of each): the values [`softmax_rows`] then rounding would give, in one
+    /// pass less (`xs` is left holding the unscaled exponentials).
+    pub(crate) fn softmax_rows_bf16(xs: &mut [f32], cols: usize, p: &mut [u16], sp: usize) {
+        for (row, p) in xs.chunks_exact_mut(cols).zip(p.chunks_exact_mut(sp)) {
+            let inv = exp_row(row);
+            for (q, &x) in p[..cols].iter_mut().zip(row.iter()) {
+                *q = super::bf16::to_bf16(x * inv);
             }
         }
     }
@@ -271,6 +294,17 @@ mod tests {
             for i in 0..37 {
                 assert!((p[i] - s[i].exp() / z).abs() < 1e-6);
             }
+        }
+        // The bf16 variant: the same probabilities rounded, into rows of a wider stride whose
+        // padding it leaves alone.
+        let mut scratch = src.clone();
+        let mut p = vec![7u16; 3 * 40];
+        softmax_rows_bf16(&mut scratch, 37, &mut p, 40);
+        for (want, got) in sm.chunks(37).zip(p.chunks(40)) {
+            for i in 0..37 {
+                assert_eq!(got[i], crate::kernels::bf16::to_bf16(want[i]), "{i}");
+            }
+            assert_eq!(got[37..], [7, 7, 7]);
         }
     }
 }
