@@ -471,10 +471,13 @@ pub(crate) unsafe fn amx_panel(
                 let at =
                     (row / 16) * 16 * kp + (col0 / K_ALIGN) * 16 * K_ALIGN + (row % 16) * K_ALIGN;
                 for s in 0..width / K_ALIGN {
-                    round_row(
-                        &block[i * PANEL + s * K_ALIGN..][..K_ALIGN],
-                        std::slice::from_raw_parts_mut(q.add(at + s * 16 * K_ALIGN), K_ALIGN),
-                    );
+                    // Inline (not `round_row`'s dispatch per 32 values): this function is
+                    // compiled for AVX-512, so the loop is one vector pass.
+                    let src = &block[i * PANEL + s * K_ALIGN..][..K_ALIGN];
+                    let dst = std::slice::from_raw_parts_mut(q.add(at + s * 16 * K_ALIGN), K_ALIGN);
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        *d = to_bf16(x);
+                    }
                 }
             }
         }
