@@ -138,25 +138,41 @@ pub(crate) fn layer_norm(src: &[f32], dst: &mut [f32], w: &[f32], b: &[f32], eps
         .for_each(|(d, s)| layer_norm_rows(s, d, w, b, eps));
 }
 
-/// `row[i] = e^(row[i] − max)`, returning `1 / Σ` (the softmax's scale).
+/// `row[i] = e^(row[i] − max)`, returning `1 / Σ` (the softmax's scale). The row's last
+/// `len % 16` values go through the same 16-lane body, padded (an attention row of 197 scores
+/// left 5 to scalar code that cost about a third of the row's vector work), and the sum is taken
+/// in the exponentials' pass.
 #[inline(always)]
 fn exp_row(row: &mut [f32]) -> f32 {
-    let mut m16 = [f32::NEG_INFINITY; 16];
-    let chunks = row.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
+    let full = row.len() / 16 * 16;
+    let (body, rest) = row.split_at_mut(full);
+    let mut tail = [f32::NEG_INFINITY; 16];
+    tail[..rest.len()].copy_from_slice(rest);
+    // `>` rather than `f32::max`: no NaN handling in the loop (a NaN score makes a NaN row
+    // either way).
+    let mut m16 = tail;
+    for c in body.chunks_exact(16) {
         for i in 0..16 {
-            m16[i] = m16[i].max(c[i]);
+            m16[i] = if c[i] > m16[i] { c[i] } else { m16[i] };
         }
     }
     let m = m16
         .iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for x in row.iter_mut() {
-        *x = exp(*x - m);
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut acc = [0f32; 16];
+    for c in body.chunks_exact_mut(16) {
+        for i in 0..16 {
+            c[i] = exp(c[i] - m);
+            acc[i] += c[i];
+        }
     }
-    1.0 / sum16(row, |x| x)
+    for i in 0..16 {
+        tail[i] = exp(tail[i] - m);
+        // The padding lanes (e^-87 after `exp`'s clamp, not 0) stay out of the sum.
+        acc[i] += if i < rest.len() { tail[i] } else { 0.0 };
+    }
+    rest.copy_from_slice(&tail[..rest.len()]);
+    1.0 / acc.iter().sum::<f32>()
 }
 
 super::multiversion! {
@@ -287,14 +303,27 @@ mod tests {
                 assert!((d[i] - want).abs() < 1e-5);
             }
         }
-        let mut sm = src.clone();
-        softmax_rows(&mut sm, 37);
-        for (s, p) in src.chunks(37).zip(sm.chunks(37)) {
-            let z: f32 = s.iter().map(|x| x.exp()).sum();
-            for i in 0..37 {
-                assert!((p[i] - s[i].exp() / z).abs() < 1e-6);
+        // Rows shorter than, equal to, and past a 16-lane body, with and without a tail.
+        for cols in [5, 16, 37, 197] {
+            let x: Vec<f32> = (0..3 * cols)
+                .map(|i| (i as f32 * 0.37).sin() * 9.0)
+                .collect();
+            let mut sm = x.clone();
+            softmax_rows(&mut sm, cols);
+            for (s, p) in x.chunks(cols).zip(sm.chunks(cols)) {
+                let z: f64 = s.iter().map(|&x| (x as f64).exp()).sum();
+                for i in 0..cols {
+                    let want = (s[i] as f64).exp() / z;
+                    assert!(
+                        (p[i] as f64 - want).abs() < 1e-6,
+                        "{cols}: {} vs {want}",
+                        p[i]
+                    );
+                }
             }
         }
+        let mut sm = src.clone();
+        softmax_rows(&mut sm, 37);
         // The bf16 variant: the same probabilities rounded, into rows of a wider stride whose
         // padding it leaves alone.
         let mut scratch = src.clone();
