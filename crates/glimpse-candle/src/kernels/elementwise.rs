@@ -71,6 +71,27 @@ fn act_one(a: Act, x: f32) -> f32 {
     }
 }
 
+/// `dst[i] = round(act(src[i]))` (no activation: `round(src[i])`), one straight loop per
+/// activation so each vectorises in the caller's target features (a matmul epilogue that rounds
+/// its output for the next layer).
+#[inline(always)]
+pub(crate) fn activate_rounding(
+    act: Option<Act>,
+    src: &[f32],
+    dst: &mut [u16],
+    round: impl Fn(f32) -> u16,
+) {
+    let pairs = dst.iter_mut().zip(src);
+    match act {
+        None => pairs.for_each(|(d, &x)| *d = round(x)),
+        Some(Act::QuickGelu) => pairs.for_each(|(d, &x)| *d = round(act_one(Act::QuickGelu, x))),
+        Some(Act::GeluErf) => pairs.for_each(|(d, &x)| *d = round(act_one(Act::GeluErf, x))),
+        Some(Act::GeluTanh) => pairs.for_each(|(d, &x)| *d = round(act_one(Act::GeluTanh, x))),
+        Some(Act::Relu) => pairs.for_each(|(d, &x)| *d = round(act_one(Act::Relu, x))),
+        Some(Act::Silu) => pairs.for_each(|(d, &x)| *d = round(act_one(Act::Silu, x))),
+    }
+}
+
 super::multiversion! {
     pub(crate) fn activate_chunk(act: Act, c: &mut [f32]) {
         // One loop per variant so each is a straight-line vectorised body.
