@@ -43,9 +43,9 @@ pub(crate) fn block_rows(row_bytes: usize) -> usize {
 /// 16 rows × 64 bytes, contiguous. A 32-row block then starts where it would in row-major order
 /// (`row · kp`), each tile is one 1 kB run instead of 16 lines a row apart, and a step moves on
 /// 1 kB. In a stand-alone AMX loop over ViT-B/16's shapes this was 10 % faster at `k` 768 (rows
-/// 1.5 kB apart put a tile's 16 lines on up to seven pages). The bf16 rounding pass writes this
-/// order directly; this function states it for the tests.
-#[cfg(test)]
+/// 1.5 kB apart put a tile's 16 lines on up to seven pages). Consecutive steps of one row are
+/// 16 tile rows (`16 · per_step` values) apart.
+#[inline(always)]
 pub(crate) fn tile_order(row: usize, kk: usize, kp: usize, per_step: usize) -> usize {
     let (group, i) = (row / 16, row % 16);
     let (step, j) = (kk / per_step, kk % per_step);

@@ -409,13 +409,15 @@ pub(crate) unsafe fn amx_panel(
     let steps = kp * 2 / K_BYTES;
     let chunk = crate::kernels::amx::k_chunk(steps);
     let halves = live.div_ceil(32);
+    // The operands' layout in bytes: an A tile's row stride and its step; a B half's offset
+    // (in u16), its tile row stride and the second tile's offset.
+    let ((a_tile, a_step), (b_half, ldb, b_next)) = if tiled {
+        ((K_BYTES, 16 * K_BYTES), (1024, 64, 1024))
+    } else {
+        ((lda * 2, K_BYTES), (64, PANEL_ROW, 64))
+    };
     for r in (0..m).step_by(ROWS) {
         let h = (m - r).min(ROWS);
-        let (a_tile, a_step) = if tiled {
-            (K_BYTES, 16 * K_BYTES)
-        } else {
-            (lda * 2, K_BYTES)
-        };
         let mut s0 = 0;
         while s0 < steps {
             let n = chunk.min(steps - s0);
@@ -425,10 +427,9 @@ pub(crate) unsafe fn amx_panel(
                     lda: a_tile,
                     a_step,
                     a_half: 16 * lda * 2,
-                    b: (b.add(half * if tiled { 1024 } else { 64 }) as *const u8)
-                        .add(s0 * 16 * PANEL_ROW),
-                    ldb: if tiled { 64 } else { PANEL_ROW },
-                    b_next: if tiled { 1024 } else { 64 },
+                    b: (b.add(half * b_half) as *const u8).add(s0 * 16 * PANEL_ROW),
+                    ldb,
+                    b_next,
                     steps: n,
                 }
                 .run(Op::Bf16, acc, s0 > 0);
@@ -471,7 +472,7 @@ pub(crate) unsafe fn amx_panel(
         let width = (kp - col0).min(PANEL);
         for i in 0..h {
             let row = row0 + r + i;
-            let at = (row / 16) * 16 * kp + (col0 / K_ALIGN) * 16 * K_ALIGN + (row % 16) * K_ALIGN;
+            let at = crate::kernels::amx::tile_order(row, col0, kp, K_ALIGN);
             for s in 0..width / K_ALIGN {
                 // Inline (not `round_row`'s dispatch per 32 values): this function is
                 // compiled for AVX-512, so the loop is one vector pass.
