@@ -89,9 +89,10 @@ struct Bf16Rows {
 }
 
 impl Bf16Rows {
-    /// A buffer for `rows` rows of `k` in tile order, to be written by a layer's epilogue.
-    fn empty(k: usize, kp: usize, rows: usize) -> Self {
-        let key = !k;
+    /// A buffer for `rows` rows of `k` (row-major, or in tile order), to be written by a
+    /// layer's epilogue.
+    fn empty(k: usize, kp: usize, rows: usize, tiled: bool) -> Self {
+        let key = if tiled { !k } else { k };
         let a = SPARE_A.with(|s| s.take(key, rows * kp));
         Bf16Rows { key, a }
     }
@@ -182,15 +183,54 @@ pub(crate) fn matmul(
     let rounded = Bf16Rows::new(x, k, kp, rows, amx);
     if amx {
         let out = crate::kernels::schedule::SharedOut::new(dst);
-        amx_matmul(&rounded.a, m, w, bias, AmxOut::F32(out, accumulate), act);
+        amx_matmul(&rounded.a, m, w, bias, LayerOut::F32(out, accumulate), act);
         return;
     }
-    let a = &rounded.a;
     let out = crate::kernels::schedule::SharedOut::new(dst);
-    let fast = kernel == Bf16Kernel::Avx512Bf16;
+    tile_matmul(&rounded.a, m, w, bias, LayerOut::F32(out, accumulate), act);
+}
+
+/// The register-tile layer (AVX-512 BF16, or the portable tile) over `m` row-major rounded rows
+/// of `a` (rows of `w.kp`), by row blocks of at most [`MB`] × panels, into `out`.
+fn tile_matmul(
+    a: &[u16],
+    m: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+    out: LayerOut,
+    act: Option<Act>,
+) {
+    let kp = w.kp;
+    debug_assert!(a.len() >= m * kp);
+    let fast = w.kernel == Bf16Kernel::Avx512Bf16;
     crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
         let live = (w.n - c0).min(PANEL);
+        let (c, add_dst) = match out {
+            LayerOut::F32(c, add_dst) => (c, add_dst),
+            LayerOut::Rounded(q, qp) => {
+                assert!(fast, "rounded outputs run on AVX-512 BF16 or AMX");
+                for (r, h) in crate::kernels::schedule::row_tiles(rows.clone(), MR) {
+                    let t = Tile {
+                        a: a[r * kp..].as_ptr(),
+                        lda: kp,
+                        b: w.data[p * PANEL * kp..].as_ptr(),
+                        ldb: PANEL * 2,
+                        pairs: kp / 2,
+                        c: std::ptr::null_mut(),
+                        ldc: 0,
+                        live,
+                        bias: bias.map(|b| b[c0..].as_ptr()),
+                        add_dst: false,
+                    };
+                    // SAFETY: as below (the AVX-512 BF16 tile: `fast`); the tile's rows
+                    // `r..r + h` of the rounded output, columns `c0..c0 + live` (`n` ≤ `qp`),
+                    // belong to this task alone.
+                    unsafe { t.run_rounded(h, act, q.at(r * qp + c0), qp) };
+                }
+                return;
+            }
+        };
         for (r, h) in crate::kernels::schedule::row_tiles(rows.clone(), MR) {
             let t = Tile {
                 a: a[r * kp..].as_ptr(),
@@ -198,11 +238,11 @@ pub(crate) fn matmul(
                 b: w.data[p * PANEL * kp..].as_ptr(),
                 ldb: PANEL * 2,
                 pairs: kp / 2,
-                c: out.at(r * w.n + c0),
+                c: c.at(r * w.n + c0),
                 ldc: w.n,
                 live,
                 bias: bias.map(|b| b[c0..].as_ptr()),
-                add_dst: accumulate,
+                add_dst,
             };
             // SAFETY: rows `r..r + h` of `a` (rows of `kp`) and `dst`, and the panel's `kp / 2`
             // pair rows, are in range (`par_tiles` stays below `m` and the panel count); the
@@ -222,23 +262,17 @@ pub(crate) fn matmul(
             // SAFETY: rows `rows` of panel `p`'s live columns lie inside `dst` and belong to
             // this task alone.
             unsafe {
-                crate::kernels::activate_tile(
-                    a,
-                    out.at(rows.start * w.n + c0),
-                    w.n,
-                    rows.len(),
-                    live,
-                )
+                crate::kernels::activate_tile(a, c.at(rows.start * w.n + c0), w.n, rows.len(), live)
             };
         }
     });
 }
 
-/// Where [`amx_matmul`] puts a layer's output: f32 rows of `n` (added to with `true`), or
-/// rounded to bf16 in tile order as the next layer's input, rows of `kp` (`n` rounded up to
-/// whole tile steps).
+/// Where [`amx_matmul`] or [`tile_matmul`] puts a layer's output: f32 rows of `n` (added to with
+/// `true`), or rounded to bf16 as the next layer's input (tile order on AMX, row-major for the
+/// tile), rows of `kp` (`n` rounded up to whole tile steps).
 #[derive(Clone, Copy)]
-enum AmxOut {
+enum LayerOut {
     F32(crate::kernels::schedule::SharedOut, bool),
     Rounded(crate::kernels::schedule::SharedOut<u16>, usize),
 }
@@ -250,7 +284,7 @@ fn amx_matmul(
     m: usize,
     w: &Bf16Weight,
     bias: Option<&[f32]>,
-    out: AmxOut,
+    out: LayerOut,
     act: Option<Act>,
 ) {
     let (kp, n) = (w.kp, w.n);
@@ -263,12 +297,12 @@ fn amx_matmul(
         |rows, p| {
             let c0 = p * PANEL;
             let to = match out {
-                AmxOut::F32(c, add_dst) => PanelOut::F32 {
+                LayerOut::F32(c, add_dst) => PanelOut::F32 {
                     c: c.at(rows.start * n + c0),
                     ldc: n,
                     add_dst,
                 },
-                AmxOut::Rounded(q, kp) => PanelOut::Rounded {
+                LayerOut::Rounded(q, kp) => PanelOut::Rounded {
                     q: q.at(0),
                     kp,
                     row0: rows.start,
@@ -298,20 +332,21 @@ fn amx_matmul(
     );
 }
 
-/// A bf16 layer's output, rounded and laid out as the next bf16 layer's input (AMX only): made
-/// by [`matmul_to_rounded`], read by [`matmul_rounded`]. The same bf16 values that layer would
-/// round from the f32 output, without writing and reading that output.
+/// A bf16 layer's output, rounded and laid out as the next bf16 layer's input (in tile order for
+/// AMX, row-major for the AVX-512 BF16 tile): made by [`matmul_to_rounded`], read by
+/// [`matmul_rounded`]. The same bf16 values that layer would round from the f32 output, without
+/// writing and reading that output.
 pub(crate) struct Rounded {
     rows: Bf16Rows,
     m: usize,
     k: usize,
 }
 
-/// Whether `w`'s output can go straight to `next` as a [`Rounded`]: both laid out for AMX and
-/// `next` reads `w`'s `n` columns.
+/// Whether `w`'s output can go straight to `next` as a [`Rounded`]: both laid out for the same
+/// fast kernel (AMX or AVX-512 BF16; not the portable tile) and `next` reads `w`'s `n` columns.
 pub(crate) fn chains(w: &Bf16Weight, next: &Bf16Weight) -> bool {
-    w.kernel == Bf16Kernel::Amx
-        && next.kernel == Bf16Kernel::Amx
+    matches!(w.kernel, Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16)
+        && next.kernel == w.kernel
         && next.kp == w.n.div_ceil(K_ALIGN) * K_ALIGN
 }
 
@@ -323,14 +358,27 @@ pub(crate) fn matmul_to_rounded(
     bias: Option<&[f32]>,
     act: Option<Act>,
 ) -> Rounded {
-    assert_eq!(w.kernel, Bf16Kernel::Amx, "rounded outputs are an AMX path");
+    let amx = w.kernel == Bf16Kernel::Amx;
+    assert!(
+        amx || w.kernel == Bf16Kernel::Avx512Bf16,
+        "rounded outputs run on AMX or AVX-512 BF16"
+    );
     let m = x.len() / k;
-    let rows = m.next_multiple_of(crate::kernels::amx::ROWS);
-    let input = Bf16Rows::new(x, k, w.kp, rows, true);
+    let rows = if amx {
+        m.next_multiple_of(crate::kernels::amx::ROWS)
+    } else {
+        m
+    };
+    let input = Bf16Rows::new(x, k, w.kp, rows, amx);
     let kp = w.n.div_ceil(K_ALIGN) * K_ALIGN;
-    let mut output = Bf16Rows::empty(w.n, kp, rows);
+    let mut output = Bf16Rows::empty(w.n, kp, rows, amx);
     let q = crate::kernels::schedule::SharedOut::new(&mut output.a);
-    amx_matmul(&input.a, m, w, bias, AmxOut::Rounded(q, kp), act);
+    let out = LayerOut::Rounded(q, kp);
+    if amx {
+        amx_matmul(&input.a, m, w, bias, out, act);
+    } else {
+        tile_matmul(&input.a, m, w, bias, out, act);
+    }
     Rounded {
         rows: output,
         m,
@@ -347,11 +395,18 @@ pub(crate) fn matmul_rounded(
     accumulate: bool,
     act: Option<Act>,
 ) {
-    assert!(w.kernel == Bf16Kernel::Amx && x.k.div_ceil(K_ALIGN) * K_ALIGN == w.kp);
+    let amx = w.kernel == Bf16Kernel::Amx;
+    // The layout the rows were made in (`!k` keys tile order) must be the one `w` reads.
+    assert_eq!(x.rows.key, if amx { !x.k } else { x.k });
+    assert!(x.k.div_ceil(K_ALIGN) * K_ALIGN == w.kp);
     assert!(act.is_none() || !accumulate);
     assert_eq!(dst.len(), x.m * w.n);
-    let out = crate::kernels::schedule::SharedOut::new(dst);
-    amx_matmul(&x.rows.a, x.m, w, bias, AmxOut::F32(out, accumulate), act);
+    let out = LayerOut::F32(crate::kernels::schedule::SharedOut::new(dst), accumulate);
+    if amx {
+        amx_matmul(&x.rows.a, x.m, w, bias, out, act);
+    } else {
+        tile_matmul(&x.rows.a, x.m, w, bias, out, act);
+    }
 }
 
 /// Where [`amx_panel`] stores its `m × live` results: f32 at `c`, row stride `ldc` (added to
@@ -735,6 +790,7 @@ pub(crate) fn has_bf16() -> bool {
 /// `c[i·ldc + j] = (c[i·ldc + j] if add_dst) + bias[j] + Σ_kk a[i·lda + kk] · B[kk][j]` for
 /// `j < live`, with `B[kk][j]` at `b[(kk / 2)·ldb + 2j + kk % 2]` (the panel layout) and `kk` over
 /// `2·pairs`. All 64 columns of `b` are read; only `live` are stored.
+#[derive(Clone, Copy)]
 pub(crate) struct Tile {
     pub a: *const u16,
     pub lda: usize,
@@ -777,6 +833,38 @@ impl Tile {
             2 => self.avx512::<2>(),
             _ => self.avx512::<1>(),
         }
+    }
+
+    /// The tile's `h` rows into a stack block (its `c`, `ldc` and `add_dst` are not used), then
+    /// `act` and bf16 rounding of its `live` columns into `q` (rows of `qp`): what
+    /// [`Tile::run_rows`], [`crate::kernels::activate_tile`] and [`Bf16Rows::new`] give in three
+    /// passes over the f32 output, bit for bit.
+    ///
+    /// # Safety
+    /// As [`Tile::run_rows`]; `h` rows of `live` values at `q`, stride `qp`, are this caller's.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(crate) unsafe fn run_rounded(&self, h: usize, act: Option<Act>, q: *mut u16, qp: usize) {
+        let mut block = std::mem::MaybeUninit::<[f32; MR * PANEL]>::uninit();
+        let c = block.as_mut_ptr() as *mut f32;
+        Tile {
+            c,
+            ldc: PANEL,
+            add_dst: false,
+            ..*self
+        }
+        .run_rows(h);
+        for i in 0..h {
+            // The tile stored rows `0..h`, columns `0..live` of the block.
+            let src = std::slice::from_raw_parts(c.add(i * PANEL), self.live);
+            let dst = std::slice::from_raw_parts_mut(q.add(i * qp), self.live);
+            crate::kernels::activate_rounding(act, src, dst, to_bf16);
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(crate) unsafe fn run_rounded(&self, _: usize, _: Option<Act>, _: *mut u16, _: usize) {
+        unreachable!("rounded outputs run on AVX-512 BF16 or AMX")
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1019,35 +1107,61 @@ mod tests {
     /// last panel narrower than 64 columns and `n` not a whole number of tile steps.
     #[test]
     fn rounded_output_feeds_the_next_layer_exactly() {
-        if Kernels::choose(Precision::Bf16).bf16 != Bf16Kernel::Amx {
-            eprintln!("no AMX here: nothing to chain");
+        // The kernels that chain here: AMX where the CPU has it, the AVX-512 BF16 tile where
+        // the CPU has that (an AMX CPU has both).
+        let mut fast = Vec::new();
+        if Kernels::choose(Precision::Bf16).bf16 == Bf16Kernel::Amx {
+            fast.push(Bf16Kernel::Amx);
+        }
+        if has_bf16() {
+            fast.push(Bf16Kernel::Avx512Bf16);
+        }
+        if fast.is_empty() {
+            eprintln!("no AMX or AVX-512 BF16 here: nothing to chain");
             return;
         }
-        let amx = Bf16Kernel::Amx;
-        for (m, k, n, n2) in [(13, 41, 150, 70), (70, 768, 100, 33), (600, 64, 96, 64)] {
-            let (x, w1, b1) = crate::kernels::test_support::test_operands(m, k, n);
-            let (_, w2, b2) = crate::kernels::test_support::test_operands(m, n, n2);
-            let (l1, l2) = (
-                Bf16Weight::new(&w1, n, k, amx),
-                Bf16Weight::new(&w2, n2, n, amx),
-            );
-            assert!(chains(&l1, &l2));
-            // Not onto a layer reading another width, nor one laid out for another kernel.
-            assert!(!chains(&l1, &l1));
-            assert!(!chains(
-                &l1,
-                &Bf16Weight::new(&w2, n2, n, Bf16Kernel::Scalar)
-            ));
-            for act in [None, Some(Act::GeluErf), Some(Act::QuickGelu)] {
-                let mut mid = vec![0f32; m * n];
-                matmul(&x, k, &l1, Some(&b1), &mut mid, false, act);
-                let mut want = vec![0.25f32; m * n2];
-                matmul(&mid, n, &l2, Some(&b2), &mut want, true, None);
-                let rounded = matmul_to_rounded(&x, k, &l1, Some(&b1), act);
-                let mut got = vec![0.25f32; m * n2];
-                matmul_rounded(&rounded, &l2, Some(&b2), &mut got, true, None);
-                assert!(got == want, "m {m} k {k} n {n} n2 {n2} {act:?}");
+        for &kernel in &fast {
+            for (m, k, n, n2) in [
+                (13, 41, 150, 70),
+                (70, 768, 100, 33),
+                (600, 64, 96, 64),
+                (7, 96, 3072, 40),
+            ] {
+                let (x, w1, b1) = crate::kernels::test_support::test_operands(m, k, n);
+                let (_, w2, b2) = crate::kernels::test_support::test_operands(m, n, n2);
+                let (l1, l2) = (
+                    Bf16Weight::new(&w1, n, k, kernel),
+                    Bf16Weight::new(&w2, n2, n, kernel),
+                );
+                assert!(chains(&l1, &l2));
+                // Not onto a layer reading another width, nor one laid out for another kernel.
+                assert!(!chains(&l1, &l1));
+                for other in [Bf16Kernel::Scalar, Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16] {
+                    if other != kernel {
+                        assert!(!chains(&l1, &Bf16Weight::new(&w2, n2, n, other)));
+                    }
+                }
+                let acts = [
+                    None,
+                    Some(Act::GeluErf),
+                    Some(Act::QuickGelu),
+                    Some(Act::GeluTanh),
+                ];
+                for act in acts {
+                    let mut mid = vec![0f32; m * n];
+                    matmul(&x, k, &l1, Some(&b1), &mut mid, false, act);
+                    let mut want = vec![0.25f32; m * n2];
+                    matmul(&mid, n, &l2, Some(&b2), &mut want, true, None);
+                    let rounded = matmul_to_rounded(&x, k, &l1, Some(&b1), act);
+                    let mut got = vec![0.25f32; m * n2];
+                    matmul_rounded(&rounded, &l2, Some(&b2), &mut got, true, None);
+                    assert!(got == want, "{kernel:?} m {m} k {k} n {n} n2 {n2} {act:?}");
+                }
             }
         }
+        // The portable tile never chains.
+        let (_, w, _) = crate::kernels::test_support::test_operands(1, 64, 64);
+        let scalar = Bf16Weight::new(&w, 64, 64, Bf16Kernel::Scalar);
+        assert!(!chains(&scalar, &scalar));
     }
 }
