@@ -16,6 +16,7 @@ use glimpse_core::backend::{PixelBatch, Scoring, ZeroShotModel};
 use glimpse_core::preprocess::PreprocessConfig;
 use glimpse_core::scoring::l2_normalize;
 use glimpse_core::{CoreError, ModelFamily, Result};
+use rayon::prelude::*;
 
 use crate::clip::read_preprocess_config;
 use crate::config::{self, model_err, SiglipConfig, SiglipTextConfig, VisionConfig};
@@ -88,12 +89,19 @@ impl TextTower {
 
 /// The attention-pooling head (`vision_model.head`): a learned probe as the one query of a
 /// `torch.nn.MultiheadAttention` over all tokens, then `x + mlp(layernorm(x))`.
+///
+/// With one fixed query the key and value projections fold away (exact up to f32 rounding):
+/// head `i`'s score of token `x` is `qᵢ·(Kᵢx + bᵢ) = (Kᵢᵀqᵢ)·x + qᵢ·bᵢ`, and the constant
+/// `qᵢ·bᵢ` cancels in the softmax; its output is `Σₜ pₜ(Vᵢxₜ + cᵢ) = Vᵢ(Σₜ pₜxₜ) + cᵢ` (the
+/// `pₜ` sum to 1). So a token costs `heads` dot products instead of a `[2h, h]` projection (at
+/// batch 8: 1.85 GFLOP, 2–3 % of a bf16 pass), and V runs once per (image, head).
 #[derive(Debug, Clone)]
 struct MapHead {
-    /// The probe's query, projected and scaled by 1/√head_dim once at load: `[hidden]`.
-    query: Vec<f32>,
-    /// K and V projections as one `[2h, h]` layer.
-    kv: Dense,
+    /// `Kᵢᵀqᵢ` per head, `[heads, h]`, with the probe's query projected and scaled by
+    /// 1/√head_dim at load: each token's `heads` scores in one `[h] → [heads]` layer.
+    keys: Dense,
+    /// The value projection `[h, h]` with its bias.
+    values: Dense,
     out: Dense,
     norm: Norm,
     fc1: Dense,
@@ -106,6 +114,7 @@ impl MapHead {
     fn new(cfg: &VisionConfig, vb: VarBuilder, kernels: Kernels) -> candle_core::Result<Self> {
         let h = cfg.encoder.hidden_size;
         let heads = cfg.encoder.num_attention_heads;
+        let d = h / heads;
         let randn = Init::Randn {
             mean: 0.0,
             stdev: INIT_STD,
@@ -115,19 +124,22 @@ impl MapHead {
         let w = a.get_with_hints((3 * h, h), "in_proj_weight", randn)?;
         let b = a.get_with_hints(3 * h, "in_proj_bias", Init::Const(0.0))?;
         let q = Linear::new(w.narrow(0, 0, h)?, Some(b.narrow(0, 0, h)?));
-        let scale = ((h / heads) as f64).powf(-0.5);
-        let query = (q.forward(&probe.unsqueeze(0)?)? * scale)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let kv = Linear::new(w.narrow(0, h, 2 * h)?, Some(b.narrow(0, h, 2 * h)?));
+        let scale = (d as f64).powf(-0.5);
+        let query = (q.forward(&probe.unsqueeze(0)?)? * scale)?;
+        // [heads, 1, d] · [heads, d, h] → [heads, h]: row i is Kᵢᵀqᵢ.
+        let keys = query
+            .reshape((heads, 1, d))?
+            .matmul(&w.narrow(0, h, h)?.reshape((heads, d, h))?)?
+            .reshape((heads, h))?;
+        let values = Linear::new(w.narrow(0, 2 * h, h)?, Some(b.narrow(0, 2 * h, h)?));
         let f32k = kernels.at(Precision::F32);
         let out = linear(h, h, a.pp("out_proj"))?;
         let norm = layer_norm(h, cfg.encoder.layer_norm_eps, vb.pp("layernorm"))?;
         let fc1 = linear(h, cfg.encoder.intermediate_size, vb.pp("mlp.fc1"))?;
         let fc2 = linear(cfg.encoder.intermediate_size, h, vb.pp("mlp.fc2"))?;
         Ok(MapHead {
-            query,
-            kv: Dense::from_linear(&kv, f32k)?,
+            keys: Dense::from_linear(&Linear::new(keys, None), f32k)?,
+            values: Dense::from_linear(&values, f32k)?,
             out: Dense::from_linear(&out, f32k)?,
             norm: Norm::new(&norm)?,
             fc1: Dense::from_linear(&fc1, f32k)?,
@@ -139,31 +151,30 @@ impl MapHead {
 
     /// `tokens`: `[batch·seq, h]` (after the post-layernorm); returns `[batch, h]`.
     fn forward(&self, tokens: &[f32], batch: usize, seq: usize) -> Vec<f32> {
-        let h = self.query.len();
-        let d = h / self.heads;
-        let mut kv = vec![0f32; batch * seq * 2 * h];
-        self.kv.forward(tokens, &mut kv, false);
-        let mut attn = vec![0f32; batch * h];
-        let mut scores = vec![0f32; seq];
-        for b in 0..batch {
-            for head in 0..self.heads {
-                let q = &self.query[head * d..(head + 1) * d];
-                for (t, s) in scores.iter_mut().enumerate() {
-                    let k = &kv[(b * seq + t) * 2 * h + head * d..][..d];
-                    *s = q.iter().zip(k).map(|(x, y)| x * y).sum();
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                scores.iter_mut().for_each(|s| {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                });
-                let dst = &mut attn[b * h + head * d..][..d];
-                for (t, &p) in scores.iter().enumerate() {
-                    let v = &kv[(b * seq + t) * 2 * h + h + head * d..][..d];
-                    dst.iter_mut().zip(v).for_each(|(o, x)| *o += p / sum * x);
-                }
+        let (h, heads) = (self.values.out_features(), self.heads);
+        let d = h / heads;
+        let mut scores = vec![0f32; batch * seq * heads];
+        self.keys.forward(tokens, &mut scores, false);
+        // Per (image, head): softmax over the tokens, then the weighted mean of the tokens.
+        let mut pooled = vec![0f32; batch * heads * h];
+        pooled.par_chunks_mut(h).enumerate().for_each(|(i, z)| {
+            let (b, head) = (i / heads, i % heads);
+            let s = |t: usize| scores[(b * seq + t) * heads + head];
+            let max = (0..seq).map(s).fold(f32::NEG_INFINITY, f32::max);
+            let p: Vec<f32> = (0..seq).map(|t| (s(t) - max).exp()).collect();
+            let sum: f32 = p.iter().sum();
+            for (t, p) in p.iter().enumerate() {
+                let (p, x) = (p / sum, &tokens[(b * seq + t) * h..][..h]);
+                z.iter_mut().zip(x).for_each(|(z, x)| *z += p * x);
             }
+        });
+        // Every head's mean through the whole V; head i keeps its own d columns.
+        let mut v = vec![0f32; batch * heads * h];
+        self.values.forward(&pooled, &mut v, false);
+        let mut attn = vec![0f32; batch * h];
+        for (i, v) in v.chunks_exact(h).enumerate() {
+            let (b, head) = (i / heads, i % heads);
+            attn[b * h + head * d..][..d].copy_from_slice(&v[head * d..][..d]);
         }
         let mut x = vec![0f32; batch * h];
         self.out.forward(&attn, &mut x, false);
