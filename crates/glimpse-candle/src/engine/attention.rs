@@ -41,6 +41,12 @@ impl AttentionKernel {
         }
     }
 
+    /// Whether this kernel takes Q, K and V already rounded to bf16 ([`attention_bf16_rows`]):
+    /// the bf16 tile off AMX, where the QKV layer's epilogue can round them.
+    pub(crate) fn reads_bf16(self) -> bool {
+        self == AttentionKernel::Bf16Tile { amx: false }
+    }
+
     /// softmax(Q·Kᵀ)·V per (image, head), straight out of the fused `[t, 3h]` buffer into
     /// `out` `[t, h]` (heads side by side, the layout the output projection reads).
     pub(crate) fn run(
@@ -353,43 +359,170 @@ fn attention_bf16_d64(
                         bf16::amx_panel(s.p.as_ptr(), false, sp, sp, v, seq, D, to, None, None);
                         return;
                     }
-                    for p in 0..panels {
-                        for (r, rows) in row_tiles(0..seq, bf16::MR) {
-                            bf16::Tile {
-                                a: s.q.as_ptr().add(r * D),
-                                lda: D,
-                                b: (s.kt.as_ptr() as *const u16).add(p * D * D),
-                                ldb: 2 * D,
-                                pairs: D / 2,
-                                c: s.scores.as_mut_ptr().add(r * seq + p * D),
-                                ldc: seq,
-                                live: (seq - p * D).min(D),
-                                bias: None,
-                                add_dst: false,
-                            }
-                            .run_rows(rows);
-                        }
-                    }
-                    kernels::softmax_rows_bf16(&mut s.scores, seq, &mut s.p, sp);
                     let o = dst.at(b * seq * h + hd * D);
-                    for (r, rows) in row_tiles(0..seq, bf16::MR) {
-                        bf16::Tile {
-                            a: s.p.as_ptr().add(r * sp),
-                            lda: sp,
-                            b: s.v.as_ptr() as *const u16,
-                            ldb: 2 * D,
-                            pairs: sp / 2,
-                            c: o.add(r * h),
-                            ldc: h,
-                            live: D,
-                            bias: None,
-                            add_dst: false,
-                        }
-                        .run_rows(rows);
-                    }
+                    bf16_tiles(
+                        s.q.as_ptr(),
+                        D,
+                        &s.kt,
+                        &mut s.scores,
+                        &mut s.p,
+                        &s.v,
+                        seq,
+                        o,
+                        h,
+                    );
                 }
             },
         ));
+}
+
+/// One (image, head) of the AVX-512 BF16 attention once its operands are bf16: Q (`seq` rows at
+/// stride `lda`) times the Kᵀ panels into `scores`, the softmax rounded into `p` (rows of
+/// `sp`), `p` times V (pairs of tokens) into `o` (`seq` rows of 64 at stride `ldo`).
+///
+/// # Safety
+/// AVX-512 BF16; `q` holds `seq` rows of 64 at stride `lda`, `kt` whole 64 × 64 panels over
+/// `seq`, `scores` `seq × seq`, `p` `seq` rows of `sp` (an even length ≥ `seq`, padding zero),
+/// `v` `sp / 2` pair rows of 64; `o`'s rows are the caller's alone.
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_tiles(
+    q: *const u16,
+    lda: usize,
+    kt: &[u32],
+    scores: &mut [f32],
+    p: &mut [u16],
+    v: &[u32],
+    seq: usize,
+    o: *mut f32,
+    ldo: usize,
+) {
+    const D: usize = f32k::PANEL;
+    let sp = p.len() / seq;
+    for panel in 0..seq.div_ceil(D) {
+        for (r, rows) in row_tiles(0..seq, bf16::MR) {
+            bf16::Tile {
+                a: q.add(r * lda),
+                lda,
+                b: (kt.as_ptr() as *const u16).add(panel * D * D),
+                ldb: 2 * D,
+                pairs: D / 2,
+                c: scores.as_mut_ptr().add(r * seq + panel * D),
+                ldc: seq,
+                live: (seq - panel * D).min(D),
+                bias: None,
+                add_dst: false,
+            }
+            .run_rows(rows);
+        }
+    }
+    kernels::softmax_rows_bf16(scores, seq, p, sp);
+    for (r, rows) in row_tiles(0..seq, bf16::MR) {
+        bf16::Tile {
+            a: p.as_ptr().add(r * sp),
+            lda: sp,
+            b: v.as_ptr() as *const u16,
+            ldb: 2 * D,
+            pairs: sp / 2,
+            c: o.add(r * ldo),
+            ldc: ldo,
+            live: D,
+            bias: None,
+            add_dst: false,
+        }
+        .run_rows(rows);
+    }
+}
+
+/// [`AttentionKernel::Bf16Tile`] off AMX on a QKV output already rounded to bf16: `qkv` holds
+/// `batch·seq` rows of `3h` values at stride `ld` ([`crate::kernels::bf16::Rounded::rows`]).
+/// Q is read in place; Kᵀ and V are regrouped into pairs as [`attention_bf16_d64`] does. The
+/// same bf16 operands, so the same output, bit for bit.
+pub(crate) fn attention_bf16_rows(
+    qkv: &[u16],
+    ld: usize,
+    out: &mut [f32],
+    batch: usize,
+    seq: usize,
+    h: usize,
+    heads: usize,
+) {
+    const D: usize = f32k::PANEL;
+    assert!(
+        bf16::has_bf16(),
+        "the bf16 attention tile needs AVX-512 BF16"
+    );
+    assert_eq!(h, heads * D);
+    assert!(ld >= 3 * h && qkv.len() >= batch * seq * ld && out.len() >= batch * seq * h);
+    let panels = seq.div_ceil(D);
+    let sp = seq.div_ceil(2) * 2;
+    let dst = SharedOut::new(out);
+    (0..batch * heads)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(per_thread(
+            [seq, sp, 1],
+            || Bf16RowsScratch {
+                kt: vec![0u32; panels * D * D / 2],
+                scores: vec![0f32; seq * seq],
+                p: vec![0u16; seq * sp],
+                v: vec![0u32; sp / 2 * D],
+            },
+            |s, task| {
+                let (b, hd) = (task / heads, task % heads);
+                let base = b * seq * ld + hd * D;
+                for t in 0..seq {
+                    let k = &qkv[base + t * ld + h..][..D];
+                    let (p, j) = (t / D, t % D);
+                    for kk2 in 0..D / 2 {
+                        s.kt[p * D * D / 2 + kk2 * D + j] =
+                            k[2 * kk2] as u32 | (k[2 * kk2 + 1] as u32) << 16;
+                    }
+                }
+                for t in (0..seq).step_by(2) {
+                    let lo = &qkv[base + t * ld + 2 * h..][..D];
+                    let pairs = &mut s.v[(t / 2) * D..][..D];
+                    if t + 1 < seq {
+                        let hi = &qkv[base + (t + 1) * ld + 2 * h..][..D];
+                        for ((o, &a), &b) in pairs.iter_mut().zip(lo).zip(hi) {
+                            *o = a as u32 | (b as u32) << 16;
+                        }
+                    } else {
+                        for (o, &a) in pairs.iter_mut().zip(lo) {
+                            *o = a as u32;
+                        }
+                    }
+                }
+                // SAFETY: AVX-512 BF16 is asserted above; Q is this (image, head)'s `seq` rows
+                // of 64 inside `qkv` (asserted length, stride `ld`); the scratch is sized for
+                // `seq` and `sp`, its padding never written (zero); `o` is this image's rows in
+                // this head's 64 columns of `out`, which no other task writes.
+                unsafe {
+                    let o = dst.at(b * seq * h + hd * D);
+                    bf16_tiles(
+                        qkv.as_ptr().add(base),
+                        ld,
+                        &s.kt,
+                        &mut s.scores,
+                        &mut s.p,
+                        &s.v,
+                        seq,
+                        o,
+                        h,
+                    );
+                }
+            },
+        ));
+}
+
+/// [`attention_bf16_rows`]'s per-thread buffers.
+struct Bf16RowsScratch {
+    /// Kᵀ panels, bf16 pairs as u32.
+    kt: Vec<u32>,
+    scores: Vec<f32>,
+    /// Probabilities, rows padded to an even length with zeros.
+    p: Vec<u16>,
+    /// V, bf16 pairs of tokens as u32.
+    v: Vec<u32>,
 }
 
 struct Bf16Scratch {
@@ -444,6 +577,36 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < tol, "{name} attention {g} vs {w}");
             }
+        }
+    }
+
+    /// The bf16 tile on a QKV output its layer already rounded (rows at a wider stride) gives
+    /// exactly what the tile gives when it rounds the f32 QKV itself.
+    #[test]
+    fn attention_on_rounded_qkv_is_exact() {
+        if !crate::kernels::bf16::has_bf16() {
+            eprintln!("no AVX-512 BF16 here: no rounded-QKV attention");
+            return;
+        }
+        let tile = AttentionKernel::Bf16Tile { amx: false };
+        assert!(tile.reads_bf16() && !AttentionKernel::Bf16Tile { amx: true }.reads_bf16());
+        for (batch, seq, heads) in [(2, 77, 3), (1, 64, 2), (3, 5, 1)] {
+            let h = heads * f32k::PANEL;
+            let qkv: Vec<f32> = (0..batch * seq * 3 * h)
+                .map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0)
+                .collect();
+            let mut want = vec![f32::NAN; batch * seq * h];
+            tile.run(&qkv, &mut want, batch, seq, h, heads);
+            let ld = 3 * h + 32;
+            let mut rows = vec![0u16; batch * seq * ld];
+            for (r, x) in rows.chunks_exact_mut(ld).zip(qkv.chunks_exact(3 * h)) {
+                r.iter_mut()
+                    .zip(x)
+                    .for_each(|(r, &x)| *r = bf16::to_bf16(x));
+            }
+            let mut got = vec![f32::NAN; batch * seq * h];
+            attention_bf16_rows(&rows, ld, &mut got, batch, seq, h, heads);
+            assert!(got == want, "batch {batch} seq {seq} heads {heads}");
         }
     }
 

@@ -146,6 +146,15 @@ impl Dense {
         }
     }
 
+    /// `x·Wᵀ + b` rounded to bf16, row-major ([`bf16::Rounded::rows`]), where this layer runs
+    /// on the AVX-512 BF16 tile ([`bf16::matmul_to_rows`]); `None` otherwise.
+    pub(crate) fn run_to_rows(&self, x: &[f32]) -> Option<bf16::Rounded> {
+        match &self.w {
+            DenseWeight::Bf16(w) => bf16::matmul_to_rows(x, self.k, w, self.bias.as_deref()),
+            _ => None,
+        }
+    }
+
     /// [`Dense::forward`] on the input the layer before made for this one ([`Dense::run_into`]).
     pub(crate) fn forward_rounded(&self, x: &bf16::Rounded, dst: &mut [f32], accumulate: bool) {
         let DenseWeight::Bf16(w) = &self.w else {

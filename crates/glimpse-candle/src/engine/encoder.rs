@@ -4,7 +4,7 @@
 use candle_core::Result;
 use rayon::prelude::*;
 
-use super::attention::AttentionKernel;
+use super::attention::{attention_bf16_rows, AttentionKernel};
 use super::dense::{vec1, Dense, Norm};
 use crate::kernels::{bf16, Act, Kernels};
 use crate::Precision;
@@ -70,8 +70,19 @@ impl Block {
         let h = self.ln1.w.len();
         let t = xs.len() / h;
         self.ln1.forward(xs, &mut s.ln);
+        let batch = t / seq;
+        // bf16 attention on the AVX-512 BF16 tile: QKV's epilogue rounds, and the attention
+        // reads Q, K and V as bf16 (what it would round them to itself).
+        if keep.is_none() && self.attention.reads_bf16() {
+            if let Some(qkv) = self.qkv.run_to_rows(&s.ln) {
+                if let Some((rows, ld)) = qkv.rows() {
+                    attention_bf16_rows(rows, ld, &mut s.ln, batch, seq, h, self.heads);
+                    return;
+                }
+            }
+        }
         self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
-        let (qkv, out, batch) = (&s.qkv, &mut s.ln, t / seq);
+        let (qkv, out) = (&s.qkv, &mut s.ln);
         match keep {
             None => self.attention.run(qkv, out, batch, seq, h, self.heads),
             Some(k) => self

@@ -386,6 +386,38 @@ pub(crate) fn matmul_to_rounded(
     }
 }
 
+/// `x·W + bias` rounded to bf16 in row-major rows of `n` rounded up to whole pairs' tile steps
+/// ([`Rounded::rows`]), for a consumer that reads bf16 itself (the attention's tiles read Q,
+/// K and V from a QKV layer's output this way); `None` unless `w` runs on the AVX-512 BF16 tile.
+pub(crate) fn matmul_to_rows(
+    x: &[f32],
+    k: usize,
+    w: &Bf16Weight,
+    bias: Option<&[f32]>,
+) -> Option<Rounded> {
+    if w.kernel != Bf16Kernel::Avx512Bf16 {
+        return None;
+    }
+    let m = x.len() / k;
+    let input = Bf16Rows::new(x, k, w.kp, m, false);
+    let kp = w.n.div_ceil(K_ALIGN) * K_ALIGN;
+    let mut output = Bf16Rows::empty(w.n, kp, m, false);
+    let q = crate::kernels::schedule::SharedOut::new(&mut output.a);
+    tile_matmul(&input.a, m, w, bias, LayerOut::Rounded(q, kp), None);
+    Some(Rounded {
+        rows: output,
+        m,
+        k: w.n,
+    })
+}
+
+impl Rounded {
+    /// The rows and their stride, where they are row-major (made off AMX); `None` in tile order.
+    pub(crate) fn rows(&self) -> Option<(&[u16], usize)> {
+        (self.rows.key == self.k).then(|| (&self.rows.a[..], self.k.div_ceil(K_ALIGN) * K_ALIGN))
+    }
+}
+
 /// [`matmul`] on an input already rounded by the layer before ([`matmul_to_rounded`]).
 pub(crate) fn matmul_rounded(
     x: &Rounded,
