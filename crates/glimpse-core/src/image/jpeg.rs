@@ -71,8 +71,8 @@ pub(super) struct Header {
     pub progressive: bool,
     /// Start-of-scan markers in the file: each is one more pass over the coefficients.
     pub scans: u32,
-    /// Where the last EXIF block before the first scan lies (the APP1 payload after
-    /// `Exif\0\0`, as the `image` crate's decoder reports it).
+    /// Where the first EXIF block before the first scan lies (the APP1 payload after
+    /// `Exif\0\0`): the one PIL reads, so the orientation transformers' `load_image` applies.
     pub exif: Option<std::ops::Range<usize>>,
 }
 
@@ -110,7 +110,12 @@ pub(super) fn header(bytes: &[u8]) -> Result<Header, String> {
                         exif: None,
                     });
                 }
-                if marker == 0xE1 && scans == 0 && seg.len() > 6 && seg.starts_with(b"Exif\0\0") {
+                if marker == 0xE1
+                    && scans == 0
+                    && exif.is_none()
+                    && seg.len() > 6
+                    && seg.starts_with(b"Exif\0\0")
+                {
                     exif = Some(i + 10..end.min(bytes.len()));
                 }
                 if marker == 0xDA {

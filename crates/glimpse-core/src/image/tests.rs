@@ -180,12 +180,24 @@ fn exif_orientation_is_applied() {
         probe_dimensions(&with_exif_orientation(&jpeg, 6)).unwrap(),
         (16, 8)
     );
-    // Two EXIF blocks: the last one before the pixels is the one read (8 = turn 90° the other way:
-    // the dark half ends at the bottom).
+    // Two EXIF blocks: the first one is read, as PIL does (its JPEG plugin keeps the first
+    // APP1 Exif segment; `ImageOps.exif_transpose` turns by it: checked with Pillow 13.0 on a
+    // file with blocks 6 then 8). Here 6 then 8 (8 alone would turn the other way, the dark
+    // half at the bottom), then 6 then 1 (1 alone: upright).
     let twice = with_exif_orientation(&with_exif_orientation(&jpeg, 8), 6);
     let out = decode(&twice, &limits()).unwrap();
     assert_eq!(out.dimensions(), (8, 16));
-    assert!(out.get_pixel(4, 2).0[0] > 225);
+    assert!(out.get_pixel(4, 2).0[0] < 30 && out.get_pixel(4, 13).0[0] > 225);
+    let then_upright = with_exif_orientation(&with_exif_orientation(&jpeg, 1), 6);
+    assert_eq!(
+        decode(&then_upright, &limits()).unwrap().dimensions(),
+        (8, 16)
+    );
+    let upright_first = with_exif_orientation(&with_exif_orientation(&jpeg, 6), 1);
+    assert_eq!(
+        decode(&upright_first, &limits()).unwrap().dimensions(),
+        (16, 8)
+    );
     // An EXIF block that is not TIFF, or an orientation out of range, leaves the image upright.
     for broken in [with_exif_orientation(&jpeg, 9), {
         let mut b = with_exif_orientation(&jpeg, 6);
