@@ -282,13 +282,7 @@ fn attention_bf16_d64(
         .with_max_len(1)
         .for_each(per_thread(
             [seq, rows, sp],
-            || Bf16Scratch {
-                q: vec![0u16; rows * D],
-                kt: vec![0u32; panels * D * D / 2],
-                scores: vec![0f32; seq * seq],
-                p: vec![0u16; rows * sp],
-                v: vec![0u32; sp / 2 * D],
-            },
+            || Bf16Scratch::new(rows, rows, seq, sp),
             |s, task| {
                 let (b, hd) = (task / heads, task % heads);
                 let base = b * seq * row + hd * D;
@@ -453,20 +447,16 @@ pub(crate) fn attention_bf16_rows(
     );
     assert_eq!(h, heads * D);
     assert!(ld >= 3 * h && qkv.len() >= batch * seq * ld && out.len() >= batch * seq * h);
-    let panels = seq.div_ceil(D);
     let sp = seq.div_ceil(2) * 2;
     let dst = SharedOut::new(out);
     (0..batch * heads)
         .into_par_iter()
         .with_max_len(1)
         .for_each(per_thread(
-            [seq, sp, 1],
-            || Bf16RowsScratch {
-                kt: vec![0u32; panels * D * D / 2],
-                scores: vec![0f32; seq * seq],
-                p: vec![0u16; seq * sp],
-                v: vec![0u32; sp / 2 * D],
-            },
+            // Not `attention_bf16_d64`'s shape key (its third entry is `sp`, never this): its
+            // scratch holds a Q buffer, this one none.
+            [seq, sp, usize::MAX],
+            || Bf16Scratch::new(0, seq, seq, sp),
             |s, task| {
                 let (b, hd) = (task / heads, task % heads);
                 let base = b * seq * ld + hd * D;
@@ -514,8 +504,10 @@ pub(crate) fn attention_bf16_rows(
         ));
 }
 
-/// [`attention_bf16_rows`]'s per-thread buffers.
-struct Bf16RowsScratch {
+/// The bf16 attention's per-thread buffers ([`attention_bf16_d64`], [`attention_bf16_rows`]).
+struct Bf16Scratch {
+    /// Q rounded (empty where Q is read in place from rounded rows).
+    q: Vec<u16>,
     /// Kᵀ panels, bf16 pairs as u32.
     kt: Vec<u32>,
     scores: Vec<f32>,
@@ -525,15 +517,18 @@ struct Bf16RowsScratch {
     v: Vec<u32>,
 }
 
-struct Bf16Scratch {
-    q: Vec<u16>,
-    /// Kᵀ panels, bf16 pairs as u32.
-    kt: Vec<u32>,
-    scores: Vec<f32>,
-    /// Probabilities, rows padded to an even length with zeros.
-    p: Vec<u16>,
-    /// V, bf16 pairs of tokens as u32.
-    v: Vec<u32>,
+impl Bf16Scratch {
+    /// `q_rows` rows of Q (0: none), `p_rows` rows of P of `sp`, Kᵀ panels and scores for `seq`.
+    fn new(q_rows: usize, p_rows: usize, seq: usize, sp: usize) -> Self {
+        const D: usize = f32k::PANEL;
+        Bf16Scratch {
+            q: vec![0u16; q_rows * D],
+            kt: vec![0u32; seq.div_ceil(D) * D * D / 2],
+            scores: vec![0f32; seq * seq],
+            p: vec![0u16; p_rows * sp],
+            v: vec![0u32; sp / 2 * D],
+        }
+    }
 }
 
 #[cfg(test)]

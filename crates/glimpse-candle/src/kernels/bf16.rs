@@ -206,59 +206,44 @@ fn tile_matmul(
     crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
         let live = (w.n - c0).min(PANEL);
-        let (c, add_dst) = match out {
-            LayerOut::F32(c, add_dst) => (c, add_dst),
-            LayerOut::Rounded(q, qp) => {
-                assert!(fast, "rounded outputs run on AVX-512 BF16 or AMX");
-                for (r, h) in crate::kernels::schedule::row_tiles(rows.clone(), MR) {
-                    let t = Tile {
-                        a: a[r * kp..].as_ptr(),
-                        lda: kp,
-                        b: w.data[p * PANEL * kp..].as_ptr(),
-                        ldb: PANEL * 2,
-                        pairs: kp / 2,
-                        c: std::ptr::null_mut(),
-                        ldc: 0,
-                        live,
-                        bias: bias.map(|b| b[c0..].as_ptr()),
-                        add_dst: false,
-                    };
-                    // SAFETY: as below (the AVX-512 BF16 tile: `fast`); the tile's rows
-                    // `r..r + h` of the rounded output, columns `c0..c0 + live` (`n` ≤ `qp`),
-                    // belong to this task alone.
-                    unsafe { t.run_rounded(h, act, q.at(r * qp + c0), qp) };
-                }
-                return;
-            }
-        };
         for (r, h) in crate::kernels::schedule::row_tiles(rows.clone(), MR) {
-            let t = Tile {
+            let mut t = Tile {
                 a: a[r * kp..].as_ptr(),
                 lda: kp,
                 b: w.data[p * PANEL * kp..].as_ptr(),
                 ldb: PANEL * 2,
                 pairs: kp / 2,
-                c: c.at(r * w.n + c0),
+                c: std::ptr::null_mut(),
                 ldc: w.n,
                 live,
                 bias: bias.map(|b| b[c0..].as_ptr()),
-                add_dst,
+                add_dst: false,
             };
-            // SAFETY: rows `r..r + h` of `a` (rows of `kp`) and `dst`, and the panel's `kp / 2`
-            // pair rows, are in range (`par_tiles` stays below `m` and the panel count); the
-            // AVX-512 BF16 tile runs only when `kernel` says the CPU has it. Each task writes
-            // its own rows × panel of `dst`.
+            // SAFETY: rows `r..r + h` of `a` (rows of `kp`) and of the output, and the panel's
+            // `kp / 2` pair rows, are in range (`par_tiles` stays below `m` and the panel
+            // count); the AVX-512 BF16 tile runs only when `kernel` says the CPU has it. Each
+            // task writes its own rows × panel of the output (the rounded output: columns
+            // `c0..c0 + live` of its rows, `n` ≤ `qp`).
             unsafe {
-                if fast {
-                    t.run_rows(h);
-                } else {
-                    t.portable(h);
+                match out {
+                    LayerOut::Rounded(q, qp) => {
+                        assert!(fast, "rounded outputs run on AVX-512 BF16 or AMX");
+                        t.run_rounded(h, act, q.at(r * qp + c0), qp);
+                    }
+                    LayerOut::F32(c, add_dst) => {
+                        (t.c, t.add_dst) = (c.at(r * w.n + c0), add_dst);
+                        if fast {
+                            t.run_rows(h);
+                        } else {
+                            t.portable(h);
+                        }
+                    }
                 }
             }
         }
         // The block's rows × the panel's columns were just stored (L1/L2-hot): the activation
         // here instead of a separate pass that reads the whole output back.
-        if let Some(a) = act {
+        if let (LayerOut::F32(c, _), Some(a)) = (out, act) {
             // SAFETY: rows `rows` of panel `p`'s live columns lie inside `dst` and belong to
             // this task alone.
             unsafe {
