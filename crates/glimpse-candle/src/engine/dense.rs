@@ -121,9 +121,9 @@ impl Dense {
     }
 
     /// `act(x·Wᵀ + b)` as `next`'s input, already rounded and laid out for it, where both
-    /// layers run bf16 on AMX or both on the AVX-512 BF16 tile ([`bf16::chains`]); `None` otherwise (then [`Dense::run`] and
-    /// `next.run` as usual). The f32 output is never written nor read back: for ViT-B/16's MLP
-    /// that is 19 MB per layer at batch 8.
+    /// layers run bf16 on AMX or both on the AVX-512 BF16 tile ([`bf16::chains`]); `None`
+    /// otherwise (then [`Dense::run`] and `next.run` as usual). The f32 output is never written
+    /// nor read back: for ViT-B/16's MLP that is 19 MB per layer at batch 8.
     pub(crate) fn run_into(
         &self,
         x: &[f32],

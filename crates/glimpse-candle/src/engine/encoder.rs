@@ -96,7 +96,8 @@ impl Block {
     fn finish(&self, xs: &mut [f32], ln: &mut [f32], mid: &mut [f32], next: Option<&Block>) {
         self.o.run(ln, xs, true, None, Some(&self.fc1));
         self.ln2.forward(xs, ln);
-        // bf16 on AMX or AVX-512 BF16: fc1's epilogue rounds its activated output straight into fc2's input.
+        // bf16 on AMX or AVX-512 BF16: fc1's epilogue rounds its activated output straight
+        // into fc2's input.
         if let Some(rounded) = self.fc1.run_into(ln, Some(self.act), &self.fc2) {
             self.fc2.forward_rounded(&rounded, xs, true);
             return;
