@@ -602,6 +602,15 @@ mod tests {
             let mut got = vec![f32::NAN; batch * seq * h];
             attention_bf16_rows(&rows, ld, &mut got, batch, seq, h, heads);
             assert!(got == want, "batch {batch} seq {seq} heads {heads}");
+            // As the encoder rounds an int8 QKV layer's output for it.
+            let rounded = bf16::round_rows(&qkv, 3 * h);
+            let (rows, ld) = rounded.rows().expect("row-major");
+            let mut got = vec![f32::NAN; batch * seq * h];
+            attention_bf16_rows(rows, ld, &mut got, batch, seq, h, heads);
+            assert!(
+                got == want,
+                "round_rows: batch {batch} seq {seq} heads {heads}"
+            );
         }
     }
 

@@ -71,14 +71,17 @@ impl Block {
         let t = xs.len() / h;
         self.ln1.forward(xs, &mut s.ln);
         let batch = t / seq;
-        // bf16 attention on the AVX-512 BF16 tile: QKV's epilogue rounds, and the attention
-        // reads Q, K and V as bf16 (what it would round them to itself).
+        // bf16 attention on the AVX-512 BF16 tile reads Q, K and V as bf16 (what it would
+        // round them to itself): rounded by QKV's epilogue where that layer runs on the same
+        // tile, else (int8 QKV) in one pass over its output.
         if keep.is_none() && self.attention.reads_bf16() {
-            if let Some(qkv) = self.qkv.run_to_rows(&s.ln) {
-                if let Some((rows, ld)) = qkv.rows() {
-                    attention_bf16_rows(rows, ld, &mut s.ln, batch, seq, h, self.heads);
-                    return;
-                }
+            let qkv = self.qkv.run_to_rows(&s.ln).unwrap_or_else(|| {
+                self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
+                bf16::round_rows(&s.qkv[..t * 3 * h], 3 * h)
+            });
+            if let Some((rows, ld)) = qkv.rows() {
+                attention_bf16_rows(rows, ld, &mut s.ln, batch, seq, h, self.heads);
+                return;
             }
         }
         self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));

@@ -396,6 +396,19 @@ pub(crate) fn matmul_to_rows(
     })
 }
 
+/// `x`'s rows of `k` rounded to bf16, row-major ([`Rounded::rows`]): for a bf16 reader after a
+/// layer that does not round in its epilogue (int8 QKV before the bf16 attention), one parallel
+/// pass over the whole output instead of a rounding call per head and token.
+pub(crate) fn round_rows(x: &[f32], k: usize) -> Rounded {
+    let m = x.len() / k;
+    let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
+    Rounded {
+        rows: Bf16Rows::new(x, k, kp, m, false),
+        m,
+        k,
+    }
+}
+
 impl Rounded {
     /// The rows and their stride, where they are row-major (made off AMX); `None` in tile order.
     pub(crate) fn rows(&self) -> Option<(&[u16], usize)> {
