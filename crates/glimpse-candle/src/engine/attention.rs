@@ -19,7 +19,7 @@ pub(crate) enum AttentionKernel {
     GemmCausal,
     /// 64-wide heads on the f32 AVX-512 register tile ([`attention_d64`]).
     F32Tile,
-    /// 64-wide heads with bf16 products ([`attention_bf16_d64`]): on AMX tiles where `amx`, else
+    /// 64-wide heads with bf16 products: on AMX tiles where `amx` ([`attention_bf16_amx`]), else
     /// AVX-512 BF16.
     Bf16Tile { amx: bool },
 }
@@ -41,8 +41,9 @@ impl AttentionKernel {
         }
     }
 
-    /// Whether this kernel takes Q, K and V already rounded to bf16 ([`attention_bf16_rows`]):
-    /// the bf16 tile off AMX, where the QKV layer's epilogue can round them.
+    /// Whether this kernel reads Q, K and V as bf16 rows ([`attention_bf16_rows`]): the bf16
+    /// tile off AMX, where the QKV layer's epilogue can round them ([`AttentionKernel::run`]
+    /// rounds the f32 QKV itself otherwise).
     pub(crate) fn reads_bf16(self) -> bool {
         self == AttentionKernel::Bf16Tile { amx: false }
     }
@@ -64,8 +65,14 @@ impl AttentionKernel {
                 attention_gemm(qkv, out, batch, seq, h, heads, true, None)
             }
             AttentionKernel::F32Tile => attention_d64(qkv, out, batch, seq, h, heads),
-            AttentionKernel::Bf16Tile { amx } => {
-                attention_bf16_d64(qkv, out, batch, seq, h, heads, amx)
+            AttentionKernel::Bf16Tile { amx: true } => {
+                attention_bf16_amx(qkv, out, batch, seq, h, heads)
+            }
+            AttentionKernel::Bf16Tile { amx: false } => {
+                // One parallel pass rounds the whole QKV (a call per head and token cost more).
+                let rounded = bf16::round_rows(&qkv[..batch * seq * 3 * h], 3 * h);
+                let (rows, ld) = rounded.rows().expect("round_rows is row-major");
+                attention_bf16_rows(rows, ld, out, batch, seq, h, heads)
             }
         }
     }
@@ -252,28 +259,23 @@ fn attention_d64(qkv: &[f32], out: &mut [f32], batch: usize, seq: usize, h: usiz
         ));
 }
 
-/// [`attention_d64`] with bf16 products (f32 sums and softmax), for the reduced-precision modes:
-/// Q, Kᵀ, the probabilities and V are rounded to bf16 in the pair layout of [`bf16::Tile`].
-fn attention_bf16_d64(
+/// [`attention_d64`] with bf16 products (f32 sums and softmax) on AMX tiles, for the
+/// reduced-precision modes: Q, Kᵀ, the probabilities and V are rounded to bf16 in the pair
+/// layout of [`bf16::amx_panel`].
+fn attention_bf16_amx(
     qkv: &[f32],
     out: &mut [f32],
     batch: usize,
     seq: usize,
     h: usize,
     heads: usize,
-    amx: bool,
 ) {
     const D: usize = f32k::PANEL;
     let panels = seq.div_ceil(D);
-    // With AMX ([`bf16::amx_panel`]): Q and P padded to whole 32-row blocks, the sequence as a
-    // `k` to whole 32-value tile steps. Otherwise the sequence as a `k` in whole pairs. The
-    // padding stays zero.
-    let rows = if amx { seq.next_multiple_of(32) } else { seq };
-    let sp = if amx {
-        seq.next_multiple_of(32)
-    } else {
-        seq.div_ceil(2) * 2
-    };
+    // Q and P padded to whole 32-row blocks, the sequence as a `k` to whole 32-value tile
+    // steps ([`bf16::amx_panel`]). The padding stays zero.
+    let rows = seq.next_multiple_of(32);
+    let sp = rows;
     let row = 3 * h;
     assert!(qkv.len() >= batch * seq * row && out.len() >= batch * seq * h);
     let dst = SharedOut::new(out);
@@ -313,58 +315,42 @@ fn attention_bf16_d64(
                     }
                 }
                 // SAFETY: the tiles read the task's own buffers in bounds (Kᵀ panels are whole,
-                // zero-padded; Q and P hold `rows` rows, whole 32-row blocks with AMX; P rows and
-                // V hold `sp` entries, whole tile steps with AMX) and write `scores` or this
-                // image's rows of `out` in the head's 64 columns (no other task's). The CPU
-                // features: `AttentionKernel::choose` picks this kernel only where the kernels
-                // found AVX-512 BF16, and `amx` only where `Kernels::bf16` is `Amx`.
+                // zero-padded; Q and P hold `rows` rows, whole 32-row blocks; P rows and V hold
+                // `sp` entries, whole tile steps) and write `scores` or this image's rows of
+                // `out` in the head's 64 columns (no other task's). The CPU features:
+                // `AttentionKernel::choose` picks this kernel only where `Kernels::bf16` is
+                // `Amx`.
                 unsafe {
-                    if amx {
-                        let kt = s.kt.as_ptr() as *const u16;
-                        for p in 0..panels {
-                            let (c, live) =
-                                (s.scores.as_mut_ptr().add(p * D), (seq - p * D).min(D));
-                            let to = bf16::PanelOut::F32 {
-                                c,
-                                ldc: seq,
-                                add_dst: false,
-                            };
-                            bf16::amx_panel(
-                                s.q.as_ptr(),
-                                false,
-                                D,
-                                D,
-                                kt.add(p * D * D),
-                                seq,
-                                live,
-                                to,
-                                None,
-                                None,
-                            );
-                        }
-                        kernels::softmax_rows_bf16(&mut s.scores, seq, &mut s.p, sp);
-                        let o = dst.at(b * seq * h + hd * D);
-                        let v = s.v.as_ptr() as *const u16;
+                    let kt = s.kt.as_ptr() as *const u16;
+                    for p in 0..panels {
+                        let (c, live) = (s.scores.as_mut_ptr().add(p * D), (seq - p * D).min(D));
                         let to = bf16::PanelOut::F32 {
-                            c: o,
-                            ldc: h,
+                            c,
+                            ldc: seq,
                             add_dst: false,
                         };
-                        bf16::amx_panel(s.p.as_ptr(), false, sp, sp, v, seq, D, to, None, None);
-                        return;
+                        bf16::amx_panel(
+                            s.q.as_ptr(),
+                            false,
+                            D,
+                            D,
+                            kt.add(p * D * D),
+                            seq,
+                            live,
+                            to,
+                            None,
+                            None,
+                        );
                     }
+                    kernels::softmax_rows_bf16(&mut s.scores, seq, &mut s.p, sp);
                     let o = dst.at(b * seq * h + hd * D);
-                    bf16_tiles(
-                        s.q.as_ptr(),
-                        D,
-                        &s.kt,
-                        &mut s.scores,
-                        &mut s.p,
-                        &s.v,
-                        seq,
-                        o,
-                        h,
-                    );
+                    let v = s.v.as_ptr() as *const u16;
+                    let to = bf16::PanelOut::F32 {
+                        c: o,
+                        ldc: h,
+                        add_dst: false,
+                    };
+                    bf16::amx_panel(s.p.as_ptr(), false, sp, sp, v, seq, D, to, None, None);
                 }
             },
         ));
@@ -429,8 +415,8 @@ unsafe fn bf16_tiles(
 
 /// [`AttentionKernel::Bf16Tile`] off AMX on a QKV output already rounded to bf16: `qkv` holds
 /// `batch·seq` rows of `3h` values at stride `ld` ([`crate::kernels::bf16::Rounded::rows`]).
-/// Q is read in place; Kᵀ and V are regrouped into pairs as [`attention_bf16_d64`] does. The
-/// same bf16 operands, so the same output, bit for bit.
+/// Q is read in place; Kᵀ and V are regrouped into pairs ([`AttentionKernel::run`] rounds an f32
+/// QKV into such rows first).
 pub(crate) fn attention_bf16_rows(
     qkv: &[u16],
     ld: usize,
@@ -453,7 +439,7 @@ pub(crate) fn attention_bf16_rows(
         .into_par_iter()
         .with_max_len(1)
         .for_each(per_thread(
-            // Not `attention_bf16_d64`'s shape key (its third entry is `sp`, never this): its
+            // Not `attention_bf16_amx`'s shape key (its third entry is `sp`, never this): its
             // scratch holds a Q buffer, this one none.
             [seq, sp, usize::MAX],
             || Bf16Scratch::new(0, seq, seq, sp),
@@ -504,7 +490,7 @@ pub(crate) fn attention_bf16_rows(
         ));
 }
 
-/// The bf16 attention's per-thread buffers ([`attention_bf16_d64`], [`attention_bf16_rows`]).
+/// The bf16 attention's per-thread buffers ([`attention_bf16_amx`], [`attention_bf16_rows`]).
 struct Bf16Scratch {
     /// Q rounded (empty where Q is read in place from rounded rows).
     q: Vec<u16>,
@@ -575,8 +561,9 @@ mod tests {
         }
     }
 
-    /// The bf16 tile on a QKV output its layer already rounded (rows at a wider stride) gives
-    /// exactly what the tile gives when it rounds the f32 QKV itself.
+    /// The bf16 tile on a QKV output its layer already rounded, element by element, in rows at
+    /// a wider stride, gives exactly what the tile gives when it rounds the f32 QKV itself
+    /// (`bf16::round_rows`, rows of 3h).
     #[test]
     fn attention_on_rounded_qkv_is_exact() {
         if !crate::kernels::bf16::has_bf16() {
@@ -602,15 +589,6 @@ mod tests {
             let mut got = vec![f32::NAN; batch * seq * h];
             attention_bf16_rows(&rows, ld, &mut got, batch, seq, h, heads);
             assert!(got == want, "batch {batch} seq {seq} heads {heads}");
-            // As the encoder rounds an int8 QKV layer's output for it.
-            let rounded = bf16::round_rows(&qkv, 3 * h);
-            let (rows, ld) = rounded.rows().expect("row-major");
-            let mut got = vec![f32::NAN; batch * seq * h];
-            attention_bf16_rows(rows, ld, &mut got, batch, seq, h, heads);
-            assert!(
-                got == want,
-                "round_rows: batch {batch} seq {seq} heads {heads}"
-            );
         }
     }
 

@@ -71,15 +71,12 @@ impl Block {
         let t = xs.len() / h;
         self.ln1.forward(xs, &mut s.ln);
         let batch = t / seq;
-        // bf16 attention on the AVX-512 BF16 tile reads Q, K and V as bf16 (what it would
-        // round them to itself): rounded by QKV's epilogue where that layer runs on the same
-        // tile, else (int8 QKV) in one pass over its output.
+        // bf16 attention on the AVX-512 BF16 tile reads Q, K and V as bf16 rows: rounded by
+        // QKV's epilogue where that layer runs on the same tile (else, an int8 QKV, the
+        // attention rounds its f32 output in one pass).
         if keep.is_none() && self.attention.reads_bf16() {
-            let qkv = self.qkv.run_to_rows(&s.ln).unwrap_or_else(|| {
-                self.qkv.run(&s.ln, &mut s.qkv, false, None, Some(&self.o));
-                bf16::round_rows(&s.qkv[..t * 3 * h], 3 * h)
-            });
-            if let Some((rows, ld)) = qkv.rows() {
+            if let Some(qkv) = self.qkv.run_to_rows(&s.ln) {
+                let (rows, ld) = qkv.rows().expect("the tile's rounded rows are row-major");
                 attention_bf16_rows(rows, ld, &mut s.ln, batch, seq, h, self.heads);
                 return;
             }

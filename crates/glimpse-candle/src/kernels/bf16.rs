@@ -203,6 +203,9 @@ fn tile_matmul(
     let kp = w.kp;
     debug_assert!(a.len() >= m * kp);
     let fast = w.kernel == Bf16Kernel::Avx512Bf16;
+    if let LayerOut::Rounded(..) = out {
+        assert!(fast, "rounded outputs run on AVX-512 BF16 or AMX");
+    }
     crate::kernels::schedule::par_tiles(m, MB, MR, w.np / PANEL, |rows, p| {
         let c0 = p * PANEL;
         let live = (w.n - c0).min(PANEL);
@@ -226,10 +229,7 @@ fn tile_matmul(
             // `c0..c0 + live` of its rows, `n` ≤ `qp`).
             unsafe {
                 match out {
-                    LayerOut::Rounded(q, qp) => {
-                        assert!(fast, "rounded outputs run on AVX-512 BF16 or AMX");
-                        t.run_rounded(h, act, q.at(r * qp + c0), qp);
-                    }
+                    LayerOut::Rounded(q, qp) => t.run_rounded(h, act, q.at(r * qp + c0), qp),
                     LayerOut::F32(c, add_dst) => {
                         (t.c, t.add_dst) = (c.at(r * w.n + c0), add_dst);
                         if fast {
@@ -380,20 +380,7 @@ pub(crate) fn matmul_to_rows(
     w: &Bf16Weight,
     bias: Option<&[f32]>,
 ) -> Option<Rounded> {
-    if w.kernel != Bf16Kernel::Avx512Bf16 {
-        return None;
-    }
-    let m = x.len() / k;
-    let input = Bf16Rows::new(x, k, w.kp, m, false);
-    let kp = w.n.div_ceil(K_ALIGN) * K_ALIGN;
-    let mut output = Bf16Rows::empty(w.n, kp, m, false);
-    let q = crate::kernels::schedule::SharedOut::new(&mut output.a);
-    tile_matmul(&input.a, m, w, bias, LayerOut::Rounded(q, kp), None);
-    Some(Rounded {
-        rows: output,
-        m,
-        k: w.n,
-    })
+    (w.kernel == Bf16Kernel::Avx512Bf16).then(|| matmul_to_rounded(x, k, w, bias, None))
 }
 
 /// `x`'s rows of `k` rounded to bf16, row-major ([`Rounded::rows`]): for a bf16 reader after a
