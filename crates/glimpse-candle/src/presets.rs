@@ -1,6 +1,8 @@
 //! Real architectures at real sizes for `glimpse bench`: the dimensions and image processors of
 //! openai/clip-vit-base-patch32, openai/clip-vit-base-patch16, openai/clip-vit-large-patch14,
-//! google/vit-base-patch16-224, google/siglip-base-patch16-224 and google/siglip2-base-patch16-224.
+//! google/vit-base-patch16-224, facebook/deit-base-distilled-patch16-224,
+//! facebook/deit-small-patch16-224, google/siglip-base-patch16-224 and
+//! google/siglip2-base-patch16-224.
 
 use glimpse_core::preprocess::{
     PreprocessConfig, ResizeTarget, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
@@ -23,7 +25,26 @@ pub enum ClipPreset {
 pub enum VitPreset {
     /// google/vit-base-patch16-224 (1000 ImageNet classes).
     B16,
+    /// facebook/deit-base-distilled-patch16-224: ViT-B/16 with a distillation token and its
+    /// second head.
+    DeitB16,
+    /// facebook/deit-small-patch16-224: hidden 384, 6 heads, one head.
+    DeitS16,
 }
+
+/// The `preprocessor_config.json` both DeiT checkpoints ship: resize to 256 (bicubic), centre
+/// crop 224, ImageNet's default mean/std.
+const DEIT_PREPROCESSOR: &str = r#"{
+  "crop_size": 224,
+  "do_center_crop": true,
+  "do_normalize": true,
+  "do_resize": true,
+  "feature_extractor_type": "DeiTFeatureExtractor",
+  "image_mean": [0.485, 0.456, 0.406],
+  "image_std": [0.229, 0.224, 0.225],
+  "resample": 3,
+  "size": 256
+}"#;
 
 impl std::str::FromStr for ClipPreset {
     type Err = CoreError;
@@ -44,8 +65,10 @@ impl std::str::FromStr for VitPreset {
     fn from_str(s: &str) -> Result<Self, CoreError> {
         match s {
             "vit-b16" => Ok(VitPreset::B16),
+            "deit-b16" => Ok(VitPreset::DeitB16),
+            "deit-s16" => Ok(VitPreset::DeitS16),
             _ => Err(CoreError::Validation(format!(
-                "unknown ViT preset '{s}'; expected vit-b16"
+                "unknown ViT preset '{s}'; expected vit-b16, deit-b16 or deit-s16"
             ))),
         }
     }
@@ -89,19 +112,43 @@ impl ClipPreset {
 
 impl VitPreset {
     pub fn name(self) -> &'static str {
-        "vit-b16"
+        match self {
+            VitPreset::B16 => "vit-b16",
+            VitPreset::DeitB16 => "deit-b16",
+            VitPreset::DeitS16 => "deit-s16",
+        }
+    }
+
+    /// DeiT (a distillation token after the class token) or plain ViT.
+    pub fn is_deit(self) -> bool {
+        self != VitPreset::B16
+    }
+
+    /// Two heads (class and distillation token), averaged: DeiT-B/16 distilled.
+    pub fn is_distilled(self) -> bool {
+        self == VitPreset::DeitB16
     }
 
     pub fn config(self) -> VitConfig {
-        let vision: VisionConfig = VitConfig::default_vision();
+        let mut vision: VisionConfig = VitConfig::default_vision();
+        if self == VitPreset::DeitS16 {
+            vision.encoder.hidden_size = 384;
+            vision.encoder.intermediate_size = 1536;
+            vision.encoder.num_attention_heads = 6;
+        }
         VitConfig {
             vision,
             id2label: (0..1000).map(|i| format!("LABEL_{i}")).collect(),
         }
     }
 
-    /// google/vit-base-patch16-224's processor: resize to 224x224 (bilinear), mean/std 0.5.
+    /// google/vit-base-patch16-224's processor: resize to 224x224 (bilinear), mean/std 0.5; the
+    /// DeiT checkpoints' (`DEIT_PREPROCESSOR`) for DeiT.
     pub fn preprocess(self) -> PreprocessConfig {
+        if self.is_deit() {
+            return PreprocessConfig::from_json_str(DEIT_PREPROCESSOR)
+                .expect("the DeiT processor config parses");
+        }
         PreprocessConfig {
             do_resize: true,
             size: ResizeTarget::Exact(224, 224),

@@ -60,7 +60,11 @@ pub fn load_vit(dir: &Path, opts: &LoadOptions) -> Result<VitModel, Error> {
         context: file.display().to_string(),
         source,
     };
-    let mut model = build(family, config, &vb, preprocess, opts.precision).map_err(bad)?;
+    // DeiT with teacher has two heads: which ones the file holds decides, as the checkpoint's
+    // class (`architectures`) would.
+    let distilled = vb.contains_tensor("cls_classifier.weight");
+    let mut model =
+        build(family, config, &vb, preprocess, opts.precision, distilled).map_err(bad)?;
     model.runtime = Runtime::new(opts.threads)?;
     tracing::debug!(weights = %file.display(), vision = ?model.config.vision,
         classes = model.config.id2label.len(), %family,
@@ -76,12 +80,18 @@ pub fn random_vit(preset: VitPreset) -> VitModel {
 pub(crate) fn random_vit_in(preset: VitPreset, precision: Precision) -> VitModel {
     let device = Device::Cpu;
     let vb = crate::random::seeded_vb(&device);
+    let family = if preset.is_deit() {
+        ModelFamily::Deit
+    } else {
+        ModelFamily::Vit
+    };
     build(
-        ModelFamily::Vit,
+        family,
         preset.config(),
         &vb,
         preset.preprocess(),
         precision,
+        preset.is_distilled(),
     )
     .expect("a preset ViT always builds from seeded weights")
 }
@@ -106,6 +116,7 @@ fn build(
     vb: &VarBuilder,
     preprocess: PreprocessConfig,
     precision: Precision,
+    distilled: bool,
 ) -> candle_core::Result<VitModel> {
     // The kernels are chosen here, once per model, and kept by every layer built from them.
     let kernels = Kernels::choose(precision);
@@ -151,17 +162,15 @@ fn build(
     let head = |name: &str| -> candle_core::Result<Dense> {
         Dense::from_linear(&linear(h, n, vb.pp(name))?, kernels.at(Precision::F32))
     };
-    // DeiT with teacher has two heads; which one a file holds decides, as the checkpoint's class
-    // (`architectures`) would.
-    let (classifier, distillation) =
-        if family == ModelFamily::Deit && vb.contains_tensor("cls_classifier.weight") {
-            (
-                head("cls_classifier")?,
-                Some(head("distillation_classifier")?),
-            )
-        } else {
-            (head("classifier")?, None)
-        };
+    // DeiT with teacher has two heads (`distilled`: the caller's reading of the file).
+    let (classifier, distillation) = if family == ModelFamily::Deit && distilled {
+        (
+            head("cls_classifier")?,
+            Some(head("distillation_classifier")?),
+        )
+    } else {
+        (head("classifier")?, None)
+    };
     let engine = embeddings.into_engine(cfg, None, &encoder, kernels)?;
     Ok(VitModel {
         engine,

@@ -30,8 +30,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     type Runner = Box<dyn Fn(&PixelBatch) -> anyhow::Result<()>>;
     let (runner, (h, w)): (Runner, (usize, usize)) = match args.arch.as_str() {
-        "vit-b16" => {
-            let m = random_vit_with(VitPreset::B16, &opts)?;
+        "vit-b16" | "deit-b16" | "deit-s16" => {
+            let m = random_vit_with(args.arch.parse::<VitPreset>()?, &opts)?;
             let size = m.preprocess_config().output_size();
             (
                 Box::new(move |px| m.classify(px).map(|_| ()).map_err(Into::into)),

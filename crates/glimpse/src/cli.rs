@@ -239,8 +239,9 @@ pub enum KeysCommand {
 pub struct BenchArgs {
     /// Model shape to time, with random weights at the real dimensions (speed does not depend on
     /// weight values): CLIP ViT-B/32, B/16 or L/14 image tower, SigLIP (2) B/16 image tower
-    /// with its attention-pooling head, or ViT-B/16 classifier.
-    #[arg(long, value_parser = ["clip-b32", "clip-b16", "clip-l14", "siglip-b16", "siglip2-b16", "vit-b16"],
+    /// with its attention-pooling head, or ViT-B/16, DeiT-B/16 distilled or DeiT-S/16
+    /// classifier.
+    #[arg(long, value_parser = ["clip-b32", "clip-b16", "clip-l14", "siglip-b16", "siglip2-b16", "vit-b16", "deit-b16", "deit-s16"],
           default_value = "clip-b32")]
     pub arch: String,
     /// Images per forward pass.
