@@ -1,13 +1,15 @@
 //! Answer early, but let the client finish sending.
 //!
-//! The classification routes decide 401, 402, 429, 503 and most 400s from the headers and the
-//! query, before reading the upload (so a stranger cannot make the server read megabytes). If
+//! The routes that take uploads decide 401, 402, 429, 503 and most 400s from the headers and
+//! the query, before reading the upload (so a stranger cannot make the server read megabytes). If
 //! the server then answered and closed, a client still writing its multipart body would get a
 //! reset instead of the answer: Node's `fetch` fails with `write EPIPE` and never sees the 401
 //! (curl and Python `requests` happen to read it). So the body the handler leaves unread is read
-//! and discarded before the answer goes out — bounded by the upload limit and by the header
-//! timeout, and skipped when `Content-Length` already says it is over the limit (that 413 goes
-//! out at once, and the connection closes).
+//! and discarded before the answer goes out — bounded by the route group's body limit (one
+//! upload for the single routes, `GLIMPSE_MAX_BATCH_BYTES` for the batch and embeddings routes,
+//! the examples' limit for saved classifiers)
+//! and by the header timeout, and skipped when `Content-Length` already says it is over that
+//! limit (that 413 goes out at once, and the connection closes).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -53,14 +55,31 @@ impl HttpBody for Shared {
     }
 }
 
-/// Middleware for the classification routes (see the module doc).
+/// How much of an unread body [`drain_unread_body`] reads, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// Bytes: the same bound as the route group's body limit.
+    limit: u64,
+    within: Duration,
+}
+
+impl Drain {
+    /// For routes whose body limit is `max_body` bytes of images (plus the multipart framing the
+    /// router's `DefaultBodyLimit` allows them too).
+    pub fn new(state: &AppState, max_body: usize) -> Drain {
+        Drain {
+            limit: max_body.saturating_add(crate::limits::MULTIPART_SLACK) as u64,
+            within: state.settings.header_timeout,
+        }
+    }
+}
+
+/// Middleware for the routes that take uploads (see the module doc).
 pub async fn drain_unread_body(
-    State(state): State<AppState>,
+    State(Drain { limit, within }): State<Drain>,
     req: Request,
     next: Next,
 ) -> Response {
-    // The same bound the router's body limit allows: the upload plus its multipart framing.
-    let limit = (state.settings.max_upload_bytes + crate::limits::MULTIPART_SLACK) as u64;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -77,7 +96,7 @@ pub async fn drain_unread_body(
     let rest = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(body) = rest {
         if !body.is_end_stream() && declared.is_none_or(|n| n <= limit) {
-            discard(body, limit, state.settings.header_timeout).await;
+            discard(body, limit, within).await;
         }
     }
     res

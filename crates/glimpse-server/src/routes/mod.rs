@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::drain::Drain;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{metrics, playground, request_id};
@@ -42,7 +43,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), shed_load))
         // Outermost: whatever a layer or handler answered early, read the unread upload first.
         .route_layer(from_fn_with_state(
-            state.clone(),
+            Drain::new(&state, state.settings.max_upload_bytes),
             crate::drain::drain_unread_body,
         ));
     // Several items per call: a larger body (GLIMPSE_MAX_BATCH_BYTES), otherwise the same
@@ -54,7 +55,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/embeddings", post(embeddings::multipart))
         .route_layer(from_fn_with_state(state.clone(), shed_load))
         .route_layer(from_fn_with_state(
-            state.clone(),
+            Drain::new(&state, state.settings.max_batch_bytes),
             crate::drain::drain_unread_body,
         ))
         .layer(DefaultBodyLimit::max(
@@ -78,7 +79,11 @@ pub fn app(state: AppState) -> Router {
                 .delete(classifiers::delete),
         )
         .route_layer(DefaultBodyLimit::max(classifiers::MAX_BODY_BYTES))
-        .route_layer(from_fn_with_state(state.clone(), shed_load));
+        .route_layer(from_fn_with_state(state.clone(), shed_load))
+        .route_layer(from_fn_with_state(
+            Drain::new(&state, classifiers::MAX_BODY_BYTES),
+            crate::drain::drain_unread_body,
+        ));
 
     let mut router = Router::new()
         .merge(classify)

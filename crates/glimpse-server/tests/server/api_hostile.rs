@@ -347,6 +347,59 @@ async fn declared_huge_multipart_is_413_before_the_rest_arrives() {
     s.assert_uncharged("declared 1 GB multipart").await;
 }
 
+/// A batch, embeddings or saved-classifier call answered before its body is read (a wrong key:
+/// 401 from the headers) still reads the rest of a body over one upload's limit but within its
+/// route's limit (the batch limit; a classifier's examples, 64 MiB), so a client
+/// still writing it gets the answer rather than a reset (Node's `fetch` reports `write EPIPE`).
+/// The body is far bigger than loopback's socket buffers, so the writes block until the server
+/// reads: a server that answers and closes cuts them off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_read_a_batch_body_over_the_single_upload_limit() {
+    const BODY: usize = 24 << 20;
+    let s = TestServer::builder()
+        .max_batch_bytes(BODY + (1 << 20))
+        .start()
+        .await;
+    assert!(BODY > 4 * s.max_upload_bytes());
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let boundary = "earlyboundary";
+    let noise: Vec<u8> = (0..BODY as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for path in [
+        "/api/image-classification/vit/batch",
+        "/api/image-classification/clip/batch",
+        "/api/embeddings",
+        "/api/classifiers",
+    ] {
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+        );
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let length = head.len() + noise.len() + tail.len();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: gk_wrong_key_0000000000000000000000\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{head}"
+        );
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let written = tokio::time::timeout(Duration::from_secs(20), async {
+            sock.write_all(request.as_bytes()).await?;
+            sock.write_all(&noise).await?;
+            sock.write_all(tail.as_bytes()).await
+        })
+        .await
+        .expect("the server stopped reading the body");
+        written.unwrap_or_else(|e| panic!("{path}: cut off while sending the body: {e}"));
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut answer))
+            .await
+            .expect("no answer")
+            .unwrap_or_else(|e| panic!("{path}: the answer was lost: {e}"));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 401"), "{path}: {text}");
+        assert!(text.contains("UNAUTHORIZED"), "{path}: {text}");
+    }
+}
+
 /// The fuzz targets' seed corpora (`fuzz/corpus/`) through the same checks on stable, so CI keeps
 /// every seed (and any crash a fuzz run adds there) as a regression test without nightly.
 #[test]
