@@ -7,9 +7,9 @@
 //! (curl and Python `requests` happen to read it). So the body the handler leaves unread is read
 //! and discarded before the answer goes out — bounded by the route group's body limit (one
 //! upload for the single routes, `GLIMPSE_MAX_BATCH_BYTES` for the batch and embeddings routes,
-//! the examples' limit for saved classifiers)
-//! and by the header timeout, and skipped when `Content-Length` already says it is over that
-//! limit (that 413 goes out at once, and the connection closes).
+//! the examples' limit for saved classifiers) and by the header timeout, and skipped when
+//! `Content-Length` already says it is over that limit (that 413 goes out at once, and the
+//! connection closes).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -64,8 +64,8 @@ pub struct Drain {
 }
 
 impl Drain {
-    /// For routes whose body limit is `max_body` bytes of images (plus the multipart framing the
-    /// router's `DefaultBodyLimit` allows them too).
+    /// For routes whose body limit is `max_body` bytes of images, plus their multipart framing
+    /// (`MULTIPART_SLACK`).
     pub fn new(state: &AppState, max_body: usize) -> Drain {
         Drain {
             limit: max_body.saturating_add(crate::limits::MULTIPART_SLACK) as u64,
