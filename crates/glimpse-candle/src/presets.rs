@@ -7,7 +7,7 @@
 use glimpse_core::preprocess::{
     PreprocessConfig, ResizeTarget, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD,
 };
-use glimpse_core::CoreError;
+use glimpse_core::{CoreError, ModelFamily};
 
 use crate::config::{ClipConfig, SiglipConfig, VisionConfig, VitConfig};
 
@@ -120,8 +120,11 @@ impl VitPreset {
     }
 
     /// DeiT (a distillation token after the class token) or plain ViT.
-    pub fn is_deit(self) -> bool {
-        self != VitPreset::B16
+    pub fn family(self) -> ModelFamily {
+        match self {
+            VitPreset::B16 => ModelFamily::Vit,
+            VitPreset::DeitB16 | VitPreset::DeitS16 => ModelFamily::Deit,
+        }
     }
 
     /// Two heads (class and distillation token), averaged: DeiT-B/16 distilled.
@@ -145,7 +148,7 @@ impl VitPreset {
     /// google/vit-base-patch16-224's processor: resize to 224x224 (bilinear), mean/std 0.5; the
     /// DeiT checkpoints' (`DEIT_PREPROCESSOR`) for DeiT.
     pub fn preprocess(self) -> PreprocessConfig {
-        if self.is_deit() {
+        if self.family() == ModelFamily::Deit {
             return PreprocessConfig::from_json_str(DEIT_PREPROCESSOR)
                 .expect("the DeiT processor config parses");
         }

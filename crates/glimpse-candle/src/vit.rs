@@ -80,13 +80,8 @@ pub fn random_vit(preset: VitPreset) -> VitModel {
 pub(crate) fn random_vit_in(preset: VitPreset, precision: Precision) -> VitModel {
     let device = Device::Cpu;
     let vb = crate::random::seeded_vb(&device);
-    let family = if preset.is_deit() {
-        ModelFamily::Deit
-    } else {
-        ModelFamily::Vit
-    };
     build(
-        family,
+        preset.family(),
         preset.config(),
         &vb,
         preset.preprocess(),

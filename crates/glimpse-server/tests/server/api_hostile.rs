@@ -366,17 +366,17 @@ async fn early_answers_read_a_batch_body_over_the_single_upload_limit() {
     let noise: Vec<u8> = (0..BODY as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let length = head.len() + noise.len() + tail.len();
     for path in [
         "/api/image-classification/vit/batch",
         "/api/image-classification/clip/batch",
         "/api/embeddings",
         "/api/classifiers",
     ] {
-        let head = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
-        );
-        let tail = format!("\r\n--{boundary}--\r\n");
-        let length = head.len() + noise.len() + tail.len();
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: gk_wrong_key_0000000000000000000000\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{head}"
         );
